@@ -1,0 +1,115 @@
+//! Client authentication with the shared proxy key.
+//!
+//! Accepted: `Authorization: Bearer <key>` (scheme case-insensitive), the
+//! original proxy's `APIKEY: <key>`, and Anthropic-style `x-api-key: <key>`.
+//! Compared in constant time; a header sent twice is refused as ambiguous.
+
+use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
+
+/// The original proxy's header.
+pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
+/// Anthropic-style clients' header.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Checks the client's credentials against the proxy key.
+pub fn authenticate(headers: &HeaderMap, proxy_key: &[u8]) -> Result<(), &'static str> {
+    let mut presented = false;
+    let mut accepted = false;
+    for name in [&AUTHORIZATION, &APIKEY, &X_API_KEY] {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err("authentication header sent more than once");
+        }
+        presented = true;
+        let credential = if *name == AUTHORIZATION {
+            bearer_token(value.as_bytes())
+        } else {
+            Some(value.as_bytes())
+        };
+        accepted |= credential.is_some_and(|c| constant_time_eq(c, proxy_key));
+    }
+    match (presented, accepted) {
+        (_, true) => Ok(()),
+        (false, false) => Err("missing proxy API key: send Authorization: Bearer <PROXY_API_KEY>"),
+        (true, false) => Err("invalid proxy API key"),
+    }
+}
+
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn all_three_forms_are_accepted() {
+        for pair in [
+            ("authorization", "Bearer secret"),
+            ("authorization", "bEaReR secret"),
+            ("apikey", "secret"),
+            ("x-api-key", "secret"),
+        ] {
+            assert_eq!(
+                authenticate(&headers(&[pair]), b"secret"),
+                Ok(()),
+                "{pair:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn near_misses_are_refused() {
+        for pair in [
+            ("authorization", "Bearer secre"),
+            ("authorization", "Bearer secret2"),
+            ("authorization", "Bearer SECRET"),
+            ("authorization", "Bearer  secret"),
+            ("authorization", "Basic secret"),
+            ("authorization", "secret"),
+            ("authorization", "Bearer"),
+            ("apikey", ""),
+        ] {
+            assert_eq!(
+                authenticate(&headers(&[pair]), b"secret"),
+                Err("invalid proxy API key"),
+                "{pair:?}"
+            );
+        }
+        assert!(authenticate(&HeaderMap::new(), b"secret")
+            .unwrap_err()
+            .starts_with("missing"));
+    }
+
+    #[test]
+    fn a_duplicated_auth_header_is_refused() {
+        let h = headers(&[
+            ("authorization", "Bearer secret"),
+            ("authorization", "Bearer other"),
+        ]);
+        assert_eq!(
+            authenticate(&h, b"secret"),
+            Err("authentication header sent more than once")
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The proxy's own errors, and how each becomes an OpenRouter-shaped response
+//! (`{"error":{"code":N,"message":"..."}}`) that client SDKs already parse.
+
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Every way a request can fail inside the proxy.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// Missing or wrong proxy key.
+    Unauthorized(&'static str),
+    /// Body over `MAX_BODY_BYTES`.
+    PayloadTooLarge { limit: usize },
+    /// The request itself is unusable (broken body, path traversal, ...).
+    BadRequest(&'static str),
+    /// A method the proxy never forwards (CONNECT).
+    MethodNotAllowed,
+    /// A reserved path that is not served yet.
+    NotFound,
+    /// No key can serve before the wait limit.
+    NoKey {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// Upstream could not be reached or broke the connection.
+    UpstreamUnreachable,
+    /// Upstream sent no response headers in time.
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    /// The HTTP status of this error (exhaustive on purpose: a new variant needs a decision).
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::NoKey { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ProxyError::Unauthorized(why) | ProxyError::BadRequest(why) => (*why).to_owned(),
+            ProxyError::PayloadTooLarge { limit } => {
+                format!("request body is larger than MAX_BODY_BYTES ({limit} bytes)")
+            }
+            ProxyError::MethodNotAllowed => {
+                "the proxy forwards only to OpenRouter; CONNECT is not supported".to_owned()
+            }
+            ProxyError::NotFound => "not found".to_owned(),
+            ProxyError::NoKey { message, .. } => message.clone(),
+            ProxyError::UpstreamUnreachable => {
+                "could not reach OpenRouter (connection or TLS failure)".to_owned()
+            }
+            ProxyError::UpstreamTimeout => {
+                "OpenRouter did not answer within UPSTREAM_TIMEOUT".to_owned()
+            }
+        }
+    }
+
+    /// Renders the error as the response the client sees.
+    #[must_use]
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut response = error_response(status, &self.message());
+        if let ProxyError::NoKey {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+/// An OpenRouter-shaped JSON error response.
+#[must_use]
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body =
+        serde_json::json!({"error": {"code": status.as_u16(), "message": message}}).to_string();
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

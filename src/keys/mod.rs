@@ -1,0 +1,261 @@
+//! The key manager: which OpenRouter key serves a request.
+//!
+//! Each key has a GCRA limiter (free-model requests per minute) and a daily
+//! free-model quota counted in lock-free atomics. A free-model request goes to
+//! the key with the largest remaining share of its daily quota whose limiter
+//! admits it now; other requests go to the least recently used unblocked key.
+
+mod calendar;
+mod slot;
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::Quota;
+
+pub use calendar::{day_containing, rfc3339, Calendar, Day};
+pub use slot::{Block, BlockReason, KeySlot, Outcome};
+
+use crate::config::Config;
+
+/// The wall clock in epoch milliseconds.
+#[must_use]
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What a request needs from a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Demand {
+    /// A `:free` model: takes a limiter token and a unit of daily quota.
+    Free,
+    /// A paid model or a metadata endpoint: only needs an unblocked key.
+    Other,
+}
+
+/// Why no key can serve right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shortage {
+    /// Every key's limiter is spacing requests out.
+    Throttled,
+    /// Every key has used its free-model quota for today.
+    DailyLimit,
+    /// Every key is blocked after an upstream refusal.
+    Blocked,
+}
+
+/// No key can serve before `until_ms`; `reason` is why the soonest one cannot serve now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    pub until_ms: i64,
+    pub reason: Shortage,
+}
+
+/// All configured keys.
+pub struct KeyPool<C: Clock = DefaultClock> {
+    keys: Box<[KeySlot<C>]>,
+    calendar: Calendar,
+    picks: AtomicU64,
+}
+
+impl KeyPool<DefaultClock> {
+    /// Builds the pool from the validated configuration.
+    #[must_use]
+    pub fn from_config(config: &Config) -> Self {
+        KeyPool::with_clock(config, &DefaultClock::default())
+    }
+
+    /// Picks a key, waiting up to `max_wait` for a limiter or block to let one through.
+    pub async fn acquire(&self, demand: Demand, max_wait: Duration) -> Result<usize, Unavailable> {
+        let deadline = now_ms() + max_wait.as_millis() as i64;
+        loop {
+            let now = now_ms();
+            match self.pick(demand, now) {
+                Ok(index) => return Ok(index),
+                Err(unavailable) if unavailable.until_ms <= deadline => {
+                    let wait = (unavailable.until_ms - now).max(1);
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
+                Err(unavailable) => return Err(unavailable),
+            }
+        }
+    }
+}
+
+impl<C: Clock + Clone> KeyPool<C> {
+    /// Builds the pool with a given limiter clock (tests use governor's fake clock).
+    ///
+    /// # Panics
+    /// If a key is not a valid header value, which configuration parsing rules out.
+    #[must_use]
+    pub fn with_clock(config: &Config, clock: &C) -> Self {
+        let rpm = NonZeroU32::new(config.free_rpm).expect("FREE_RPM is validated to be at least 1");
+        let burst =
+            NonZeroU32::new(config.free_burst).expect("FREE_BURST is validated to be at least 1");
+        let quota = Quota::per_minute(rpm).allow_burst(burst);
+        let keys = config
+            .keys
+            .iter()
+            .map(|spec| {
+                KeySlot::new(spec, quota, clock.clone())
+                    .expect("keys are validated as header values")
+            })
+            .collect();
+        KeyPool {
+            keys,
+            calendar: Calendar::new(config.timezone.clone()),
+            picks: AtomicU64::new(0),
+        }
+    }
+
+    /// The keys in configuration order.
+    #[must_use]
+    pub fn keys(&self) -> &[KeySlot<C>] {
+        &self.keys
+    }
+
+    #[must_use]
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
+    }
+
+    /// Picks the best key for `demand` at `now_ms`, taking its limiter token and
+    /// quota unit, or says when the soonest key frees up.
+    pub fn pick(&self, demand: Demand, now_ms: i64) -> Result<usize, Unavailable> {
+        let day = self.calendar.today(now_ms);
+        // Each round either claims a key or learns that its best candidate is
+        // throttled or out of quota (and skips it next round), so it ends.
+        for _ in 0..=self.keys.len() {
+            let index = self
+                .best_candidate(demand, day, now_ms)
+                .ok_or_else(|| self.shortage(demand, day, now_ms))?;
+            if self.claim(index, demand, day, now_ms) {
+                return Ok(index);
+            }
+        }
+        Err(self.shortage(demand, day, now_ms))
+    }
+
+    fn best_candidate(&self, demand: Demand, day: Day, now_ms: i64) -> Option<usize> {
+        let mut best: Option<(usize, u64, u64, u64)> = None; // (index, remaining, limit, last_pick)
+        for (index, key) in self.keys.iter().enumerate() {
+            if Self::available_from(key, demand, day, now_ms).0 > now_ms {
+                continue;
+            }
+            let limit = u64::from(key.daily_limit());
+            let remaining = match demand {
+                Demand::Free => limit.saturating_sub(u64::from(key.used_on(day.date))),
+                Demand::Other => 0,
+            };
+            let last = key.last_pick.load(Relaxed);
+            let better = best.is_none_or(|(_, b_rem, b_lim, b_last)| {
+                // remaining/limit compared without division: rem * b_lim vs b_rem * lim.
+                let (mine, theirs) = (remaining * b_lim, b_rem * limit);
+                mine > theirs || (mine == theirs && last < b_last)
+            });
+            if better {
+                best = Some((index, remaining, limit, last));
+            }
+        }
+        best.map(|(index, ..)| index)
+    }
+
+    /// When `key` can next serve `demand` (≤ `now_ms` means now), and what holds it back.
+    fn available_from(key: &KeySlot<C>, demand: Demand, day: Day, now_ms: i64) -> (i64, Shortage) {
+        let mut from = (now_ms, Shortage::Throttled);
+        if let Some(block) = key.block_at(now_ms) {
+            if demand == Demand::Free || block.reason.blocks_paid() {
+                let reason = if block.reason == BlockReason::DailyLimit {
+                    Shortage::DailyLimit
+                } else {
+                    Shortage::Blocked
+                };
+                from = (block.until_ms, reason);
+            }
+        }
+        if demand == Demand::Free {
+            if key.used_on(day.date) >= key.daily_limit() && day.end_ms > from.0 {
+                from = (day.end_ms, Shortage::DailyLimit);
+            }
+            if key.throttled_until_ms() > from.0 {
+                from = (key.throttled_until_ms(), Shortage::Throttled);
+            }
+        }
+        from
+    }
+
+    fn claim(&self, index: usize, demand: Demand, day: Day, now_ms: i64) -> bool {
+        let key = &self.keys[index];
+        if demand == Demand::Free {
+            if !key.reserve_daily(day.date) {
+                return false;
+            }
+            if let Err(wait) = key.take_token() {
+                key.release_daily(day.date);
+                // Round up so a sleeper never wakes a fraction of a millisecond early.
+                key.set_throttled_until(now_ms + wait.as_micros().div_ceil(1000) as i64);
+                return false;
+            }
+        }
+        key.mark_used(now_ms, self.picks.fetch_add(1, Relaxed) + 1);
+        true
+    }
+
+    fn shortage(&self, demand: Demand, day: Day, now_ms: i64) -> Unavailable {
+        self.keys
+            .iter()
+            .map(|key| Self::available_from(key, demand, day, now_ms))
+            .min_by_key(|(until, _)| *until)
+            .map_or(
+                Unavailable {
+                    until_ms: day.end_ms,
+                    reason: Shortage::Blocked,
+                },
+                |(until_ms, reason)| Unavailable {
+                    until_ms: until_ms.max(now_ms),
+                    reason,
+                },
+            )
+    }
+
+    /// Blocks key `index` until `until_ms` for `reason` (a longer block is kept).
+    pub fn block(&self, index: usize, until_ms: i64, reason: BlockReason, now_ms: i64) {
+        self.keys[index].block_until(Block { until_ms, reason }, now_ms);
+    }
+
+    /// OpenRouter said the key's free-model quota is gone: mark it used up and
+    /// block free-model requests until `until_ms`, or the next daily reset.
+    pub fn exhaust_daily(&self, index: usize, until_ms: Option<i64>, now_ms: i64) -> i64 {
+        let day = self.calendar.today(now_ms);
+        let until = until_ms.filter(|t| *t > now_ms).unwrap_or(day.end_ms);
+        self.keys[index].exhaust_daily(day.date);
+        self.block(index, until, BlockReason::DailyLimit, now_ms);
+        until
+    }
+
+    /// Counts how an attempt with key `index` ended.
+    pub fn record(&self, index: usize, outcome: Outcome) {
+        self.keys[index].record(outcome);
+    }
+
+    /// The state `/key_status` shows for key `index` at `now_ms`.
+    #[must_use]
+    pub fn state_of(&self, index: usize, now_ms: i64) -> &'static str {
+        let key = &self.keys[index];
+        let day = self.calendar.today(now_ms);
+        match key.block_at(now_ms) {
+            Some(b) if b.reason == BlockReason::DailyLimit => "daily_limit_reached",
+            Some(_) => "blocked",
+            None if key.used_on(day.date) >= key.daily_limit() => "daily_limit_reached",
+            None if key.throttled_until_ms() > now_ms => "throttled",
+            None => "active",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

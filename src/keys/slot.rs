@@ -1,0 +1,335 @@
+//! One OpenRouter key's state: its GCRA limiter and lock-free counters.
+//!
+//! Every field is an atomic so selection, outcome recording and `/key_status`
+//! never take a lock. Values that must change together are packed into one
+//! `u64` (the day with its count; a block's end with its reason).
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use hyper::header::HeaderValue;
+
+use crate::config::{KeySpec, DEFAULT_DAILY_LIMIT};
+use crate::mask::mask;
+
+// All atomics here are independent counters or self-contained packed words:
+// no other memory is published through them, so `Relaxed` is enough throughout.
+
+/// Why a key is blocked. Daily and per-minute blocks only stop free-model requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BlockReason {
+    DailyLimit = 1,
+    PerMinuteLimit = 2,
+    Credits = 3,
+    KeyLimit = 4,
+    Unauthorized = 5,
+}
+
+impl BlockReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::DailyLimit,
+            2 => Self::PerMinuteLimit,
+            3 => Self::Credits,
+            4 => Self::KeyLimit,
+            5 => Self::Unauthorized,
+            _ => return None,
+        })
+    }
+
+    /// The name shown in `/key_status` and logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DailyLimit => "daily_limit",
+            Self::PerMinuteLimit => "per_minute_limit",
+            Self::Credits => "insufficient_credits",
+            Self::KeyLimit => "key_limit_exceeded",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// Whether this block stops requests for paid models and other endpoints too.
+    #[must_use]
+    pub fn blocks_paid(self) -> bool {
+        !matches!(self, Self::DailyLimit | Self::PerMinuteLimit)
+    }
+}
+
+/// A block in force: until when, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub until_ms: i64,
+    pub reason: BlockReason,
+}
+
+const UNTIL_MASK: u64 = (1 << 56) - 1;
+
+fn pack_block(block: Block) -> u64 {
+    ((block.reason as u64) << 56) | (block.until_ms.max(0) as u64 & UNTIL_MASK)
+}
+
+fn unpack_block(word: u64) -> Option<Block> {
+    let reason = BlockReason::from_u8((word >> 56) as u8)?;
+    Some(Block {
+        until_ms: (word & UNTIL_MASK) as i64,
+        reason,
+    })
+}
+
+/// Lifetime totals shown in `/key_status`.
+#[derive(Default)]
+pub struct Totals {
+    pub requests: AtomicU64,
+    pub successes: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// How one attempt with a key ended, for its lifetime totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    RateLimited,
+    Error,
+}
+
+type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// One configured OpenRouter key.
+pub struct KeySlot<C: Clock> {
+    /// The masked key: the only form of it that is ever shown.
+    pub id: String,
+    /// `Bearer <key>`, built once, marked sensitive so it is never logged by hyper.
+    pub authorization: HeaderValue,
+    /// Whether the daily limit came from `key:limit` (true) or the default.
+    pub limit_configured: bool,
+    limiter: Limiter<C>,
+    daily_limit: AtomicU32,
+    /// `(yyyymmdd << 32) | free requests used that day`.
+    usage: AtomicU64,
+    /// Packed [`Block`]; 0 when never blocked.
+    block: AtomicU64,
+    /// Earliest instant (epoch ms) the limiter said it admits again, from its last refusal.
+    throttled_until_ms: AtomicI64,
+    last_used_ms: AtomicI64,
+    /// Pool-wide pick sequence of the last pick: ties go to the smallest (least recently used).
+    pub(crate) last_pick: AtomicU64,
+    pub totals: Totals,
+}
+
+impl<C: Clock> KeySlot<C> {
+    /// Builds a slot; `None` if the key cannot be an HTTP header value.
+    pub fn new(spec: &KeySpec, quota: Quota, clock: C) -> Option<Self> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", spec.secret)).ok()?;
+        authorization.set_sensitive(true);
+        Some(KeySlot {
+            id: mask(&spec.secret),
+            authorization,
+            limit_configured: spec.daily_limit.is_some(),
+            limiter: RateLimiter::direct_with_clock(quota, clock),
+            daily_limit: AtomicU32::new(spec.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT)),
+            usage: AtomicU64::new(0),
+            block: AtomicU64::new(0),
+            throttled_until_ms: AtomicI64::new(0),
+            last_used_ms: AtomicI64::new(0),
+            last_pick: AtomicU64::new(0),
+            totals: Totals::default(),
+        })
+    }
+
+    #[must_use]
+    pub fn daily_limit(&self) -> u32 {
+        self.daily_limit.load(Relaxed)
+    }
+
+    /// Free-model requests used on the quota day `date`.
+    #[must_use]
+    pub fn used_on(&self, date: u32) -> u32 {
+        let word = self.usage.load(Relaxed);
+        if (word >> 32) as u32 == date {
+            word as u32
+        } else {
+            0
+        }
+    }
+
+    /// Takes one unit of `date`'s quota if any is left.
+    pub(crate) fn reserve_daily(&self, date: u32) -> bool {
+        let limit = u64::from(self.daily_limit());
+        self.usage
+            .fetch_update(Relaxed, Relaxed, |word| {
+                let used = if (word >> 32) as u32 == date {
+                    word & 0xFFFF_FFFF
+                } else {
+                    0
+                };
+                (used < limit).then_some((u64::from(date) << 32) | (used + 1))
+            })
+            .is_ok()
+    }
+
+    /// Gives back a unit taken by [`Self::reserve_daily`] that was not used.
+    pub(crate) fn release_daily(&self, date: u32) {
+        let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
+            ((word >> 32) as u32 == date && word as u32 > 0).then_some(word - 1)
+        });
+    }
+
+    /// Marks `date`'s quota as fully used (OpenRouter said so).
+    pub(crate) fn exhaust_daily(&self, date: u32) {
+        let limit = u64::from(self.daily_limit());
+        let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
+            let used = if (word >> 32) as u32 == date {
+                word & 0xFFFF_FFFF
+            } else {
+                0
+            };
+            Some((u64::from(date) << 32) | used.max(limit))
+        });
+    }
+
+    /// Takes a limiter token now, or returns how long until one is available.
+    pub(crate) fn take_token(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+
+    pub(crate) fn set_throttled_until(&self, until_ms: i64) {
+        self.throttled_until_ms.store(until_ms, Relaxed);
+    }
+
+    /// The limiter's last known "not before" instant (epoch ms).
+    #[must_use]
+    pub fn throttled_until_ms(&self) -> i64 {
+        self.throttled_until_ms.load(Relaxed)
+    }
+
+    /// The block in force at `now_ms`, if any.
+    #[must_use]
+    pub fn block_at(&self, now_ms: i64) -> Option<Block> {
+        unpack_block(self.block.load(Relaxed)).filter(|b| b.until_ms > now_ms)
+    }
+
+    /// Blocks the key until `block.until_ms`; a longer block already in force is kept.
+    pub(crate) fn block_until(&self, block: Block, now_ms: i64) {
+        let new = pack_block(block);
+        let _ = self
+            .block
+            .fetch_update(Relaxed, Relaxed, |word| match unpack_block(word) {
+                Some(old) if old.until_ms > now_ms && old.until_ms >= block.until_ms => None,
+                _ => Some(new),
+            });
+    }
+
+    pub(crate) fn mark_used(&self, now_ms: i64, pick: u64) {
+        self.last_used_ms.store(now_ms, Relaxed);
+        self.last_pick.store(pick, Relaxed);
+        self.totals.requests.fetch_add(1, Relaxed);
+    }
+
+    #[must_use]
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used_ms.load(Relaxed)
+    }
+
+    pub(crate) fn record(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Success => &self.totals.successes,
+            Outcome::RateLimited => &self.totals.rate_limited,
+            Outcome::Error => &self.totals.errors,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::num::NonZeroU32;
+
+    fn slot(limit: u32) -> KeySlot<FakeRelativeClock> {
+        let spec = KeySpec {
+            secret: "sk-or-v1-0123456789abcdef".into(),
+            daily_limit: Some(limit),
+        };
+        KeySlot::new(
+            &spec,
+            Quota::per_minute(NonZeroU32::new(20).unwrap()),
+            FakeRelativeClock::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn daily_quota_is_reserved_up_to_the_limit_and_resets_with_the_date() {
+        let s = slot(2);
+        assert!(s.reserve_daily(20_261_124));
+        assert!(s.reserve_daily(20_261_124));
+        assert!(!s.reserve_daily(20_261_124));
+        assert_eq!(s.used_on(20_261_124), 2);
+        assert_eq!(s.used_on(20_261_125), 0);
+        assert!(s.reserve_daily(20_261_125));
+        assert_eq!(s.used_on(20_261_125), 1);
+        s.release_daily(20_261_125);
+        assert_eq!(s.used_on(20_261_125), 0);
+    }
+
+    #[test]
+    fn exhausting_the_day_uses_up_the_quota() {
+        let s = slot(50);
+        assert!(s.reserve_daily(1));
+        s.exhaust_daily(1);
+        assert_eq!(s.used_on(1), 50);
+        assert!(!s.reserve_daily(1));
+    }
+
+    #[test]
+    fn a_block_ends_at_its_instant_and_is_never_shortened() {
+        let s = slot(50);
+        s.block_until(
+            Block {
+                until_ms: 5_000,
+                reason: BlockReason::Credits,
+            },
+            0,
+        );
+        s.block_until(
+            Block {
+                until_ms: 2_000,
+                reason: BlockReason::PerMinuteLimit,
+            },
+            0,
+        );
+        assert_eq!(
+            s.block_at(4_999),
+            Some(Block {
+                until_ms: 5_000,
+                reason: BlockReason::Credits
+            })
+        );
+        assert_eq!(s.block_at(5_000), None);
+        s.block_until(
+            Block {
+                until_ms: 9_000,
+                reason: BlockReason::Unauthorized,
+            },
+            6_000,
+        );
+        assert_eq!(s.block_at(6_000).unwrap().reason, BlockReason::Unauthorized);
+    }
+
+    #[test]
+    fn the_bearer_header_is_sensitive_and_the_id_masked() {
+        let s = slot(50);
+        assert!(s.authorization.is_sensitive());
+        assert_eq!(s.id, "sk-or-v1-01…cdef");
+    }
+}

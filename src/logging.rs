@@ -1,0 +1,32 @@
+//! Logging setup: `env_logger` with timestamps; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`.
+
+use std::collections::HashMap;
+
+/// Initialises logging before the configuration is validated, so nothing is lost.
+/// An invalid level falls back to `info` here; configuration parsing reports it.
+pub fn init(env: &HashMap<String, String>) {
+    let mut builder = env_logger::Builder::new();
+    let level = ["UVICORN_LOG_LEVEL", "LOG_LEVEL"]
+        .iter()
+        .find_map(|name| env.get(*name))
+        .map_or(log::LevelFilter::Info, |level| {
+            match level.trim().to_ascii_lowercase().as_str() {
+                "trace" => log::LevelFilter::Trace,
+                "debug" => log::LevelFilter::Debug,
+                "warn" | "warning" => log::LevelFilter::Warn,
+                "error" | "critical" => log::LevelFilter::Error,
+                "off" => log::LevelFilter::Off,
+                _ => log::LevelFilter::Info,
+            }
+        });
+    builder.filter_level(level);
+    // Dependencies' debug chatter (connection pools, TLS) stays out unless RUST_LOG asks for it.
+    for noisy in ["hyper", "hyper_util", "rustls", "h2"] {
+        builder.filter_module(noisy, level.min(log::LevelFilter::Info));
+    }
+    if let Some(spec) = env.get("RUST_LOG") {
+        builder.parse_filters(spec);
+    }
+    builder.format_timestamp_millis();
+    let _ = builder.try_init();
+}

@@ -1,0 +1,69 @@
+//! The accept loop, the connection builder and graceful shutdown.
+//! Knows nothing about OpenRouter: it serves whatever [`router::route`] answers.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use log::{debug, info, warn};
+use tokio::net::TcpListener;
+
+use crate::proxy::App;
+use crate::router;
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish for up to `SHUTDOWN_GRACE`.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |request| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(router::route(&app, request).await) }
+        });
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!("connection ended with an error: {err}");
+            }
+        });
+    }
+    drop(listener);
+    info!(
+        "shutting down: waiting up to {}s for in-flight requests",
+        app.config.shutdown_grace.as_secs()
+    );
+    tokio::select! {
+        () = graceful.shutdown() => info!("all connections finished"),
+        () = tokio::time::sleep(app.config.shutdown_grace) => warn!("shutdown grace period over; closing remaining connections"),
+    }
+}

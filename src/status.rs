@@ -1,0 +1,77 @@
+//! The proxy's own read-only endpoints: `/health` and `/key_status`.
+
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::Response;
+use serde_json::{json, Value};
+
+use crate::body::ProxyBody;
+use crate::keys::now_ms;
+use crate::proxy::App;
+
+/// `GET /health`: `OK`, or `{"status":"OK"}` with `?format=json`.
+#[must_use]
+pub fn health(query: Option<&str>) -> Response<ProxyBody> {
+    let json = query.is_some_and(|q| q.split('&').any(|pair| pair == "format=json"));
+    let (body, content_type) = if json {
+        (r#"{"status":"OK"}"#, "application/json")
+    } else {
+        ("OK", "text/plain; charset=utf-8")
+    };
+    let mut response = Response::new(ProxyBody::full(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// `GET /key_status`: every key's state, read from atomics only.
+#[must_use]
+pub fn key_status(app: &App) -> Response<ProxyBody> {
+    let now = now_ms();
+    let pool = &app.keys;
+    let calendar = pool.calendar();
+    let day = calendar.today(now);
+    let time = |ms: i64| (ms > 0).then(|| calendar.rfc3339(ms));
+    let keys: Vec<Value> = pool
+        .keys()
+        .iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let used = key.used_on(day.date);
+            let limit = key.daily_limit();
+            let block = key.block_at(now);
+            let totals = &key.totals;
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            json!({
+                "id": key.id,
+                "status": pool.state_of(index, now),
+                "daily_used": used,
+                "daily_limit": limit,
+                "daily_remaining": limit.saturating_sub(used),
+                "limit_source": if key.limit_configured { "configured" } else { "default" },
+                "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
+                "block_reason": block.map(|b| b.reason.as_str()),
+                "next_free_slot_in_ms": (key.throttled_until_ms() - now).max(0),
+                "last_used": time(key.last_used_ms()),
+                "totals": {
+                    "requests": load(&totals.requests),
+                    "successes": load(&totals.successes),
+                    "rate_limited": load(&totals.rate_limited),
+                    "errors": load(&totals.errors),
+                },
+            })
+        })
+        .collect();
+    let body = json!({
+        "now": calendar.rfc3339(now),
+        "timezone": app.config.timezone_name,
+        "next_reset": calendar.rfc3339(day.end_ms),
+        "keys": keys,
+    });
+    let mut response = Response::new(ProxyBody::full(body.to_string()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

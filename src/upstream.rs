@@ -1,0 +1,241 @@
+//! Talking to OpenRouter: the pooled HTTPS client, URI mapping, and header hygiene.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::http::uri::{PathAndQuery, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::auth::{APIKEY, X_API_KEY};
+use crate::config::UpstreamBase;
+
+/// The one shared client: pooled connections, HTTP/1.1 or HTTP/2 by ALPN.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the client once at startup; TLS roots are compiled in (webpki-roots),
+/// so it works in an empty container.
+///
+/// # Panics
+/// Never in practice: the ring provider supports the default protocol versions.
+#[must_use]
+pub fn build_client() -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .expect("the ring provider supports the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https)
+}
+
+/// The request path without the proxy's own `/api/v1` or `/v1` prefix.
+#[must_use]
+pub fn upstream_path(path: &str) -> &str {
+    for prefix in ["/api/v1", "/v1"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            if rest.is_empty() || rest.starts_with('/') {
+                return rest;
+            }
+        }
+    }
+    path
+}
+
+/// True when a path segment is `.` or `..`, literally or percent-encoded, which
+/// could climb out of the upstream base path once the upstream normalises it.
+#[must_use]
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.as_bytes();
+        let mut rest = lower;
+        let mut dots = 0;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3
+                && rest[0] == b'%'
+                && rest[1] == b'2'
+                && rest[2].eq_ignore_ascii_case(&b'e')
+            {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
+}
+
+/// `{base}{mapped path}?{query}` with the query forwarded byte for byte.
+pub fn upstream_uri(
+    base: &UpstreamBase,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, hyper::http::Error> {
+    let mapped = upstream_path(path);
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut buf = BytesMut::with_capacity(base.path.len() + mapped.len() + query_len);
+    buf.put_slice(base.path.as_bytes());
+    buf.put_slice(mapped.as_bytes());
+    if buf.is_empty() {
+        buf.put_u8(b'/');
+    }
+    if let Some(q) = query {
+        buf.put_u8(b'?');
+        buf.put_slice(q.as_bytes());
+    }
+    let path_and_query = PathAndQuery::from_maybe_shared(buf.freeze())?;
+    Uri::builder()
+        .scheme(base.scheme.clone())
+        .authority(base.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones that must not cross a proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        let listed: Vec<_> = entry.remove_entry_mult().1.collect();
+        for value in &listed {
+            for name in value.to_str().unwrap_or("").split(',') {
+                if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Prepares client headers for upstream: no hop-by-hop, no `Host` (the client
+/// sets upstream's), no proxy credentials, no stale framing.
+pub fn sanitize_request_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::AUTHORIZATION,
+        APIKEY,
+        X_API_KEY,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+    use hyper::http::uri::{Authority, Scheme};
+
+    fn base(path: &str) -> UpstreamBase {
+        UpstreamBase {
+            scheme: Scheme::HTTPS,
+            authority: Authority::from_static("openrouter.ai"),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn paths_map_onto_the_base_url() {
+        let b = base("/api/v1");
+        let uri = |p, q| upstream_uri(&b, p, q).unwrap().to_string();
+        assert_eq!(
+            uri("/api/v1/chat/completions", None),
+            "https://openrouter.ai/api/v1/chat/completions"
+        );
+        assert_eq!(
+            uri("/v1/models", Some("a=1&a=2&b=%20x")),
+            "https://openrouter.ai/api/v1/models?a=1&a=2&b=%20x"
+        );
+        assert_eq!(uri("/key", None), "https://openrouter.ai/api/v1/key");
+        assert_eq!(
+            uri("/api/v1x", None),
+            "https://openrouter.ai/api/v1/api/v1x"
+        );
+        assert_eq!(uri("/api/v1", None), "https://openrouter.ai/api/v1");
+        assert_eq!(
+            upstream_uri(&base(""), "/v1", None).unwrap().to_string(),
+            "https://openrouter.ai/"
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_detected_in_every_spelling() {
+        for p in [
+            "/../x",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/%2E./b",
+            "/.%2e/b",
+            "/./x",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/a/b",
+            "/a/...",
+            "/a/.well-known",
+            "/v1/chat..completions",
+            "/%2e%2e%2e",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_credentials_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("host", "localhost"),
+            ("authorization", "Bearer proxy"),
+            ("apikey", "proxy"),
+            ("x-api-key", "proxy"),
+            ("http-referer", "https://example.com"),
+            ("x-title", "My agent"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        sanitize_request_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "http-referer", "x-title"]);
+    }
+}
