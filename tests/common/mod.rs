@@ -1,0 +1,294 @@
+//! Test helpers: a mock OpenRouter that records what it receives and plays
+//! scripted replies, the proxy started in-process on port 0, and a small client.
+#![allow(dead_code)] // each test file uses a different part of the helpers
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use openrouter_proxy::config::Config;
+use openrouter_proxy::proxy::App;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub const PROXY_KEY: &str = "proxy-key-0123456789";
+pub const KEY_A: &str = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0001";
+pub const KEY_B: &str = "sk-or-v1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0002";
+pub const KEY_C: &str = "sk-or-v1-cccccccccccccccccccccccccccccccc0003";
+
+/// One request as the mock upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Seen {
+    /// The OpenRouter key the proxy sent, without `Bearer `.
+    pub fn key(&self) -> String {
+        let auth = self.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        auth.strip_prefix("Bearer ").unwrap_or(&auth).to_owned()
+    }
+}
+
+/// A scripted reply from the mock upstream.
+pub enum Reply {
+    /// Status, headers, whole body.
+    Full(u16, Vec<(&'static str, String)>, Bytes),
+    /// 200 `text/event-stream`, with chunks fed through the sender the test keeps.
+    Stream(mpsc::Receiver<Bytes>),
+    /// Accept the request and never answer.
+    Hang,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &str) -> Reply {
+        Reply::Full(status, vec![("content-type", "application/json".into())], Bytes::copy_from_slice(body.as_bytes()))
+    }
+
+    pub fn ok() -> Reply {
+        Reply::json(200, r#"{"id":"gen-1","choices":[{"message":{"role":"assistant","content":"hi"}}]}"#)
+    }
+}
+
+type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
+
+/// The mock OpenRouter.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Starts a mock that answers every request with `handler`.
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let recorded = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                path_and_query: parts.uri.path_and_query().map(ToString::to_string).unwrap_or_default(),
+                                headers: parts.headers,
+                                body,
+                                at: Instant::now(),
+                            };
+                            let reply = handler(&seen);
+                            recorded.lock().unwrap().push(seen);
+                            Ok::<_, Infallible>(render(reply).await)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    /// Answers 200 with a small completion to everything.
+    pub async fn ok() -> Upstream {
+        Upstream::start(|_| Reply::ok()).await
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn render(reply: Reply) -> Response<MockBody> {
+    match reply {
+        Reply::Full(status, headers, body) => {
+            let mut response = Response::new(MockBody::Full(Some(body)));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (name, value) in headers {
+                response.headers_mut().append(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
+            }
+            response
+        }
+        Reply::Stream(chunks) => {
+            let mut response = Response::new(MockBody::Channel(chunks));
+            response.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+            response
+        }
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+/// The mock's response body: whole, or chunks as the test sends them.
+pub enum MockBody {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+/// The proxy running in-process on 127.0.0.1:0.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A configuration for tests: the given variables over sensible test defaults.
+pub fn config(base_url: &str, vars: &[(&str, &str)]) -> Config {
+    let mut map: HashMap<String, String> = [
+        ("PROXY_API_KEY", PROXY_KEY.to_owned()),
+        ("OPENROUTER_KEYS", format!("{KEY_A},{KEY_B}")),
+        ("OPENROUTER_BASE_URL", base_url.to_owned()),
+        ("FREE_BURST", "1000".to_owned()),
+        ("SHUTDOWN_GRACE", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    map.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Config::from_lookup(|name| map.get(name).cloned()).expect("valid test configuration")
+}
+
+impl Proxy {
+    pub async fn start(base_url: &str, vars: &[(&str, &str)]) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App::new(config(base_url, vars));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = Arc::clone(&app);
+        tokio::spawn(openrouter_proxy::server::serve(listener, served, async {
+            let _ = stopped.await;
+        }));
+        Proxy { addr, app, stop: Some(stop) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// A finished response as the client saw it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the OpenRouter error shape with this code.
+    pub fn assert_error(&self, code: u16) {
+        assert_eq!(self.status, code, "{}", self.text());
+        let json = self.json();
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+    }
+}
+
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Builds a request to the proxy with the proxy key as bearer.
+pub fn request(method: &str, url: &str) -> hyper::http::request::Builder {
+    Request::builder().method(method).uri(url).header("authorization", format!("Bearer {PROXY_KEY}"))
+}
+
+/// Sends a request and collects the whole answer.
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let response = client().request(req).await.expect("the proxy answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("the body arrives").to_bytes();
+    Answer { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+/// POSTs a chat completion for `model` with the proxy key.
+pub async fn chat(proxy: &Proxy, model: &str) -> Answer {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    send(req).await
+}
+
+/// GETs a path with the proxy key.
+pub async fn get(proxy: &Proxy, path: &str) -> Answer {
+    send(request("GET", &proxy.url(path)).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// A base URL where nothing listens.
+pub async fn closed_base_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/api/v1")
+}
+
+/// Waits up to `limit` for `condition`, polling every 10 ms.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}

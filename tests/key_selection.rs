@@ -1,0 +1,141 @@
+//! The key manager through the HTTP proxy: rotation, quotas, limiter spacing, 429s, /key_status.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const FREE: &str = "qwen/qwen3-coder:free";
+const PAID: &str = "openai/gpt-4o";
+
+fn keys_seen(upstream: &Upstream) -> Vec<String> {
+    upstream.requests().iter().map(Seen::key).collect()
+}
+
+#[tokio::test]
+async fn free_requests_rotate_by_remaining_share_of_the_daily_quota() {
+    let upstream = Upstream::ok().await;
+    let keys = format!("{KEY_A}:100,{KEY_B}:10");
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys)]).await;
+    for _ in 0..5 {
+        assert_eq!(chat(&proxy, FREE).await.status, 200);
+    }
+    // Equal shares: least recently used (A); then B has 10/10 left against A's 99/100;
+    // after that A's 98/100 beats B's 9/10.
+    assert_eq!(keys_seen(&upstream), [KEY_A, KEY_B, KEY_A, KEY_A, KEY_A]);
+}
+
+#[tokio::test]
+async fn a_key_at_its_daily_limit_is_skipped() {
+    let upstream = Upstream::ok().await;
+    let keys = format!("{KEY_A}:1,{KEY_B}:5");
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys)]).await;
+    for _ in 0..4 {
+        assert_eq!(chat(&proxy, FREE).await.status, 200);
+    }
+    assert_eq!(keys_seen(&upstream), [KEY_A, KEY_B, KEY_B, KEY_B]);
+}
+
+#[tokio::test]
+async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_failing() {
+    let upstream = Upstream::ok().await;
+    // 600/min with burst 1: one request per 100 ms on the single key.
+    let vars = [("OPENROUTER_KEYS", KEY_A), ("FREE_RPM", "600"), ("FREE_BURST", "1"), ("MAX_WAIT", "10")];
+    let proxy = Proxy::start(&upstream.base_url(), &vars).await;
+    let answers = futures_join(&proxy, 4).await;
+    assert!(answers.iter().all(|&status| status == 200), "{answers:?}");
+    let mut times: Vec<_> = upstream.requests().iter().map(|s| s.at).collect();
+    times.sort();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(95), "requests only {gap:?} apart");
+    }
+}
+
+async fn futures_join(proxy: &Proxy, n: usize) -> Vec<u16> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let url = proxy.url("/api/v1/chat/completions");
+        tasks.spawn(async move {
+            let body = format!(r#"{{"model":"{FREE}"}}"#);
+            let req = request("POST", &url).body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+            send(req).await.status
+        });
+    }
+    tasks.join_all().await
+}
+
+#[tokio::test]
+async fn paid_model_requests_use_no_free_quota() {
+    let upstream = Upstream::ok().await;
+    let keys = format!("{KEY_A}:1");
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")]).await;
+    for _ in 0..5 {
+        assert_eq!(chat(&proxy, PAID).await.status, 200);
+    }
+    assert_eq!(get(&proxy, "/api/v1/models").await.status, 200);
+    let status = get(&proxy, "/key_status").await.json();
+    assert_eq!(status["keys"][0]["daily_used"], 0);
+    assert_eq!(status["keys"][0]["totals"]["requests"], 6);
+    assert_eq!(chat(&proxy, FREE).await.status, 200);
+    assert_eq!(get(&proxy, "/key_status").await.json()["keys"][0]["daily_used"], 1);
+}
+
+#[tokio::test]
+async fn when_every_key_is_at_its_daily_limit_the_client_gets_429_with_retry_after() {
+    let upstream = Upstream::ok().await;
+    let keys = format!("{KEY_A}:1,{KEY_B}:1");
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")]).await;
+    chat(&proxy, FREE).await;
+    chat(&proxy, FREE).await;
+    let answer = chat(&proxy, FREE).await;
+    answer.assert_error(429);
+    let retry_after: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    assert!(answer.text().contains("daily free-model limit"), "{}", answer.text());
+    assert_eq!(upstream.requests().len(), 2, "the refused request never reached upstream");
+    // Paid models still go through.
+    assert_eq!(chat(&proxy, PAID).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_throttled_key_past_max_wait_gives_429_naming_the_throttle() {
+    let upstream = Upstream::ok().await;
+    let vars = [("OPENROUTER_KEYS", KEY_A), ("FREE_RPM", "1"), ("FREE_BURST", "1"), ("MAX_WAIT", "1")];
+    let proxy = Proxy::start(&upstream.base_url(), &vars).await;
+    assert_eq!(chat(&proxy, FREE).await.status, 200);
+    let answer = chat(&proxy, FREE).await;
+    answer.assert_error(429);
+    let retry_after: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((55..=60).contains(&retry_after), "{retry_after}");
+    assert!(answer.text().contains("throttled"), "{}", answer.text());
+}
+
+#[tokio::test]
+async fn key_status_needs_auth_and_shows_masked_keys_only() {
+    let upstream = Upstream::ok().await;
+    let keys = format!("{KEY_A}:1000,{KEY_B}");
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys), ("TIMEZONE", "Europe/Moscow")]).await;
+    chat(&proxy, FREE).await;
+    let anonymous = send(hyper::Request::get(proxy.url("/key_status")).body(Default::default()).unwrap()).await;
+    anonymous.assert_error(401);
+    let answer = get(&proxy, "/key-status").await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    assert!(!text.contains(KEY_A) && !text.contains(KEY_B) && !text.contains(PROXY_KEY), "{text}");
+    let status = answer.json();
+    assert_eq!(status["timezone"], "Europe/Moscow");
+    assert!(status["next_reset"].as_str().unwrap().ends_with("T00:00:00+03:00"), "{status}");
+    let first = &status["keys"][0];
+    assert_eq!(first["id"], "sk-or-v1-aa…0001");
+    assert_eq!(first["daily_used"], 1);
+    assert_eq!(first["daily_limit"], 1000);
+    assert_eq!(first["daily_remaining"], 999);
+    assert_eq!(first["limit_source"], "configured");
+    assert_eq!(first["status"], "active");
+    assert_eq!(first["blocked_until"], serde_json::Value::Null);
+    assert_eq!(first["totals"]["successes"], 1);
+    assert_eq!(status["keys"][1]["daily_limit"], 50);
+    assert_eq!(status["keys"][1]["limit_source"], "default");
+}
