@@ -1,12 +1,15 @@
-//! Bodies: the capped read of a request body into one `Bytes`, and the
-//! response body that is either the proxy's own bytes or upstream's frames piped through.
+//! Bodies: the capped read of a request body into one `Bytes`, the bounded
+//! hold of an upstream body's start, and the response body that is either the
+//! proxy's own bytes or upstream's frames piped through.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::relay::SseRelay;
 
 /// Why a request body could not be read.
 #[derive(Debug)]
@@ -33,10 +36,59 @@ pub async fn read_capped(body: Incoming, cap: usize) -> Result<Bytes, ReadError>
     }
 }
 
-/// A response body: the proxy's own bytes, or upstream's body frame by frame.
+/// The start of an upstream body, held back for inspection.
+pub struct Held {
+    /// Everything read so far.
+    pub bytes: Bytes,
+    /// The unread remainder; `None` when `bytes` is the whole body.
+    pub rest: Option<Incoming>,
+}
+
+impl Held {
+    /// The whole body again: held bytes first, then the rest piped.
+    #[must_use]
+    pub fn into_body(self) -> ProxyBody {
+        match self.rest {
+            None => ProxyBody::full(self.bytes),
+            Some(rest) => ProxyBody::upstream(Some(self.bytes), rest),
+        }
+    }
+}
+
+/// Reads `body` until it ends or more than `limit` bytes past leading
+/// whitespace (OpenRouter's heartbeats) have arrived. A body that arrives in
+/// one frame is held without a copy.
+pub async fn hold(mut body: Incoming, limit: usize) -> Result<Held, hyper::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut significant = 0usize;
+    while significant <= limit {
+        let Some(frame) = body.frame().await else {
+            let bytes = first.unwrap_or_else(|| joined.freeze());
+            return Ok(Held { bytes, rest: None });
+        };
+        let Ok(data) = frame?.into_data() else { continue };
+        significant += if significant == 0 { data.len() - data.iter().take_while(|b| b.is_ascii_whitespace()).count() } else { data.len() };
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    joined.extend_from_slice(&held);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    let bytes = first.unwrap_or_else(|| joined.freeze());
+    Ok(Held { bytes, rest: Some(body) })
+}
+
+/// A response body: the proxy's own bytes, upstream's body (after any held
+/// prefix) frame by frame, or an event stream under pre-content inspection.
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream { held: Option<Bytes>, rest: Incoming },
+    Relay(Box<SseRelay>),
 }
 
 impl ProxyBody {
@@ -49,35 +101,41 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Full(None)
     }
+
+    #[must_use]
+    pub fn upstream(held: Option<Bytes>, rest: Incoming) -> Self {
+        ProxyBody::Upstream { held: held.filter(|b| !b.is_empty()), rest }
+    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ProxyBody::Upstream { held, rest } => match held.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+            ProxyBody::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Upstream(incoming) => incoming.is_end_stream(),
+            ProxyBody::Upstream { held, rest } => held.is_none() && rest.is_end_stream(),
+            ProxyBody::Relay(relay) => relay.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            ProxyBody::Upstream(incoming) => incoming.size_hint(),
+            ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream { held: None, rest } => rest.size_hint(),
+            ProxyBody::Upstream { .. } | ProxyBody::Relay(_) => SizeHint::default(),
         }
     }
 }

@@ -92,6 +92,21 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds a free-model request may wait for a key to free up before 429",
     },
     Variable {
+        names: &["MAX_RETRIES"],
+        default: "10",
+        help: "retries after a retryable upstream error (0 = none)",
+    },
+    Variable {
+        names: &["MAX_RETRY_TIME"],
+        default: "120",
+        help: "seconds one request may spend retrying and waiting in all",
+    },
+    Variable {
+        names: &["RETRY_BACKOFF"],
+        default: "1",
+        help: "seconds of the first backoff; doubles per retry, with jitter, up to 30 s",
+    },
+    Variable {
         names: &["SHUTDOWN_GRACE"],
         default: "30",
         help: "seconds in-flight requests get to finish after SIGTERM/SIGINT",
@@ -139,6 +154,9 @@ pub struct Config {
     pub free_rpm: u32,
     pub free_burst: u32,
     pub max_wait: Duration,
+    pub max_retries: u32,
+    pub max_retry_time: Duration,
+    pub retry_backoff: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -266,6 +284,9 @@ impl Config {
             free_rpm: r.positive("FREE_RPM", 20),
             free_burst: r.positive("FREE_BURST", 1),
             max_wait: r.seconds("MAX_WAIT", 30),
+            max_retries: r.parsed(&["MAX_RETRIES"], 10, "a count"),
+            max_retry_time: r.seconds("MAX_RETRY_TIME", 120),
+            retry_backoff: r.seconds("RETRY_BACKOFF", 1),
             shutdown_grace: r.seconds("SHUTDOWN_GRACE", 30),
         };
         if r.problems.is_empty() {

@@ -46,7 +46,9 @@ impl ProxyError {
         }
     }
 
-    fn message(&self) -> String {
+    /// The human-readable message of the error body.
+    #[must_use]
+    pub fn message(&self) -> String {
         match self {
             ProxyError::Unauthorized(why) | ProxyError::BadRequest(why) => (*why).to_owned(),
             ProxyError::PayloadTooLarge { limit } => {

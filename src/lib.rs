@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) only parses configuration and runs [`server::serve`];
 //! everything else lives here so tests and benches can run the proxy in-process.
 
+pub mod attempts;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -13,8 +14,11 @@ pub mod keys;
 pub mod logging;
 pub mod mask;
 pub mod model;
+pub mod outcome;
 pub mod proxy;
+pub mod relay;
 pub mod router;
 pub mod server;
+pub mod sse;
 pub mod status;
 pub mod upstream;

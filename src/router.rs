@@ -14,7 +14,7 @@ use crate::proxy::{forward, App};
 use crate::status;
 
 /// Answers one request; every failure is already a response here.
-pub async fn route(app: &App, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn route(app: &std::sync::Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
     let path = request.uri().path();
     let mut response = match (request.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => status::health(request.uri().query()),

@@ -199,7 +199,7 @@ async fn bodies_over_the_cap_get_413_declared_or_not_and_are_not_forwarded() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_gives_502_in_openrouter_error_shape() {
-    let proxy = Proxy::start(&closed_base_url().await, &[]).await;
+    let proxy = Proxy::start(&closed_base_url().await, &[("MAX_RETRIES", "2")]).await;
     chat(&proxy, "openai/gpt-4o").await.assert_error(502);
 }
 

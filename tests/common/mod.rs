@@ -61,6 +61,15 @@ impl Reply {
         Reply::Full(status, vec![("content-type", "application/json".into())], Bytes::copy_from_slice(body.as_bytes()))
     }
 
+    /// A complete event stream: each event sent at once, then the end.
+    pub fn sse(events: &[&str]) -> Reply {
+        let (tx, rx) = mpsc::channel(events.len().max(1));
+        for event in events {
+            tx.try_send(Bytes::copy_from_slice(event.as_bytes())).unwrap();
+        }
+        Reply::Stream(rx)
+    }
+
     pub fn ok() -> Reply {
         Reply::json(200, r#"{"id":"gen-1","choices":[{"message":{"role":"assistant","content":"hi"}}]}"#)
     }
@@ -111,6 +120,12 @@ impl Upstream {
             }
         });
         Upstream { addr, seen }
+    }
+
+    /// Plays `replies` in order, then answers 200 to everything.
+    pub async fn script(replies: Vec<Reply>) -> Upstream {
+        let replies = Mutex::new(std::collections::VecDeque::from(replies));
+        Upstream::start(move |_| replies.lock().unwrap().pop_front().unwrap_or_else(Reply::ok)).await
     }
 
     /// Answers 200 with a small completion to everything.
@@ -187,6 +202,7 @@ pub fn config(base_url: &str, vars: &[(&str, &str)]) -> Config {
         ("OPENROUTER_BASE_URL", base_url.to_owned()),
         ("FREE_BURST", "1000".to_owned()),
         ("SHUTDOWN_GRACE", "1".to_owned()),
+        ("RETRY_BACKOFF", "0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -1,0 +1,263 @@
+//! The attempt loop: pick a key → send → classify → react, until there is
+//! something to hand to the client. Every retry is a fresh key selection, so
+//! the limiter and quota accounting apply to every attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, Uri};
+use log::warn;
+
+use crate::body::{hold, ProxyBody};
+use crate::error::ProxyError;
+use crate::keys::{now_ms, BlockReason, Demand, Outcome, Shortage, Unavailable};
+use crate::outcome::{classify, error_object, Verdict};
+use crate::proxy::App;
+use crate::upstream::strip_hop_by_hop;
+
+/// The most of an upstream body held back to look for an error before committing to it.
+pub const INSPECT_LIMIT: usize = 64 * 1024;
+/// How long a key is parked after a 401 (not forever: OpenRouter has 401'd everyone during incidents).
+const UNAUTHORIZED_BLOCK_MS: i64 = 5 * 60_000;
+const PER_MINUTE_BLOCK_MS: i64 = 60_000;
+const CREDITS_BLOCK_MS: i64 = 5 * 60_000;
+const KEY_LIMIT_BLOCK_MS: i64 = 60 * 60_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the proxy sends upstream, kept so every attempt can be rebuilt from it.
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub demand: Demand,
+}
+
+impl Outgoing {
+    fn request(&self, authorization: &HeaderValue) -> Request<Full<Bytes>> {
+        // Cloning `body` is a reference count; the header map clone shares its values' bytes.
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request.headers_mut().insert(AUTHORIZATION, authorization.clone());
+        request
+    }
+}
+
+/// Where the attempts ended.
+pub enum Settled {
+    /// A 200 event stream from key `key`: relay it, inspecting events until the first content.
+    Stream { key: usize, response: Response<Incoming> },
+    /// An upstream answer to hand over as it is (a success, a refusal, or the last error once retries ran out).
+    Answer(Response<ProxyBody>),
+    /// The proxy's own error: no key in time, upstream unreachable or silent.
+    Failed(ProxyError),
+}
+
+/// One request's attempts so far.
+pub struct Journey {
+    app: Arc<App>,
+    pub outgoing: Outgoing,
+    pub attempts: u32,
+    pub last_key: Option<usize>,
+    started: Instant,
+}
+
+impl Journey {
+    #[must_use]
+    pub fn new(app: Arc<App>, outgoing: Outgoing) -> Self {
+        Journey { app, outgoing, attempts: 0, last_key: None, started: Instant::now() }
+    }
+
+    /// Counts how an attempt with key `key` ended.
+    pub fn record(&self, key: usize, outcome: Outcome) {
+        self.app.keys.record(key, outcome);
+    }
+
+    /// Runs attempts until one can be handed to the client, or retries run out.
+    pub async fn settle(&mut self) -> Settled {
+        let mut last_answer: Option<Response<ProxyBody>> = None;
+        loop {
+            let key = match self.acquire().await {
+                Ok(key) => key,
+                Err(err) => return last_answer.map_or(Settled::Failed(err), Settled::Answer),
+            };
+            self.attempts += 1;
+            self.last_key = Some(key);
+            let (verdict, answer) = match self.send(key).await {
+                Ok(response) => match self.inspect(key, response).await {
+                    Inspected::Done(settled) => return settled,
+                    Inspected::Failed(verdict, answer) => (verdict, answer),
+                },
+                Err(ProxyError::UpstreamUnreachable) => (Verdict::Network, None),
+                Err(err) => {
+                    self.app.keys.record(key, Outcome::Error);
+                    return Settled::Failed(err);
+                }
+            };
+            if answer.is_some() {
+                last_answer = answer;
+            }
+            match self.plan(key, verdict) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return last_answer.map_or(Settled::Failed(ProxyError::UpstreamUnreachable), Settled::Answer),
+            }
+        }
+    }
+
+    async fn acquire(&self) -> Result<usize, ProxyError> {
+        let config = &self.app.config;
+        // The first attempt may wait MAX_WAIT; retries also stay inside MAX_RETRY_TIME.
+        let wait = if self.attempts == 0 { config.max_wait } else { config.max_wait.min(self.remaining()) };
+        self.app.keys.acquire(self.outgoing.demand, wait).await.map_err(|u| no_key(&self.app, u))
+    }
+
+    fn remaining(&self) -> Duration {
+        self.app.config.max_retry_time.saturating_sub(self.started.elapsed())
+    }
+
+    /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
+    async fn send(&self, key: usize) -> Result<Response<Incoming>, ProxyError> {
+        let request = self.outgoing.request(&self.app.keys.keys()[key].authorization);
+        let pending = self.app.client.request(request);
+        let timeout = self.app.config.upstream_timeout;
+        let result = if timeout.is_zero() {
+            pending.await
+        } else {
+            tokio::time::timeout(timeout, pending).await.map_err(|_| ProxyError::UpstreamTimeout)?
+        };
+        result.map_err(|err| {
+            warn!("request to OpenRouter failed: {err:?}");
+            ProxyError::UpstreamUnreachable
+        })
+    }
+
+    /// Looks at an upstream response (holding back at most [`INSPECT_LIMIT`] of its body) and classifies it.
+    async fn inspect(&self, key: usize, response: Response<Incoming>) -> Inspected {
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let status = head.status;
+        let content_type = head.headers.get(CONTENT_TYPE).map_or(&b""[..], HeaderValue::as_bytes);
+        let is = |prefix: &[u8]| content_type.len() >= prefix.len() && content_type[..prefix.len()].eq_ignore_ascii_case(prefix);
+        if status.is_success() && is(b"text/event-stream") {
+            // Recorded by the relay once the stream shows content or an error.
+            return Inspected::Done(Settled::Stream { key, response: Response::from_parts(head, body) });
+        }
+        if status.is_success() && !is(b"application/json") {
+            self.app.keys.record(key, Outcome::Success);
+            return Inspected::Done(Settled::Answer(Response::from_parts(head, ProxyBody::upstream(None, body))));
+        }
+        // A success body may take as long as the generation; an error body is bounded by UPSTREAM_TIMEOUT.
+        let held = if status.is_success() || self.app.config.upstream_timeout.is_zero() {
+            hold(body, INSPECT_LIMIT).await.ok()
+        } else {
+            tokio::time::timeout(self.app.config.upstream_timeout, hold(body, INSPECT_LIMIT)).await.ok().and_then(Result::ok)
+        };
+        let Some(held) = held else {
+            return Inspected::Failed(Verdict::Network, None);
+        };
+        let error = if held.rest.is_none() { error_object(&held.bytes) } else { None };
+        let verdict = classify(status.as_u16(), &head.headers, error.as_ref());
+        let answer = Response::from_parts(head, held.into_body());
+        match verdict {
+            Verdict::Success => {
+                self.app.keys.record(key, Outcome::Success);
+                Inspected::Done(Settled::Answer(answer))
+            }
+            Verdict::Rejected => {
+                self.app.keys.record(key, Outcome::Error);
+                Inspected::Done(Settled::Answer(answer))
+            }
+            _ => Inspected::Failed(verdict, Some(answer)),
+        }
+    }
+
+    /// Reacts to a failed attempt with key `key`: records it, blocks the key when
+    /// the failure is the key's, and returns how long to wait before the next
+    /// attempt, or `None` when no retry is allowed.
+    pub fn plan(&mut self, key: usize, verdict: Verdict) -> Option<Duration> {
+        let keys = &self.app.keys;
+        let now = now_ms();
+        let outcome = match verdict {
+            Verdict::FreeDaily { .. } | Verdict::FreePerMinute { .. } | Verdict::ModelBusy { .. } => Outcome::RateLimited,
+            _ => Outcome::Error,
+        };
+        keys.record(key, outcome);
+        let block = |until: i64, reason| {
+            keys.block(key, until, reason, now);
+            Duration::ZERO
+        };
+        let delay = match verdict {
+            Verdict::Success | Verdict::Rejected => return None,
+            Verdict::FreeDaily { reset_ms } => {
+                keys.exhaust_daily(key, reset_ms, now);
+                Duration::ZERO
+            }
+            Verdict::FreePerMinute { reset_ms } => block(reset_ms.unwrap_or(now + PER_MINUTE_BLOCK_MS), BlockReason::PerMinuteLimit),
+            Verdict::Credits { retry_after } => {
+                let park = retry_after.map_or(CREDITS_BLOCK_MS, |d| d.as_millis() as i64);
+                block(now + park, BlockReason::Credits)
+            }
+            Verdict::KeyLimit { reset_ms } => block(reset_ms.unwrap_or(now + KEY_LIMIT_BLOCK_MS), BlockReason::KeyLimit),
+            Verdict::Unauthorized => block(now + UNAUTHORIZED_BLOCK_MS, BlockReason::Unauthorized),
+            Verdict::ModelBusy { retry_after } | Verdict::Server { retry_after } => {
+                retry_after.unwrap_or_else(|| self.backoff())
+            }
+            Verdict::Network => self.backoff(),
+        };
+        let allowed = self.attempts <= self.app.config.max_retries && delay <= self.remaining();
+        log_reaction(&self.app, key, verdict, allowed.then_some(delay), self.attempts);
+        allowed.then_some(delay)
+    }
+
+    /// Exponential backoff from `RETRY_BACKOFF`, doubling per attempt, with jitter in [50%, 100%).
+    fn backoff(&self) -> Duration {
+        let exponent = self.attempts.saturating_sub(1).min(16);
+        let full = self.app.config.retry_backoff.saturating_mul(1 << exponent).min(MAX_BACKOFF);
+        full.mul_f64(0.5 + jitter() * 0.5)
+    }
+}
+
+/// A random number in [0, 1) without a dependency: std's per-instance random hasher keys.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+enum Inspected {
+    Done(Settled),
+    /// A failed attempt: its verdict, and the upstream answer to return if retries run out.
+    Failed(Verdict, Option<Response<ProxyBody>>),
+}
+
+fn log_reaction(app: &App, key: usize, verdict: Verdict, retry_in: Option<Duration>, attempts: u32) {
+    if !log::log_enabled!(log::Level::Warn) {
+        return;
+    }
+    let slot = &app.keys.keys()[key];
+    let calendar = app.keys.calendar();
+    let block = slot.block_at(now_ms()).map(|b| format!("; blocked ({}) until {}", b.reason.as_str(), calendar.rfc3339(b.until_ms)));
+    let next = match retry_in {
+        Some(delay) => format!("retrying in {:.1}s", delay.as_secs_f64()),
+        None => format!("giving up after {attempts} attempt(s)"),
+    };
+    warn!("key {} hit {}{}; {next}", slot.id, verdict.class(), block.unwrap_or_default());
+}
+
+/// The 429 the client gets when no key can serve in time.
+fn no_key(app: &App, unavailable: Unavailable) -> ProxyError {
+    let wait_ms = (unavailable.until_ms - now_ms()).max(0) as u64;
+    let when = app.keys.calendar().rfc3339(unavailable.until_ms);
+    let message = match unavailable.reason {
+        Shortage::Throttled => format!("all keys are throttled by the free-model per-minute limit; next free slot at {when}"),
+        Shortage::DailyLimit => format!("all keys reached their daily free-model limit until {when}"),
+        Shortage::Blocked => format!("all keys are blocked after upstream refusals until {when}"),
+    };
+    ProxyError::NoKey { message, retry_after_secs: wait_ms.div_ceil(1000).max(1) }
+}

@@ -1,0 +1,187 @@
+//! The event-stream relay: an SSE response body that inspects events until
+//! the first content event, retries pre-content errors on a fresh upstream
+//! request while the client keeps the same stream, then pipes frame by frame.
+//!
+//! After the first content event nothing is parsed or copied: frames go from
+//! upstream to the client as they are.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::HeaderMap;
+use serde_json::{json, Value};
+
+use crate::attempts::{Journey, Settled};
+use crate::body::ProxyBody;
+use crate::keys::Outcome;
+use crate::outcome::{classify, error_object, Verdict};
+use crate::sse::{classify_event, event_len, Event};
+
+type Retry = Pin<Box<dyn Future<Output = (Journey, Settled)> + Send>>;
+
+enum Mode {
+    /// Before the first content event: events are looked at.
+    Inspecting,
+    /// After it: frames are piped untouched.
+    Piping,
+    /// Waiting for a retry to produce a new upstream stream.
+    Retrying(Retry),
+    /// One last chunk (usually a final error event), then the end.
+    Last(Bytes),
+    Done,
+}
+
+/// An SSE response body with pre-content error retries.
+pub struct SseRelay {
+    mode: Mode,
+    upstream: Option<Incoming>,
+    /// Pre-content bytes not yet forwarded (at most one partial event plus comments).
+    pending: BytesMut,
+    journey: Option<Journey>,
+    key: usize,
+}
+
+impl SseRelay {
+    #[must_use]
+    pub fn new(upstream: Incoming, key: usize, journey: Journey) -> Self {
+        SseRelay { mode: Mode::Inspecting, upstream: Some(upstream), pending: BytesMut::new(), journey: Some(journey), key }
+    }
+
+    /// Looks at newly arrived pre-content bytes; returns what to forward now.
+    fn inspect(&mut self, data: &Bytes) -> Option<Bytes> {
+        self.pending.extend_from_slice(data);
+        let mut comments = 0;
+        while let Some(len) = event_len(&self.pending[comments..]) {
+            match classify_event(&self.pending[comments..comments + len]) {
+                Event::Comment => comments += len,
+                Event::Content => return Some(self.start_piping(Outcome::Success)),
+                Event::Error(error) => {
+                    let verdict = classify(200, &HeaderMap::new(), Some(&error));
+                    if verdict == Verdict::Success {
+                        return Some(self.start_piping(Outcome::Success));
+                    }
+                    let forwarded = self.pending.split_to(comments).freeze();
+                    if !self.retry(verdict) {
+                        // Retries are over: the client gets the upstream error event as it came.
+                        let rest = self.pending.split().freeze();
+                        self.mode = Mode::Piping;
+                        return Some(if forwarded.is_empty() { rest } else { [forwarded, rest].concat().into() });
+                    }
+                    return non_empty(forwarded);
+                }
+            }
+        }
+        non_empty(self.pending.split_to(comments).freeze())
+    }
+
+    fn start_piping(&mut self, outcome: Outcome) -> Bytes {
+        if let Some(journey) = &self.journey {
+            journey.record(self.key, outcome);
+        }
+        self.mode = Mode::Piping;
+        self.pending.split().freeze()
+    }
+
+    /// Plans a retry after `verdict`; false when no retry is allowed.
+    fn retry(&mut self, verdict: Verdict) -> bool {
+        let Some(mut journey) = self.journey.take() else { return false };
+        let Some(delay) = journey.plan(self.key, verdict) else {
+            self.journey = Some(journey);
+            return false;
+        };
+        self.upstream = None; // drop the failed stream's connection now
+        self.pending.clear();
+        self.mode = Mode::Retrying(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let settled = journey.settle().await;
+            (journey, settled)
+        }));
+        true
+    }
+
+    /// Continues with whatever the retry produced.
+    fn resume(&mut self, settled: Settled) {
+        self.mode = match settled {
+            Settled::Stream { key, response } => {
+                self.key = key;
+                self.upstream = Some(response.into_body());
+                Mode::Inspecting
+            }
+            Settled::Answer(response) => {
+                let status = response.status().as_u16();
+                let body = match response.into_body() {
+                    ProxyBody::Full(Some(bytes)) => bytes,
+                    _ => Bytes::new(),
+                };
+                let error = error_object(&body).unwrap_or_else(|| json!({"code": status, "message": "OpenRouter answered the retry without a stream"}));
+                Mode::Last(error_event(&error))
+            }
+            Settled::Failed(err) => Mode::Last(error_event(&json!({"code": err.status().as_u16(), "message": err.message()}))),
+        };
+    }
+}
+
+fn non_empty(bytes: Bytes) -> Option<Bytes> {
+    (!bytes.is_empty()).then_some(bytes)
+}
+
+/// One SSE event carrying an OpenRouter-shaped error, so clients' SSE parsers report it.
+fn error_event(error: &Value) -> Bytes {
+    format!("data: {}\n\n", json!({ "error": error })).into()
+}
+
+impl Body for SseRelay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.mode {
+                Mode::Done => return Poll::Ready(None),
+                Mode::Last(bytes) => {
+                    let last = std::mem::take(bytes);
+                    this.mode = Mode::Done;
+                    return Poll::Ready(Some(Ok(Frame::data(last))));
+                }
+                Mode::Retrying(retry) => {
+                    let Poll::Ready((journey, settled)) = retry.as_mut().poll(cx) else { return Poll::Pending };
+                    this.journey = Some(journey);
+                    this.resume(settled);
+                }
+                Mode::Piping | Mode::Inspecting => {
+                    let Some(upstream) = this.upstream.as_mut() else {
+                        this.mode = Mode::Done;
+                        continue;
+                    };
+                    let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else { return Poll::Pending };
+                    let inspecting = matches!(this.mode, Mode::Inspecting);
+                    match frame {
+                        Some(Ok(frame)) if !inspecting => return Poll::Ready(Some(Ok(frame))),
+                        Some(Ok(frame)) => {
+                            if let Some(out) = frame.into_data().ok().and_then(|data| this.inspect(&data)) {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                        Some(Err(_)) if inspecting && this.retry(Verdict::Network) => {}
+                        Some(Err(_)) => {
+                            let error = json!({"code": 502, "message": "the OpenRouter stream broke off"});
+                            this.mode = Mode::Last(error_event(&error));
+                        }
+                        None => {
+                            let rest = this.pending.split().freeze();
+                            this.mode = if rest.is_empty() { Mode::Done } else { Mode::Last(rest) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.mode, Mode::Done)
+    }
+}
