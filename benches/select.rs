@@ -14,7 +14,9 @@ use openrouter_proxy::keys::{now_ms, Demand, KeyPool};
 
 fn pool(n: usize) -> KeyPool {
     // Limits high enough that no pick is ever refused during the run.
-    let keys: Vec<String> = (0..n).map(|i| format!("sk-or-v1-bench{i:04}:4000000000")).collect();
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("sk-or-v1-bench{i:04}:4000000000"))
+        .collect();
     let vars: HashMap<&str, String> = [
         ("PROXY_API_KEY", "p".to_owned()),
         ("OPENROUTER_KEYS", keys.join(",")),

@@ -44,7 +44,9 @@ impl Outgoing {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
-        request.headers_mut().insert(AUTHORIZATION, authorization.clone());
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, authorization.clone());
         request
     }
 }
@@ -52,7 +54,10 @@ impl Outgoing {
 /// Where the attempts ended.
 pub enum Settled {
     /// A 200 event stream from key `key`: relay it, inspecting events until the first content.
-    Stream { key: usize, response: Response<Incoming> },
+    Stream {
+        key: usize,
+        response: Response<Incoming>,
+    },
     /// An upstream answer to hand over as it is (a success, a refusal, or the last error once retries ran out).
     Answer(Response<ProxyBody>),
     /// The proxy's own error: no key in time, upstream unreachable or silent.
@@ -71,7 +76,13 @@ pub struct Journey {
 impl Journey {
     #[must_use]
     pub fn new(app: Arc<App>, outgoing: Outgoing) -> Self {
-        Journey { app, outgoing, attempts: 0, last_key: None, started: Instant::now() }
+        Journey {
+            app,
+            outgoing,
+            attempts: 0,
+            last_key: None,
+            started: Instant::now(),
+        }
     }
 
     /// Counts how an attempt with key `key` ended.
@@ -105,7 +116,12 @@ impl Journey {
             }
             match self.plan(key, verdict) {
                 Some(delay) => tokio::time::sleep(delay).await,
-                None => return last_answer.map_or(Settled::Failed(ProxyError::UpstreamUnreachable), Settled::Answer),
+                None => {
+                    return last_answer.map_or(
+                        Settled::Failed(ProxyError::UpstreamUnreachable),
+                        Settled::Answer,
+                    )
+                }
             }
         }
     }
@@ -113,23 +129,38 @@ impl Journey {
     async fn acquire(&self) -> Result<usize, ProxyError> {
         let config = &self.app.config;
         // The first attempt may wait MAX_WAIT; retries also stay inside MAX_RETRY_TIME.
-        let wait = if self.attempts == 0 { config.max_wait } else { config.max_wait.min(self.remaining()) };
-        self.app.keys.acquire(self.outgoing.demand, wait).await.map_err(|u| no_key(&self.app, u))
+        let wait = if self.attempts == 0 {
+            config.max_wait
+        } else {
+            config.max_wait.min(self.remaining())
+        };
+        self.app
+            .keys
+            .acquire(self.outgoing.demand, wait)
+            .await
+            .map_err(|u| no_key(&self.app, u))
     }
 
     fn remaining(&self) -> Duration {
-        self.app.config.max_retry_time.saturating_sub(self.started.elapsed())
+        self.app
+            .config
+            .max_retry_time
+            .saturating_sub(self.started.elapsed())
     }
 
     /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
     async fn send(&self, key: usize) -> Result<Response<Incoming>, ProxyError> {
-        let request = self.outgoing.request(&self.app.keys.keys()[key].authorization);
+        let request = self
+            .outgoing
+            .request(&self.app.keys.keys()[key].authorization);
         let pending = self.app.client.request(request);
         let timeout = self.app.config.upstream_timeout;
         let result = if timeout.is_zero() {
             pending.await
         } else {
-            tokio::time::timeout(timeout, pending).await.map_err(|_| ProxyError::UpstreamTimeout)?
+            tokio::time::timeout(timeout, pending)
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout)?
         };
         result.map_err(|err| {
             warn!("request to OpenRouter failed: {err:?}");
@@ -142,28 +173,47 @@ impl Journey {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let status = head.status;
-        let content_type = head.headers.get(CONTENT_TYPE).map_or(&b""[..], HeaderValue::as_bytes);
-        let is = |prefix: &[u8]| content_type.len() >= prefix.len() && content_type[..prefix.len()].eq_ignore_ascii_case(prefix);
+        let content_type = head
+            .headers
+            .get(CONTENT_TYPE)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        let is = |prefix: &[u8]| {
+            content_type.len() >= prefix.len()
+                && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
         if status.is_success() && is(b"text/event-stream") {
             // Recorded by the relay once the stream shows content or an error.
-            return Inspected::Done(Settled::Stream { key, response: Response::from_parts(head, body) });
+            return Inspected::Done(Settled::Stream {
+                key,
+                response: Response::from_parts(head, body),
+            });
         }
         if status.is_success() && !is(b"application/json") {
             self.app.keys.record(key, Outcome::Success);
-            return Inspected::Done(Settled::Answer(Response::from_parts(head, ProxyBody::upstream(None, body))));
+            return Inspected::Done(Settled::Answer(Response::from_parts(
+                head,
+                ProxyBody::upstream(None, body),
+            )));
         }
         // A success body may take as long as the generation; an error body is bounded by UPSTREAM_TIMEOUT.
-        let held = if status.is_success() || self.app.config.upstream_timeout.is_zero() {
+        let start = if status.is_success() || self.app.config.upstream_timeout.is_zero() {
             hold(body, INSPECT_LIMIT).await.ok()
         } else {
-            tokio::time::timeout(self.app.config.upstream_timeout, hold(body, INSPECT_LIMIT)).await.ok().and_then(Result::ok)
+            tokio::time::timeout(self.app.config.upstream_timeout, hold(body, INSPECT_LIMIT))
+                .await
+                .ok()
+                .and_then(Result::ok)
         };
-        let Some(held) = held else {
+        let Some(start) = start else {
             return Inspected::Failed(Verdict::Network, None);
         };
-        let error = if held.rest.is_none() { error_object(&held.bytes) } else { None };
+        let error = if start.rest.is_none() {
+            error_object(&start.bytes)
+        } else {
+            None
+        };
         let verdict = classify(status.as_u16(), &head.headers, error.as_ref());
-        let answer = Response::from_parts(head, held.into_body());
+        let answer = Response::from_parts(head, start.into_body());
         match verdict {
             Verdict::Success => {
                 self.app.keys.record(key, Outcome::Success);
@@ -184,7 +234,9 @@ impl Journey {
         let keys = &self.app.keys;
         let now = now_ms();
         let outcome = match verdict {
-            Verdict::FreeDaily { .. } | Verdict::FreePerMinute { .. } | Verdict::ModelBusy { .. } => Outcome::RateLimited,
+            Verdict::FreeDaily { .. }
+            | Verdict::FreePerMinute { .. }
+            | Verdict::ModelBusy { .. } => Outcome::RateLimited,
             _ => Outcome::Error,
         };
         keys.record(key, outcome);
@@ -198,12 +250,18 @@ impl Journey {
                 keys.exhaust_daily(key, reset_ms, now);
                 Duration::ZERO
             }
-            Verdict::FreePerMinute { reset_ms } => block(reset_ms.unwrap_or(now + PER_MINUTE_BLOCK_MS), BlockReason::PerMinuteLimit),
+            Verdict::FreePerMinute { reset_ms } => block(
+                reset_ms.unwrap_or(now + PER_MINUTE_BLOCK_MS),
+                BlockReason::PerMinuteLimit,
+            ),
             Verdict::Credits { retry_after } => {
                 let park = retry_after.map_or(CREDITS_BLOCK_MS, |d| d.as_millis() as i64);
                 block(now + park, BlockReason::Credits)
             }
-            Verdict::KeyLimit { reset_ms } => block(reset_ms.unwrap_or(now + KEY_LIMIT_BLOCK_MS), BlockReason::KeyLimit),
+            Verdict::KeyLimit { reset_ms } => block(
+                reset_ms.unwrap_or(now + KEY_LIMIT_BLOCK_MS),
+                BlockReason::KeyLimit,
+            ),
             Verdict::Unauthorized => block(now + UNAUTHORIZED_BLOCK_MS, BlockReason::Unauthorized),
             Verdict::ModelBusy { retry_after } | Verdict::Server { retry_after } => {
                 retry_after.unwrap_or_else(|| self.backoff())
@@ -211,14 +269,25 @@ impl Journey {
             Verdict::Network => self.backoff(),
         };
         let allowed = self.attempts <= self.app.config.max_retries && delay <= self.remaining();
-        log_reaction(&self.app, key, verdict, allowed.then_some(delay), self.attempts);
+        log_reaction(
+            &self.app,
+            key,
+            verdict,
+            allowed.then_some(delay),
+            self.attempts,
+        );
         allowed.then_some(delay)
     }
 
     /// Exponential backoff from `RETRY_BACKOFF`, doubling per attempt, with jitter in [50%, 100%).
     fn backoff(&self) -> Duration {
         let exponent = self.attempts.saturating_sub(1).min(16);
-        let full = self.app.config.retry_backoff.saturating_mul(1 << exponent).min(MAX_BACKOFF);
+        let full = self
+            .app
+            .config
+            .retry_backoff
+            .saturating_mul(1 << exponent)
+            .min(MAX_BACKOFF);
         full.mul_f64(0.5 + jitter() * 0.5)
     }
 }
@@ -226,7 +295,9 @@ impl Journey {
 /// A random number in [0, 1) without a dependency: std's per-instance random hasher keys.
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -236,18 +307,35 @@ enum Inspected {
     Failed(Verdict, Option<Response<ProxyBody>>),
 }
 
-fn log_reaction(app: &App, key: usize, verdict: Verdict, retry_in: Option<Duration>, attempts: u32) {
+fn log_reaction(
+    app: &App,
+    key: usize,
+    verdict: Verdict,
+    retry_in: Option<Duration>,
+    attempts: u32,
+) {
     if !log::log_enabled!(log::Level::Warn) {
         return;
     }
     let slot = &app.keys.keys()[key];
     let calendar = app.keys.calendar();
-    let block = slot.block_at(now_ms()).map(|b| format!("; blocked ({}) until {}", b.reason.as_str(), calendar.rfc3339(b.until_ms)));
+    let block = slot.block_at(now_ms()).map(|b| {
+        format!(
+            "; blocked ({}) until {}",
+            b.reason.as_str(),
+            calendar.rfc3339(b.until_ms)
+        )
+    });
     let next = match retry_in {
         Some(delay) => format!("retrying in {:.1}s", delay.as_secs_f64()),
         None => format!("giving up after {attempts} attempt(s)"),
     };
-    warn!("key {} hit {}{}; {next}", slot.id, verdict.class(), block.unwrap_or_default());
+    warn!(
+        "key {} hit {}{}; {next}",
+        slot.id,
+        verdict.class(),
+        block.unwrap_or_default()
+    );
 }
 
 /// The 429 the client gets when no key can serve in time.
@@ -255,9 +343,16 @@ fn no_key(app: &App, unavailable: Unavailable) -> ProxyError {
     let wait_ms = (unavailable.until_ms - now_ms()).max(0) as u64;
     let when = app.keys.calendar().rfc3339(unavailable.until_ms);
     let message = match unavailable.reason {
-        Shortage::Throttled => format!("all keys are throttled by the free-model per-minute limit; next free slot at {when}"),
-        Shortage::DailyLimit => format!("all keys reached their daily free-model limit until {when}"),
+        Shortage::Throttled => format!(
+            "all keys are throttled by the free-model per-minute limit; next free slot at {when}"
+        ),
+        Shortage::DailyLimit => {
+            format!("all keys reached their daily free-model limit until {when}")
+        }
         Shortage::Blocked => format!("all keys are blocked after upstream refusals until {when}"),
     };
-    ProxyError::NoKey { message, retry_after_secs: wait_ms.div_ceil(1000).max(1) }
+    ProxyError::NoKey {
+        message,
+        retry_after_secs: wait_ms.div_ceil(1000).max(1),
+    }
 }

@@ -67,8 +67,14 @@ pub async fn hold(mut body: Incoming, limit: usize) -> Result<Held, hyper::Error
             let bytes = first.unwrap_or_else(|| joined.freeze());
             return Ok(Held { bytes, rest: None });
         };
-        let Ok(data) = frame?.into_data() else { continue };
-        significant += if significant == 0 { data.len() - data.iter().take_while(|b| b.is_ascii_whitespace()).count() } else { data.len() };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        significant += if significant == 0 {
+            data.len() - data.iter().take_while(|b| b.is_ascii_whitespace()).count()
+        } else {
+            data.len()
+        };
         match first.take() {
             None if joined.is_empty() => first = Some(data),
             held => {
@@ -80,7 +86,10 @@ pub async fn hold(mut body: Incoming, limit: usize) -> Result<Held, hyper::Error
         }
     }
     let bytes = first.unwrap_or_else(|| joined.freeze());
-    Ok(Held { bytes, rest: Some(body) })
+    Ok(Held {
+        bytes,
+        rest: Some(body),
+    })
 }
 
 /// A response body: the proxy's own bytes, upstream's body (after any held
@@ -104,7 +113,10 @@ impl ProxyBody {
 
     #[must_use]
     pub fn upstream(held: Option<Bytes>, rest: Incoming) -> Self {
-        ProxyBody::Upstream { held: held.filter(|b| !b.is_empty()), rest }
+        ProxyBody::Upstream {
+            held: held.filter(|b| !b.is_empty()),
+            rest,
+        }
     }
 }
 
@@ -112,7 +124,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { held, rest } => match held.take() {
@@ -133,7 +148,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ProxyBody::Upstream { held: None, rest } => rest.size_hint(),
             ProxyBody::Upstream { .. } | ProxyBody::Relay(_) => SizeHint::default(),
         }

@@ -60,7 +60,11 @@ pub fn classify(status: u16, headers: &HeaderMap, error: Option<&Value>) -> Verd
         return classify_status(status, headers, &Value::Null);
     };
     // Inside a 200 the error's own code is the real status; a non-numeric code is a server error.
-    let code = if (200..300).contains(&status) { error_code(error).unwrap_or(500) } else { status };
+    let code = if (200..300).contains(&status) {
+        error_code(error).unwrap_or(500)
+    } else {
+        status
+    };
     classify_status(code, headers, error)
 }
 
@@ -71,18 +75,28 @@ fn classify_status(code: u16, headers: &HeaderMap, error: &Value) -> Verdict {
     let retry_after = retry_after(headers, error);
     match code {
         200..=299 => Verdict::Success,
-        429 if message.contains("free-models-per-day") || limit_source == "openrouter_free_tier_daily" => {
-            Verdict::FreeDaily { reset_ms: rate_limit_reset(headers, metadata) }
+        429 if message.contains("free-models-per-day")
+            || limit_source == "openrouter_free_tier_daily" =>
+        {
+            Verdict::FreeDaily {
+                reset_ms: rate_limit_reset(headers, metadata),
+            }
         }
-        429 if message.contains("free-models-per-min") => Verdict::FreePerMinute { reset_ms: rate_limit_reset(headers, metadata) },
+        429 if message.contains("free-models-per-min") => Verdict::FreePerMinute {
+            reset_ms: rate_limit_reset(headers, metadata),
+        },
         // Shared capacity, upstream provider limits, capacity with retry hints, and unexplained 429s:
         // the model is busy, and another key would not help.
         429 => Verdict::ModelBusy { retry_after },
-        503 if retry_after.is_some() || error["availability"]["retryable"].as_bool() == Some(true) => {
+        503 if retry_after.is_some()
+            || error["availability"]["retryable"].as_bool() == Some(true) =>
+        {
             Verdict::ModelBusy { retry_after }
         }
         402 => Verdict::Credits { retry_after },
-        403 if message.contains("Key limit exceeded") => Verdict::KeyLimit { reset_ms: rate_limit_reset(headers, metadata) },
+        403 if message.contains("Key limit exceeded") => Verdict::KeyLimit {
+            reset_ms: rate_limit_reset(headers, metadata),
+        },
         401 => Verdict::Unauthorized,
         408 | 500..=599 => Verdict::Server { retry_after },
         _ => Verdict::Rejected,
@@ -101,18 +115,28 @@ fn error_code(error: &Value) -> Option<u16> {
 /// `X-RateLimit-Reset` from the response headers or `error.metadata.headers`, as epoch ms.
 #[must_use]
 pub fn rate_limit_reset(headers: &HeaderMap, metadata: &Value) -> Option<i64> {
-    let from_header = headers.get("x-ratelimit-reset").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let from_header = headers
+        .get("x-ratelimit-reset")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let raw = from_header.or_else(|| metadata_header(metadata, "x-ratelimit-reset"))?;
     let value: i64 = raw.trim().parse().ok()?;
     // OpenRouter sends epoch milliseconds; a 10-digit value is seconds from some other gateway.
-    Some(if value < 100_000_000_000 { value * 1000 } else { value })
+    Some(if value < 100_000_000_000 {
+        value * 1000
+    } else {
+        value
+    })
 }
 
 /// How long upstream asked us to wait: `Retry-After` (header or metadata),
 /// `metadata.retry_after_seconds`, or `availability.retry_after`.
 #[must_use]
 pub fn retry_after(headers: &HeaderMap, error: &Value) -> Option<Duration> {
-    let header = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    let header = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok());
     let metadata = &error["metadata"];
     let seconds = header
         .or_else(|| metadata_header(metadata, "retry-after").and_then(|v| v.trim().parse().ok()))
@@ -123,7 +147,10 @@ pub fn retry_after(headers: &HeaderMap, error: &Value) -> Option<Duration> {
 
 /// A header inside `error.metadata.headers`, matched case-insensitively.
 fn metadata_header(metadata: &Value, name: &str) -> Option<String> {
-    let (_, value) = metadata["headers"].as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?;
+    let (_, value) = metadata["headers"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))?;
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -138,7 +165,10 @@ pub fn error_object(body: &[u8]) -> Option<Value> {
     struct Envelope {
         error: Option<Value>,
     }
-    serde_json::from_slice::<Envelope>(body).ok()?.error.filter(Value::is_object)
+    serde_json::from_slice::<Envelope>(body)
+        .ok()?
+        .error
+        .filter(Value::is_object)
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use crate::error::ProxyError;
 use crate::keys::{Demand, KeyPool};
 use crate::model;
 use crate::relay::SseRelay;
-use crate::upstream::{build_client, has_dot_segment, sanitize_request_headers, upstream_uri, UpstreamClient};
+use crate::upstream::{
+    build_client, has_dot_segment, sanitize_request_headers, upstream_uri, UpstreamClient,
+};
 
 /// Everything a request needs, built once at startup and shared.
 pub struct App {
@@ -29,32 +31,60 @@ impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
         let keys = KeyPool::from_config(&config);
-        Arc::new(App { config, keys, client: build_client() })
+        Arc::new(App {
+            config,
+            keys,
+            client: build_client(),
+        })
     }
 }
 
 /// Proxies one request to OpenRouter with the best key and pipes the answer back.
-pub async fn forward(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+pub async fn forward(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    authenticate(&parts.headers, app.config.proxy_api_key.as_bytes()).map_err(ProxyError::Unauthorized)?;
+    authenticate(&parts.headers, app.config.proxy_api_key.as_bytes())
+        .map_err(ProxyError::Unauthorized)?;
     if parts.method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
     let path = parts.uri.path();
     if has_dot_segment(path) {
-        return Err(ProxyError::BadRequest("the path must not contain . or .. segments"));
+        return Err(ProxyError::BadRequest(
+            "the path must not contain . or .. segments",
+        ));
     }
     let uri = upstream_uri(&app.config.upstream, path, parts.uri.query())
         .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))?;
-    let body = read_capped(body, app.config.max_body_bytes).await.map_err(|err| match err {
-        ReadError::TooLarge => ProxyError::PayloadTooLarge { limit: app.config.max_body_bytes },
-        ReadError::Broken => ProxyError::BadRequest("the request body could not be read"),
-    })?;
-    let model = if body.is_empty() { model::ModelInfo::default() } else { model::peek(&body) };
-    let demand = if model.free { Demand::Free } else { Demand::Other };
+    let body = read_capped(body, app.config.max_body_bytes)
+        .await
+        .map_err(|err| match err {
+            ReadError::TooLarge => ProxyError::PayloadTooLarge {
+                limit: app.config.max_body_bytes,
+            },
+            ReadError::Broken => ProxyError::BadRequest("the request body could not be read"),
+        })?;
+    let model = if body.is_empty() {
+        model::ModelInfo::default()
+    } else {
+        model::peek(&body)
+    };
+    let demand = if model.free {
+        Demand::Free
+    } else {
+        Demand::Other
+    };
     sanitize_request_headers(&mut parts.headers);
-    let outgoing = Outgoing { method: parts.method, uri, headers: parts.headers, body: body.clone(), demand };
+    let outgoing = Outgoing {
+        method: parts.method,
+        uri,
+        headers: parts.headers,
+        body: body.clone(),
+        demand,
+    };
 
     let mut journey = Journey::new(Arc::clone(app), outgoing);
     let settled = journey.settle().await;
@@ -69,7 +99,10 @@ pub async fn forward(app: &Arc<App>, request: Request<Incoming>) -> Result<Respo
     match settled {
         Settled::Stream { key, response } => {
             let (head, upstream) = response.into_parts();
-            Ok(Response::from_parts(head, ProxyBody::Relay(Box::new(SseRelay::new(upstream, key, journey)))))
+            Ok(Response::from_parts(
+                head,
+                ProxyBody::Relay(Box::new(SseRelay::new(upstream, key, journey))),
+            ))
         }
         Settled::Answer(response) => Ok(response),
         Settled::Failed(err) => Err(err),
@@ -77,8 +110,16 @@ pub async fn forward(app: &Arc<App>, request: Request<Incoming>) -> Result<Respo
 }
 
 /// The one INFO line per request: no body, no full key.
-fn log_request(app: &App, journey: &Journey, model: Option<&str>, status: StatusCode, started: Instant) {
-    let key = journey.last_key.map_or("-", |k| app.keys.keys()[k].id.as_str());
+fn log_request(
+    app: &App,
+    journey: &Journey,
+    model: Option<&str>,
+    status: StatusCode,
+    started: Instant,
+) {
+    let key = journey
+        .last_key
+        .map_or("-", |k| app.keys.keys()[k].id.as_str());
     info!(
         "{} {} model={} key={} attempts={} status={} {:.1}ms",
         journey.outgoing.method,

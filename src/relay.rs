@@ -47,7 +47,13 @@ pub struct SseRelay {
 impl SseRelay {
     #[must_use]
     pub fn new(upstream: Incoming, key: usize, journey: Journey) -> Self {
-        SseRelay { mode: Mode::Inspecting, upstream: Some(upstream), pending: BytesMut::new(), journey: Some(journey), key }
+        SseRelay {
+            mode: Mode::Inspecting,
+            upstream: Some(upstream),
+            pending: BytesMut::new(),
+            journey: Some(journey),
+            key,
+        }
     }
 
     /// Looks at newly arrived pre-content bytes; returns what to forward now.
@@ -68,7 +74,11 @@ impl SseRelay {
                         // Retries are over: the client gets the upstream error event as it came.
                         let rest = self.pending.split().freeze();
                         self.mode = Mode::Piping;
-                        return Some(if forwarded.is_empty() { rest } else { [forwarded, rest].concat().into() });
+                        return Some(if forwarded.is_empty() {
+                            rest
+                        } else {
+                            [forwarded, rest].concat().into()
+                        });
                     }
                     return non_empty(forwarded);
                 }
@@ -87,7 +97,9 @@ impl SseRelay {
 
     /// Plans a retry after `verdict`; false when no retry is allowed.
     fn retry(&mut self, verdict: Verdict) -> bool {
-        let Some(mut journey) = self.journey.take() else { return false };
+        let Some(mut journey) = self.journey.take() else {
+            return false;
+        };
         let Some(delay) = journey.plan(self.key, verdict) else {
             self.journey = Some(journey);
             return false;
@@ -119,7 +131,9 @@ impl SseRelay {
                 let error = error_object(&body).unwrap_or_else(|| json!({"code": status, "message": "OpenRouter answered the retry without a stream"}));
                 Mode::Last(error_event(&error))
             }
-            Settled::Failed(err) => Mode::Last(error_event(&json!({"code": err.status().as_u16(), "message": err.message()}))),
+            Settled::Failed(err) => Mode::Last(error_event(
+                &json!({"code": err.status().as_u16(), "message": err.message()}),
+            )),
         };
     }
 }
@@ -137,7 +151,10 @@ impl Body for SseRelay {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         loop {
             match &mut this.mode {
@@ -148,7 +165,9 @@ impl Body for SseRelay {
                     return Poll::Ready(Some(Ok(Frame::data(last))));
                 }
                 Mode::Retrying(retry) => {
-                    let Poll::Ready((journey, settled)) = retry.as_mut().poll(cx) else { return Poll::Pending };
+                    let Poll::Ready((journey, settled)) = retry.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
                     this.journey = Some(journey);
                     this.resume(settled);
                 }
@@ -157,23 +176,32 @@ impl Body for SseRelay {
                         this.mode = Mode::Done;
                         continue;
                     };
-                    let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else { return Poll::Pending };
+                    let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else {
+                        return Poll::Pending;
+                    };
                     let inspecting = matches!(this.mode, Mode::Inspecting);
                     match frame {
                         Some(Ok(frame)) if !inspecting => return Poll::Ready(Some(Ok(frame))),
                         Some(Ok(frame)) => {
-                            if let Some(out) = frame.into_data().ok().and_then(|data| this.inspect(&data)) {
+                            if let Some(out) =
+                                frame.into_data().ok().and_then(|data| this.inspect(&data))
+                            {
                                 return Poll::Ready(Some(Ok(Frame::data(out))));
                             }
                         }
                         Some(Err(_)) if inspecting && this.retry(Verdict::Network) => {}
                         Some(Err(_)) => {
-                            let error = json!({"code": 502, "message": "the OpenRouter stream broke off"});
+                            let error =
+                                json!({"code": 502, "message": "the OpenRouter stream broke off"});
                             this.mode = Mode::Last(error_event(&error));
                         }
                         None => {
                             let rest = this.pending.split().freeze();
-                            this.mode = if rest.is_empty() { Mode::Done } else { Mode::Last(rest) };
+                            this.mode = if rest.is_empty() {
+                                Mode::Done
+                            } else {
+                                Mode::Last(rest)
+                            };
                         }
                     }
                 }

@@ -53,7 +53,10 @@ pub fn classify_event(event: &[u8]) -> Event {
     let mut data: Option<&[u8]> = None;
     let mut joined: Vec<u8> = Vec::new();
     let mut other_fields = false;
-    for line in event.split(|&b| b == b'\n' || b == b'\r').filter(|l| !l.is_empty()) {
+    for line in event
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter(|l| !l.is_empty())
+    {
         if line[0] == b':' {
             continue;
         }
@@ -74,10 +77,16 @@ pub fn classify_event(event: &[u8]) -> Event {
             }
         }
     }
-    let payload = if joined.is_empty() { data } else { Some(joined.as_slice()) };
+    let payload = if joined.is_empty() {
+        data
+    } else {
+        Some(joined.as_slice())
+    };
     match payload {
         None if !other_fields => Event::Comment,
-        Some(p) if contains(p, b"\"error\"") => error_object(p).map_or(Event::Content, Event::Error),
+        Some(p) if contains(p, b"\"error\"") => {
+            error_object(p).map_or(Event::Content, Event::Error)
+        }
         _ => Event::Content,
     }
 }
@@ -104,16 +113,32 @@ mod tests {
 
     #[test]
     fn comments_content_and_errors_are_told_apart() {
-        assert_eq!(classify_event(b": OPENROUTER PROCESSING\n\n"), Event::Comment);
+        assert_eq!(
+            classify_event(b": OPENROUTER PROCESSING\n\n"),
+            Event::Comment
+        );
         assert_eq!(classify_event(b"data: [DONE]\n\n"), Event::Content);
-        assert_eq!(classify_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"), Event::Content);
+        assert_eq!(
+            classify_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"),
+            Event::Content
+        );
         assert_eq!(classify_event(b"event: ping\n\n"), Event::Content);
-        let old = classify_event(b"data: {\"error\":{\"message\":\"Rate limit exceeded\",\"code\":429}}\n\n");
+        let old = classify_event(
+            b"data: {\"error\":{\"message\":\"Rate limit exceeded\",\"code\":429}}\n\n",
+        );
         assert!(matches!(old, Event::Error(e) if e["code"] == 429));
         let new = b"data: {\"id\":\"gen-abc123\",\"error\":{\"code\":429,\"message\":\"Rate limit exceeded\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\r\n\r\n";
         assert!(matches!(classify_event(new), Event::Error(_)));
         // Content that merely mentions "error" is content.
-        assert_eq!(classify_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\n\n"), Event::Content);
-        assert!(matches!(classify_event(b"data: {\"error\":\ndata: {\"code\":500}}\n\n"), Event::Error(_)));
+        assert_eq!(
+            classify_event(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\n\n"
+            ),
+            Event::Content
+        );
+        assert!(matches!(
+            classify_event(b"data: {\"error\":\ndata: {\"code\":500}}\n\n"),
+            Event::Error(_)
+        ));
     }
 }

@@ -41,7 +41,12 @@ async fn a_key_at_its_daily_limit_is_skipped() {
 async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_failing() {
     let upstream = Upstream::ok().await;
     // 600/min with burst 1: one request per 100 ms on the single key.
-    let vars = [("OPENROUTER_KEYS", KEY_A), ("FREE_RPM", "600"), ("FREE_BURST", "1"), ("MAX_WAIT", "10")];
+    let vars = [
+        ("OPENROUTER_KEYS", KEY_A),
+        ("FREE_RPM", "600"),
+        ("FREE_BURST", "1"),
+        ("MAX_WAIT", "10"),
+    ];
     let proxy = Proxy::start(&upstream.base_url(), &vars).await;
     let answers = futures_join(&proxy, 4).await;
     assert!(answers.iter().all(|&status| status == 200), "{answers:?}");
@@ -49,7 +54,10 @@ async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_faili
     times.sort();
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= Duration::from_millis(95), "requests only {gap:?} apart");
+        assert!(
+            gap >= Duration::from_millis(95),
+            "requests only {gap:?} apart"
+        );
     }
 }
 
@@ -59,7 +67,9 @@ async fn futures_join(proxy: &Proxy, n: usize) -> Vec<u16> {
         let url = proxy.url("/api/v1/chat/completions");
         tasks.spawn(async move {
             let body = format!(r#"{{"model":"{FREE}"}}"#);
-            let req = request("POST", &url).body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+            let req = request("POST", &url)
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
             send(req).await.status
         });
     }
@@ -70,7 +80,11 @@ async fn futures_join(proxy: &Proxy, n: usize) -> Vec<u16> {
 async fn paid_model_requests_use_no_free_quota() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:1");
-    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")]).await;
+    let proxy = Proxy::start(
+        &upstream.base_url(),
+        &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")],
+    )
+    .await;
     for _ in 0..5 {
         assert_eq!(chat(&proxy, PAID).await.status, 200);
     }
@@ -79,22 +93,41 @@ async fn paid_model_requests_use_no_free_quota() {
     assert_eq!(status["keys"][0]["daily_used"], 0);
     assert_eq!(status["keys"][0]["totals"]["requests"], 6);
     assert_eq!(chat(&proxy, FREE).await.status, 200);
-    assert_eq!(get(&proxy, "/key_status").await.json()["keys"][0]["daily_used"], 1);
+    assert_eq!(
+        get(&proxy, "/key_status").await.json()["keys"][0]["daily_used"],
+        1
+    );
 }
 
 #[tokio::test]
 async fn when_every_key_is_at_its_daily_limit_the_client_gets_429_with_retry_after() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:1,{KEY_B}:1");
-    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")]).await;
+    let proxy = Proxy::start(
+        &upstream.base_url(),
+        &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")],
+    )
+    .await;
     chat(&proxy, FREE).await;
     chat(&proxy, FREE).await;
     let answer = chat(&proxy, FREE).await;
     answer.assert_error(429);
-    let retry_after: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
-    assert!(answer.text().contains("daily free-model limit"), "{}", answer.text());
-    assert_eq!(upstream.requests().len(), 2, "the refused request never reached upstream");
+    assert!(
+        answer.text().contains("daily free-model limit"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "the refused request never reached upstream"
+    );
     // Paid models still go through.
     assert_eq!(chat(&proxy, PAID).await.status, 200);
 }
@@ -102,12 +135,21 @@ async fn when_every_key_is_at_its_daily_limit_the_client_gets_429_with_retry_aft
 #[tokio::test]
 async fn a_throttled_key_past_max_wait_gives_429_naming_the_throttle() {
     let upstream = Upstream::ok().await;
-    let vars = [("OPENROUTER_KEYS", KEY_A), ("FREE_RPM", "1"), ("FREE_BURST", "1"), ("MAX_WAIT", "1")];
+    let vars = [
+        ("OPENROUTER_KEYS", KEY_A),
+        ("FREE_RPM", "1"),
+        ("FREE_BURST", "1"),
+        ("MAX_WAIT", "1"),
+    ];
     let proxy = Proxy::start(&upstream.base_url(), &vars).await;
     assert_eq!(chat(&proxy, FREE).await.status, 200);
     let answer = chat(&proxy, FREE).await;
     answer.assert_error(429);
-    let retry_after: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((55..=60).contains(&retry_after), "{retry_after}");
     assert!(answer.text().contains("throttled"), "{}", answer.text());
 }
@@ -116,17 +158,35 @@ async fn a_throttled_key_past_max_wait_gives_429_naming_the_throttle() {
 async fn key_status_needs_auth_and_shows_masked_keys_only() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:1000,{KEY_B}");
-    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", &keys), ("TIMEZONE", "Europe/Moscow")]).await;
+    let proxy = Proxy::start(
+        &upstream.base_url(),
+        &[("OPENROUTER_KEYS", &keys), ("TIMEZONE", "Europe/Moscow")],
+    )
+    .await;
     chat(&proxy, FREE).await;
-    let anonymous = send(hyper::Request::get(proxy.url("/key_status")).body(Default::default()).unwrap()).await;
+    let anonymous = send(
+        hyper::Request::get(proxy.url("/key_status"))
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await;
     anonymous.assert_error(401);
     let answer = get(&proxy, "/key-status").await;
     assert_eq!(answer.status, 200);
     let text = answer.text();
-    assert!(!text.contains(KEY_A) && !text.contains(KEY_B) && !text.contains(PROXY_KEY), "{text}");
+    assert!(
+        !text.contains(KEY_A) && !text.contains(KEY_B) && !text.contains(PROXY_KEY),
+        "{text}"
+    );
     let status = answer.json();
     assert_eq!(status["timezone"], "Europe/Moscow");
-    assert!(status["next_reset"].as_str().unwrap().ends_with("T00:00:00+03:00"), "{status}");
+    assert!(
+        status["next_reset"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00+03:00"),
+        "{status}"
+    );
     let first = &status["keys"][0];
     assert_eq!(first["id"], "sk-or-v1-aa…0001");
     assert_eq!(first["daily_used"], 1);

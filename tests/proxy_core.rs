@@ -13,11 +13,19 @@ use tokio::sync::mpsc;
 async fn paths_map_onto_the_base_url_and_the_query_passes_byte_for_byte() {
     let upstream = Upstream::ok().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
-    for path in ["/api/v1/models?a=1&a=2&b=%2F%20x", "/v1/models?a=1&a=2&b=%2F%20x", "/models?a=1&a=2&b=%2F%20x"] {
+    for path in [
+        "/api/v1/models?a=1&a=2&b=%2F%20x",
+        "/v1/models?a=1&a=2&b=%2F%20x",
+        "/models?a=1&a=2&b=%2F%20x",
+    ] {
         assert_eq!(get(&proxy, path).await.status, 200);
     }
     get(&proxy, "/api/v1/generation?id=gen-1").await;
-    let seen: Vec<_> = upstream.requests().into_iter().map(|s| s.path_and_query).collect();
+    let seen: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .map(|s| s.path_and_query)
+        .collect();
     assert_eq!(
         seen,
         [
@@ -40,16 +48,28 @@ async fn upstream_sees_an_openrouter_key_and_never_the_proxy_key() {
     ] {
         let req = hyper::Request::post(proxy.url("/api/v1/chat/completions"))
             .header(name, value)
-            .body(Full::new(Bytes::from_static(br#"{"model":"openai/gpt-4o"}"#)))
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"openai/gpt-4o"}"#,
+            )))
             .unwrap();
         assert_eq!(send(req).await.status, 200, "auth form {name}");
     }
     let seen = upstream.requests();
     assert_eq!(seen.len(), 3);
     for s in &seen {
-        assert!([KEY_A, KEY_B].contains(&s.key().as_str()), "upstream got {:?}", s.key());
+        assert!(
+            [KEY_A, KEY_B].contains(&s.key().as_str()),
+            "upstream got {:?}",
+            s.key()
+        );
         for (name, value) in &s.headers {
-            assert!(!value.as_bytes().windows(PROXY_KEY.len()).any(|w| w == PROXY_KEY.as_bytes()), "proxy key in {name}");
+            assert!(
+                !value
+                    .as_bytes()
+                    .windows(PROXY_KEY.len())
+                    .any(|w| w == PROXY_KEY.as_bytes()),
+                "proxy key in {name}"
+            );
         }
         assert_eq!(s.body.as_ref(), br#"{"model":"openai/gpt-4o"}"#);
     }
@@ -67,7 +87,10 @@ async fn missing_or_wrong_credentials_get_401_and_nothing_goes_upstream() {
         vec![("authorization", format!("Basic {PROXY_KEY}"))],
         vec![("apikey", PROXY_KEY[1..].to_owned())],
         vec![("x-api-key", PROXY_KEY.to_uppercase())],
-        vec![("authorization", format!("Bearer {PROXY_KEY}")), ("authorization", format!("Bearer {PROXY_KEY}"))],
+        vec![
+            ("authorization", format!("Bearer {PROXY_KEY}")),
+            ("authorization", format!("Bearer {PROXY_KEY}")),
+        ],
     ];
     for headers in cases {
         let mut req = hyper::Request::post(&url);
@@ -86,7 +109,10 @@ async fn client_headers_pass_through_and_hop_by_hop_headers_do_not() {
     let upstream = Upstream::start(|_| {
         Reply::Full(
             200,
-            vec![("x-generation-id", "gen-42".into()), ("content-type", "application/json".into())],
+            vec![
+                ("x-generation-id", "gen-42".into()),
+                ("content-type", "application/json".into()),
+            ],
             Bytes::from_static(b"{}"),
         )
     })
@@ -111,7 +137,13 @@ async fn client_headers_pass_through_and_hop_by_hop_headers_do_not() {
     assert_eq!(seen.headers["x-title"], "My Agent");
     assert_eq!(seen.headers["user-agent"], "OpenAI/Python 1.99");
     assert_eq!(seen.headers["content-type"], "application/json");
-    for gone in ["x-drop-me", "te", "proxy-authorization", "apikey", "x-api-key"] {
+    for gone in [
+        "x-drop-me",
+        "te",
+        "proxy-authorization",
+        "apikey",
+        "x-api-key",
+    ] {
         assert!(!seen.headers.contains_key(gone), "{gone} reached upstream");
     }
     assert_eq!(seen.headers["host"], upstream.addr.to_string());
@@ -123,10 +155,14 @@ async fn client_headers_pass_through_and_hop_by_hop_headers_do_not() {
 async fn sse_chunks_reach_the_client_one_by_one_as_upstream_sends_them() {
     let (chunks, rx) = mpsc::channel::<Bytes>(4);
     let rx = std::sync::Mutex::new(Some(rx));
-    let upstream = Upstream::start(move |_| Reply::Stream(rx.lock().unwrap().take().expect("one stream"))).await;
+    let upstream =
+        Upstream::start(move |_| Reply::Stream(rx.lock().unwrap().take().expect("one stream")))
+            .await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
     let req = request("POST", &proxy.url("/api/v1/chat/completions"))
-        .body(Full::new(Bytes::from_static(br#"{"model":"a/b","stream":true}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
         .unwrap();
     let response = client().request(req).await.unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -138,7 +174,10 @@ async fn sse_chunks_reach_the_client_one_by_one_as_upstream_sends_them() {
         "data: [DONE]\n\n",
     ];
     for event in events {
-        chunks.send(Bytes::from_static(event.as_bytes())).await.unwrap();
+        chunks
+            .send(Bytes::from_static(event.as_bytes()))
+            .await
+            .unwrap();
         let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
             .await
             .expect("the chunk arrives while upstream waits for the client")
@@ -154,18 +193,28 @@ async fn sse_chunks_reach_the_client_one_by_one_as_upstream_sends_them() {
 async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
     let (chunks, rx) = mpsc::channel::<Bytes>(1);
     let rx = std::sync::Mutex::new(Some(rx));
-    let upstream = Upstream::start(move |_| Reply::Stream(rx.lock().unwrap().take().expect("one stream"))).await;
+    let upstream =
+        Upstream::start(move |_| Reply::Stream(rx.lock().unwrap().take().expect("one stream")))
+            .await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
     let req = request("POST", &proxy.url("/api/v1/chat/completions"))
-        .body(Full::new(Bytes::from_static(br#"{"model":"a/b","stream":true}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
         .unwrap();
     let response = client().request(req).await.unwrap();
     let mut body = response.into_body();
-    chunks.send(Bytes::from_static(b"data: {}\n\n")).await.unwrap();
+    chunks
+        .send(Bytes::from_static(b"data: {}\n\n"))
+        .await
+        .unwrap();
     body.frame().await.unwrap().unwrap();
     drop(body); // the client goes away
     let closed = tokio::time::timeout(Duration::from_secs(5), chunks.closed()).await;
-    assert!(closed.is_ok(), "upstream body still being read 5 s after the client left");
+    assert!(
+        closed.is_ok(),
+        "upstream body still being read 5 s after the client left"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +222,9 @@ async fn bodies_over_the_cap_get_413_declared_or_not_and_are_not_forwarded() {
     let upstream = Upstream::ok().await;
     let proxy = Proxy::start(&upstream.base_url(), &[("MAX_BODY_BYTES", "1024")]).await;
     let url = proxy.url("/api/v1/chat/completions");
-    let declared = request("POST", &url).body(Full::new(Bytes::from(vec![b'x'; 2048]))).unwrap();
+    let declared = request("POST", &url)
+        .body(Full::new(Bytes::from(vec![b'x'; 2048])))
+        .unwrap();
     send(declared).await.assert_error(413);
     // Chunked, no Content-Length: the cap is enforced while reading.
     let (tx, rx) = mpsc::channel::<Bytes>(8);
@@ -186,13 +237,16 @@ async fn bodies_over_the_cap_get_413_declared_or_not_and_are_not_forwarded() {
         .header("authorization", format!("Bearer {PROXY_KEY}"))
         .body(MockBody::Channel(rx))
         .unwrap();
-    let response = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<MockBody>()
-        .request(req)
-        .await
-        .unwrap();
+    let response =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<MockBody>()
+            .request(req)
+            .await
+            .unwrap();
     assert_eq!(response.status(), 413);
-    let exactly = request("POST", &url).body(Full::new(Bytes::from(vec![b'x'; 1024]))).unwrap();
+    let exactly = request("POST", &url)
+        .body(Full::new(Bytes::from(vec![b'x'; 1024])))
+        .unwrap();
     assert_eq!(send(exactly).await.status, 200);
     assert_eq!(upstream.requests().len(), 1);
 }
@@ -214,22 +268,38 @@ async fn an_upstream_that_never_answers_gives_504_after_the_timeout() {
 async fn health_and_cors_preflight_need_no_key_and_forward_nothing() {
     let upstream = Upstream::ok().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
-    let health = send(hyper::Request::get(proxy.url("/health")).body(Full::new(Bytes::new())).unwrap()).await;
+    let health = send(
+        hyper::Request::get(proxy.url("/health"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!((health.status, health.text().as_str()), (200, "OK"));
-    let json = send(hyper::Request::get(proxy.url("/health?format=json")).body(Full::new(Bytes::new())).unwrap()).await;
+    let json = send(
+        hyper::Request::get(proxy.url("/health?format=json"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(json.json(), serde_json::json!({"status": "OK"}));
     let preflight = hyper::Request::builder()
         .method("OPTIONS")
         .uri(proxy.url("/api/v1/chat/completions"))
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .body(Full::new(Bytes::new()))
         .unwrap();
     let answer = send(preflight).await;
     assert_eq!(answer.status, 204);
     assert_eq!(answer.headers["access-control-allow-origin"], "*");
-    assert_eq!(answer.headers["access-control-allow-headers"], "authorization, content-type");
+    assert_eq!(
+        answer.headers["access-control-allow-headers"],
+        "authorization, content-type"
+    );
     assert!(upstream.requests().is_empty());
 }
 
@@ -238,7 +308,11 @@ async fn path_traversal_and_connect_are_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = Upstream::ok().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
-    for path in ["/api/v1/../../admin", "/api/v1/%2e%2e/secret", "/v1/./models"] {
+    for path in [
+        "/api/v1/../../admin",
+        "/api/v1/%2e%2e/secret",
+        "/v1/./models",
+    ] {
         get(&proxy, path).await.assert_error(400);
     }
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();

@@ -11,17 +11,31 @@ fn proxy() -> Command {
 #[test]
 fn bad_configuration_lists_every_problem_and_exits_64() {
     let output = proxy()
-        .env("OPENROUTER_KEYS", "sk-or-v1-secretsecretsecret0001:lots,sk-or-v1-secretsecretsecret0001")
+        .env(
+            "OPENROUTER_KEYS",
+            "sk-or-v1-secretsecretsecret0001:lots,sk-or-v1-secretsecretsecret0001",
+        )
         .env("TIMEZONE", "Atlantis/Capital")
         .env("UVICORN_PORT", "http")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in ["PROXY_API_KEY: required", "daily limit \"lots\"", "TIMEZONE", "UVICORN_PORT"] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    for expected in [
+        "PROXY_API_KEY: required",
+        "daily limit \"lots\"",
+        "TIMEZONE",
+        "UVICORN_PORT",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
-    assert!(!stderr.contains("secretsecretsecret"), "a key leaked:\n{stderr}");
+    assert!(
+        !stderr.contains("secretsecretsecret"),
+        "a key leaked:\n{stderr}"
+    );
 }
 
 #[test]
@@ -30,7 +44,11 @@ fn help_lists_every_variable_with_its_default_and_version_prints() {
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
     for var in openrouter_proxy::config::VARIABLES {
-        assert!(text.contains(var.names[0]) && text.contains(var.default), "{} missing", var.names[0]);
+        assert!(
+            text.contains(var.names[0]) && text.contains(var.default),
+            "{} missing",
+            var.names[0]
+        );
     }
     let version = proxy().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("openrouter-proxy "));
@@ -38,7 +56,15 @@ fn help_lists_every_variable_with_its_default_and_version_prints() {
 
 #[test]
 fn the_health_check_subcommand_fails_when_nothing_listens() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let status = proxy().arg("--health-check").env("UVICORN_PORT", port.to_string()).status().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let status = proxy()
+        .arg("--health-check")
+        .env("UVICORN_PORT", port.to_string())
+        .status()
+        .unwrap();
     assert_eq!(status.code(), Some(1));
 }

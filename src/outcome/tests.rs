@@ -20,7 +20,8 @@ const UNAUTHORIZED: [&str; 3] = [
     r#"{"error":{"code":401,"message":"Missing Authentication header"}}"#,
 ];
 const NO_ENDPOINTS: &str = r#"{"error":{"message":"No endpoints found that support tool use. Try disabling \"tool_choice\".","code":404}}"#;
-const TIMEOUT_408: &str = r#"{"error":{"code":408,"message":"Operation timed out. Please try again later."}}"#;
+const TIMEOUT_408: &str =
+    r#"{"error":{"code":408,"message":"Operation timed out. Please try again later."}}"#;
 const BAD_GATEWAY: &str = r#"{"error":{"code":502,"message":"Provider returned error"}}"#;
 const UNAVAILABLE: &str = r#"{"error":{"code":503,"message":"Service temporarily unavailable"}}"#;
 const IN_200: &str = r#"{"id":null,"choices":null,"created":null,"model":null,"object":null,"usage":null,"error":{"message":"Provider returned error","code":429,"metadata":{"raw":"Too Many Requests","provider_name":"Hyperbolic"}},"user_id":"user_xyz"}"#;
@@ -37,38 +38,93 @@ fn verdict(status: u16, headers: &[(&'static str, &'static str)], body: &str) ->
 
 #[test]
 fn free_model_daily_limits_exhaust_the_key_until_the_reset_in_milliseconds() {
-    assert_eq!(verdict(429, &[], FREE_DAILY_50), Verdict::FreeDaily { reset_ms: Some(1_779_321_600_000) });
-    assert_eq!(verdict(429, &[], FREE_DAILY_1000), Verdict::FreeDaily { reset_ms: Some(1_786_233_600_000) });
-    let from_header = verdict(429, &[("x-ratelimit-reset", "1779321600000")], r#"{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-day"}}"#);
-    assert_eq!(from_header, Verdict::FreeDaily { reset_ms: Some(1_779_321_600_000) });
+    assert_eq!(
+        verdict(429, &[], FREE_DAILY_50),
+        Verdict::FreeDaily {
+            reset_ms: Some(1_779_321_600_000)
+        }
+    );
+    assert_eq!(
+        verdict(429, &[], FREE_DAILY_1000),
+        Verdict::FreeDaily {
+            reset_ms: Some(1_786_233_600_000)
+        }
+    );
+    let from_header = verdict(
+        429,
+        &[("x-ratelimit-reset", "1779321600000")],
+        r#"{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-day"}}"#,
+    );
+    assert_eq!(
+        from_header,
+        Verdict::FreeDaily {
+            reset_ms: Some(1_779_321_600_000)
+        }
+    );
 }
 
 #[test]
 fn the_per_minute_limit_blocks_the_key_until_its_reset() {
-    assert_eq!(verdict(429, &[], FREE_PER_MIN), Verdict::FreePerMinute { reset_ms: Some(1_783_519_380_000) });
+    assert_eq!(
+        verdict(429, &[], FREE_PER_MIN),
+        Verdict::FreePerMinute {
+            reset_ms: Some(1_783_519_380_000)
+        }
+    );
 }
 
 #[test]
 fn model_level_429s_do_not_blame_the_key_and_carry_their_retry_hints() {
-    assert_eq!(verdict(429, &[], SHARED_CAPACITY), Verdict::ModelBusy { retry_after: None });
-    assert_eq!(verdict(429, &[], PROVIDER_UPSTREAM), Verdict::ModelBusy { retry_after: None });
-    assert_eq!(verdict(429, &[], PROVIDER_HINT), Verdict::ModelBusy { retry_after: Some(Duration::from_secs(17)) });
-    assert_eq!(verdict(429, &[], CAPACITY), Verdict::ModelBusy { retry_after: Some(Duration::from_secs(40)) });
+    assert_eq!(
+        verdict(429, &[], SHARED_CAPACITY),
+        Verdict::ModelBusy { retry_after: None }
+    );
+    assert_eq!(
+        verdict(429, &[], PROVIDER_UPSTREAM),
+        Verdict::ModelBusy { retry_after: None }
+    );
+    assert_eq!(
+        verdict(429, &[], PROVIDER_HINT),
+        Verdict::ModelBusy {
+            retry_after: Some(Duration::from_secs(17))
+        }
+    );
+    assert_eq!(
+        verdict(429, &[], CAPACITY),
+        Verdict::ModelBusy {
+            retry_after: Some(Duration::from_secs(40))
+        }
+    );
     assert_eq!(
         verdict(429, &[("retry-after", "40")], CAPACITY),
-        Verdict::ModelBusy { retry_after: Some(Duration::from_secs(40)) }
+        Verdict::ModelBusy {
+            retry_after: Some(Duration::from_secs(40))
+        }
     );
     assert_eq!(
         verdict(503, &[("retry-after", "5")], UNAVAILABLE),
-        Verdict::ModelBusy { retry_after: Some(Duration::from_secs(5)) }
+        Verdict::ModelBusy {
+            retry_after: Some(Duration::from_secs(5))
+        }
     );
 }
 
 #[test]
 fn credits_and_key_caps_are_the_key_s_problem_but_moderation_is_the_request_s() {
-    assert_eq!(verdict(402, &[], CREDITS), Verdict::Credits { retry_after: None });
-    assert_eq!(verdict(402, &[("retry-after", "3")], CREDITS_SHORT), Verdict::Credits { retry_after: Some(Duration::from_secs(3)) });
-    assert_eq!(verdict(403, &[], KEY_LIMIT), Verdict::KeyLimit { reset_ms: None });
+    assert_eq!(
+        verdict(402, &[], CREDITS),
+        Verdict::Credits { retry_after: None }
+    );
+    assert_eq!(
+        verdict(402, &[("retry-after", "3")], CREDITS_SHORT),
+        Verdict::Credits {
+            retry_after: Some(Duration::from_secs(3))
+        }
+    );
+    assert_eq!(
+        verdict(403, &[], KEY_LIMIT),
+        Verdict::KeyLimit { reset_ms: None }
+    );
     assert_eq!(verdict(403, &[], MODERATION), Verdict::Rejected);
     for body in UNAUTHORIZED {
         assert_eq!(verdict(401, &[], body), Verdict::Unauthorized);
@@ -77,11 +133,23 @@ fn credits_and_key_caps_are_the_key_s_problem_but_moderation_is_the_request_s() 
 
 #[test]
 fn upstream_failures_are_retried_and_request_errors_are_not() {
-    assert_eq!(verdict(408, &[], TIMEOUT_408), Verdict::Server { retry_after: None });
-    assert_eq!(verdict(502, &[], BAD_GATEWAY), Verdict::Server { retry_after: None });
-    assert_eq!(verdict(503, &[], UNAVAILABLE), Verdict::Server { retry_after: None });
+    assert_eq!(
+        verdict(408, &[], TIMEOUT_408),
+        Verdict::Server { retry_after: None }
+    );
+    assert_eq!(
+        verdict(502, &[], BAD_GATEWAY),
+        Verdict::Server { retry_after: None }
+    );
+    assert_eq!(
+        verdict(503, &[], UNAVAILABLE),
+        Verdict::Server { retry_after: None }
+    );
     for status in [524, 529, 520] {
-        assert_eq!(verdict(status, &[], "<html>Temporarily unavailable</html>"), Verdict::Server { retry_after: None });
+        assert_eq!(
+            verdict(status, &[], "<html>Temporarily unavailable</html>"),
+            Verdict::Server { retry_after: None }
+        );
     }
     for status in [400, 404, 413, 422] {
         assert_eq!(verdict(status, &[], NO_ENDPOINTS), Verdict::Rejected);
@@ -90,19 +158,49 @@ fn upstream_failures_are_retried_and_request_errors_are_not() {
 
 #[test]
 fn errors_inside_a_200_are_classified_by_their_own_code() {
-    assert_eq!(verdict(200, &[], IN_200), Verdict::ModelBusy { retry_after: None });
-    assert_eq!(verdict(200, &[], STREAM_EVENT), Verdict::ModelBusy { retry_after: None });
-    assert_eq!(verdict(200, &[], STREAM_STRING_CODE), Verdict::Server { retry_after: None });
-    assert_eq!(verdict(200, &[], FREE_DAILY_50), Verdict::FreeDaily { reset_ms: Some(1_779_321_600_000) });
-    assert_eq!(verdict(200, &[], r#"{"choices":[{"message":{"content":"hi"}}]}"#), Verdict::Success);
+    assert_eq!(
+        verdict(200, &[], IN_200),
+        Verdict::ModelBusy { retry_after: None }
+    );
+    assert_eq!(
+        verdict(200, &[], STREAM_EVENT),
+        Verdict::ModelBusy { retry_after: None }
+    );
+    assert_eq!(
+        verdict(200, &[], STREAM_STRING_CODE),
+        Verdict::Server { retry_after: None }
+    );
+    assert_eq!(
+        verdict(200, &[], FREE_DAILY_50),
+        Verdict::FreeDaily {
+            reset_ms: Some(1_779_321_600_000)
+        }
+    );
+    assert_eq!(
+        verdict(200, &[], r#"{"choices":[{"message":{"content":"hi"}}]}"#),
+        Verdict::Success
+    );
 }
 
 #[test]
 fn odd_hints_are_read_defensively() {
-    assert_eq!(verdict(429, &[("retry-after", "-3")], "{}"), Verdict::ModelBusy { retry_after: None });
-    assert_eq!(verdict(429, &[("retry-after", "1.5")], "{}"), Verdict::ModelBusy { retry_after: Some(Duration::from_millis(1500)) });
+    assert_eq!(
+        verdict(429, &[("retry-after", "-3")], "{}"),
+        Verdict::ModelBusy { retry_after: None }
+    );
+    assert_eq!(
+        verdict(429, &[("retry-after", "1.5")], "{}"),
+        Verdict::ModelBusy {
+            retry_after: Some(Duration::from_millis(1500))
+        }
+    );
     let seconds_reset = r#"{"error":{"code":429,"message":"free-models-per-min","metadata":{"headers":{"x-ratelimit-reset":1783519380}}}}"#;
-    assert_eq!(verdict(429, &[], seconds_reset), Verdict::FreePerMinute { reset_ms: Some(1_783_519_380_000) });
+    assert_eq!(
+        verdict(429, &[], seconds_reset),
+        Verdict::FreePerMinute {
+            reset_ms: Some(1_783_519_380_000)
+        }
+    );
     assert_eq!(error_object(b"[1]"), None);
     assert_eq!(error_object(br#"{"error":"text"}"#), None);
 }

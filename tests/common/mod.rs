@@ -41,7 +41,11 @@ pub struct Seen {
 impl Seen {
     /// The OpenRouter key the proxy sent, without `Bearer `.
     pub fn key(&self) -> String {
-        let auth = self.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let auth = self
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         auth.strip_prefix("Bearer ").unwrap_or(&auth).to_owned()
     }
 }
@@ -58,20 +62,28 @@ pub enum Reply {
 
 impl Reply {
     pub fn json(status: u16, body: &str) -> Reply {
-        Reply::Full(status, vec![("content-type", "application/json".into())], Bytes::copy_from_slice(body.as_bytes()))
+        Reply::Full(
+            status,
+            vec![("content-type", "application/json".into())],
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
     }
 
     /// A complete event stream: each event sent at once, then the end.
     pub fn sse(events: &[&str]) -> Reply {
         let (tx, rx) = mpsc::channel(events.len().max(1));
         for event in events {
-            tx.try_send(Bytes::copy_from_slice(event.as_bytes())).unwrap();
+            tx.try_send(Bytes::copy_from_slice(event.as_bytes()))
+                .unwrap();
         }
         Reply::Stream(rx)
     }
 
     pub fn ok() -> Reply {
-        Reply::json(200, r#"{"id":"gen-1","choices":[{"message":{"role":"assistant","content":"hi"}}]}"#)
+        Reply::json(
+            200,
+            r#"{"id":"gen-1","choices":[{"message":{"role":"assistant","content":"hi"}}]}"#,
+        )
     }
 }
 
@@ -93,17 +105,27 @@ impl Upstream {
         let recorded = Arc::clone(&seen);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(http_body_util::Collected::to_bytes)
+                                .unwrap_or_default();
                             let seen = Seen {
                                 method: parts.method.to_string(),
-                                path_and_query: parts.uri.path_and_query().map(ToString::to_string).unwrap_or_default(),
+                                path_and_query: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default(),
                                 headers: parts.headers,
                                 body,
                                 at: Instant::now(),
@@ -125,7 +147,14 @@ impl Upstream {
     /// Plays `replies` in order, then answers 200 to everything.
     pub async fn script(replies: Vec<Reply>) -> Upstream {
         let replies = Mutex::new(std::collections::VecDeque::from(replies));
-        Upstream::start(move |_| replies.lock().unwrap().pop_front().unwrap_or_else(Reply::ok)).await
+        Upstream::start(move |_| {
+            replies
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(Reply::ok)
+        })
+        .await
     }
 
     /// Answers 200 with a small completion to everything.
@@ -148,13 +177,19 @@ async fn render(reply: Reply) -> Response<MockBody> {
             let mut response = Response::new(MockBody::Full(Some(body)));
             *response.status_mut() = StatusCode::from_u16(status).unwrap();
             for (name, value) in headers {
-                response.headers_mut().append(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
+                response.headers_mut().append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_str(&value).unwrap(),
+                );
             }
             response
         }
         Reply::Stream(chunks) => {
             let mut response = Response::new(MockBody::Channel(chunks));
-            response.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+            response.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
             response
         }
         Reply::Hang => std::future::pending().await,
@@ -171,10 +206,15 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            MockBody::Channel(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
         }
     }
 }
@@ -221,7 +261,11 @@ impl Proxy {
         tokio::spawn(openrouter_proxy::server::serve(listener, served, async {
             let _ = stopped.await;
         }));
-        Proxy { addr, app, stop: Some(stop) }
+        Proxy {
+            addr,
+            app,
+            stop: Some(stop),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -243,7 +287,8 @@ impl Answer {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// Asserts the OpenRouter error shape with this code.
@@ -251,7 +296,12 @@ impl Answer {
         assert_eq!(self.status, code, "{}", self.text());
         let json = self.json();
         assert_eq!(json["error"]["code"], code, "{json}");
-        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
     }
 }
 
@@ -263,7 +313,10 @@ pub fn client() -> TestClient {
 
 /// Builds a request to the proxy with the proxy key as bearer.
 pub fn request(method: &str, url: &str) -> hyper::http::request::Builder {
-    Request::builder().method(method).uri(url).header("authorization", format!("Bearer {PROXY_KEY}"))
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {PROXY_KEY}"))
 }
 
 /// Sends a request and collects the whole answer.
@@ -271,7 +324,11 @@ pub async fn send(req: Request<Full<Bytes>>) -> Answer {
     let response = client().request(req).await.expect("the proxy answers");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("the body arrives").to_bytes();
-    Answer { status: parts.status.as_u16(), headers: parts.headers, body }
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// POSTs a chat completion for `model` with the proxy key.
@@ -286,7 +343,12 @@ pub async fn chat(proxy: &Proxy, model: &str) -> Answer {
 
 /// GETs a path with the proxy key.
 pub async fn get(proxy: &Proxy, path: &str) -> Answer {
-    send(request("GET", &proxy.url(path)).body(Full::new(Bytes::new())).unwrap()).await
+    send(
+        request("GET", &proxy.url(path))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
 }
 
 /// A base URL where nothing listens.
