@@ -1,0 +1,164 @@
+//! The mock OpenRouter for the benchmark: JSON completions and SSE streams,
+//! shaped by the query string (`latency`, `chunks`, `interval` in ms; `stream=1`).
+//! Each SSE chunk carries its send time, so the client can measure per-chunk delay.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+
+const COMPLETION: &[u8] = br#"{"id":"gen-bench","object":"chat.completion","model":"bench/model:free","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
+
+/// The shared clock origin: chunk timestamps are nanoseconds since it.
+pub fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    latency: Duration,
+    stream: bool,
+    chunks: u32,
+    interval: Duration,
+}
+
+fn shape(query: Option<&str>) -> Shape {
+    let mut shape = Shape {
+        latency: Duration::ZERO,
+        stream: false,
+        chunks: 10,
+        interval: Duration::from_millis(10),
+    };
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n: u64 = v.parse().unwrap_or(0);
+        match k {
+            "latency" => shape.latency = Duration::from_millis(n),
+            "stream" => shape.stream = n == 1,
+            "chunks" => shape.chunks = n as u32,
+            "interval" => shape.interval = Duration::from_millis(n),
+            _ => {}
+        }
+    }
+    shape
+}
+
+/// Starts the mock on 127.0.0.1:0 in the current runtime.
+pub async fn start() -> SocketAddr {
+    epoch();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+    let addr = listener.local_addr().expect("mock address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let shape = shape(req.uri().query());
+                    let _ = req.into_body().collect().await;
+                    if !shape.latency.is_zero() {
+                        tokio::time::sleep(shape.latency).await;
+                    }
+                    Ok::<_, Infallible>(respond(shape))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn respond(shape: Shape) -> Response<MockBody> {
+    if shape.stream {
+        let body = MockBody::Stream {
+            left: shape.chunks,
+            interval: shape.interval,
+            next: None,
+            done: false,
+        };
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .expect("valid response")
+    } else {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(MockBody::Json(Some(Bytes::from_static(COMPLETION))))
+            .expect("valid response")
+    }
+}
+
+/// A JSON body, or an SSE stream of timestamped chunks then `[DONE]`.
+pub enum MockBody {
+    Json(Option<Bytes>),
+    Stream {
+        left: u32,
+        interval: Duration,
+        next: Option<Pin<Box<Sleep>>>,
+        done: bool,
+    },
+}
+
+fn chunk() -> Bytes {
+    let nanos = epoch().elapsed().as_nanos();
+    format!("data: {{\"t\":{nanos},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token \"}}}}]}}\n\n").into()
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            MockBody::Json(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Stream {
+                left,
+                interval,
+                next,
+                done,
+            } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                if let Some(sleep) = next.as_mut() {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let deadline = sleep.deadline() + *interval;
+                    sleep.as_mut().reset(deadline);
+                } else {
+                    // The first chunk goes out at once: time to first byte is the proxy's alone.
+                    *next = Some(Box::pin(tokio::time::sleep(*interval)));
+                }
+                if *left == 0 {
+                    *done = true;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                        b"data: [DONE]\n\n",
+                    )))));
+                }
+                *left -= 1;
+                Poll::Ready(Some(Ok(Frame::data(chunk()))))
+            }
+        }
+    }
+}
