@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
-use crate::mock::epoch;
+use crate::mock::now_nanos;
 
 pub type BenchClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -170,7 +170,7 @@ pub async fn streams(
             let mut carry: Vec<u8> = Vec::new();
             let mut permit = Some(permit);
             while let Some(frame) = body.frame().await {
-                let now = epoch().elapsed().as_nanos() as u64;
+                let now = now_nanos();
                 let Ok(data) = frame.ok()?.into_data() else {
                     continue;
                 };

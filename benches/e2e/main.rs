@@ -215,6 +215,20 @@ async fn sample_rss(pid: u32, over: Duration) -> f64 {
     peak
 }
 
+/// Spawns a child that prints `ready <port>` first, and returns it with the port.
+fn spawn_ready(command: &mut Command) -> (Child, u16) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("child starts");
+    let mut line = String::new();
+    // Read byte by byte so nothing after the first line is buffered away from later readers.
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(stdout, &mut byte).map_or(false, |n| n == 1) && byte[0] != b'\n' {
+        line.push(char::from(byte[0]));
+    }
+    let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <port>");
+    (child, port)
+}
+
 /// The allocation-counting child: sends `stats` and reads the counts.
 struct Counter {
     child: Child,
@@ -304,6 +318,10 @@ async fn allocations(upstream: &str, full: bool) -> (f64, f64) {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--mock") {
+        mock::run_process();
+        return;
+    }
     if std::env::args().any(|a| a == "--proxy-child") {
         child::run(|| {
             let stats = GLOBAL.stats();
@@ -317,8 +335,8 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mock = mock::start().await;
-        let upstream = format!("http://{mock}/api/v1");
+        let (mut mock, mock_port) = spawn_ready(Command::new(std::env::current_exe().expect("own path")).arg("--mock"));
+        let upstream = format!("http://127.0.0.1:{mock_port}/api/v1");
         let (mut proxy, port) = start_proxy(&upstream);
         let pid = proxy.id();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -360,6 +378,7 @@ fn main() {
         eprintln!("counting allocations");
         let (allocs_request, allocs_chunk) = allocations(&upstream, plan.full).await;
         let _ = proxy.kill();
+        let _ = mock.kill();
 
         let mut t = Table(Vec::new());
         t.row(["measure", "direct", "proxy", "added / ratio", "target"]);

@@ -6,9 +6,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -21,10 +20,10 @@ use tokio::time::Sleep;
 
 const COMPLETION: &[u8] = br#"{"id":"gen-bench","object":"chat.completion","model":"bench/model:free","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
 
-/// The shared clock origin: chunk timestamps are nanoseconds since it.
-pub fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// Wall-clock nanoseconds: the mock runs in its own process, and chunk send
+/// and receive times are compared across processes.
+pub fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Clone, Copy)]
@@ -56,9 +55,19 @@ fn shape(query: Option<&str>) -> Shape {
     shape
 }
 
+/// Runs the mock as its own process (so its sockets do not share the
+/// benchmark client's file-descriptor limit): prints `ready <port>`, serves until killed.
+pub fn run_process() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let addr = start().await;
+        println!("ready {}", addr.port());
+        std::future::pending::<()>().await;
+    });
+}
+
 /// Starts the mock on 127.0.0.1:0 in the current runtime.
 pub async fn start() -> SocketAddr {
-    epoch();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
     let addr = listener.local_addr().expect("mock address");
     tokio::spawn(async move {
@@ -117,7 +126,7 @@ pub enum MockBody {
 }
 
 fn chunk() -> Bytes {
-    let nanos = epoch().elapsed().as_nanos();
+    let nanos = now_nanos();
     format!("data: {{\"t\":{nanos},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token \"}}}}]}}\n\n").into()
 }
 
