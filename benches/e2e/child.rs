@@ -1,13 +1,13 @@
 //! The allocation-counting proxy: the same library code as the binary, run
 //! in a child process of the benchmark whose global allocator counts calls.
-//! It answers `stats` lines on stdin with `allocations reallocations`.
+//! It answers `stats` lines on stdin with `allocations reallocations live_heap_bytes`.
 
 use std::io::BufRead;
 
 use openrouter_proxy::config::Config;
 use openrouter_proxy::proxy::App;
 
-pub fn run(stats: impl Fn() -> (usize, usize) + Send + 'static) {
+pub fn run(stats: impl Fn() -> (usize, usize, usize) + Send + 'static) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,8 +30,8 @@ pub fn run(stats: impl Fn() -> (usize, usize) + Send + 'static) {
                 if line.map_or(true, |l| l.trim() != "stats") {
                     break;
                 }
-                let (allocations, reallocations) = stats();
-                println!("{allocations} {reallocations}");
+                let (allocations, reallocations, live_bytes) = stats();
+                println!("{allocations} {reallocations} {live_bytes}");
             }
         })
         .await

@@ -9,12 +9,14 @@
 mod child;
 mod load;
 mod mock;
+mod report;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use load::{percentile, StreamRun, Target};
+use report::{Hold, Results};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -30,16 +32,26 @@ struct Plan {
     throughput_for: Duration,
     ttfb_n: usize,
     many_streams: usize,
-    hold_streams: [usize; 2],
+    hold_streams: Vec<usize>,
     hold_interval_ms: u64,
+    count_allocations: bool,
 }
 
 fn plan() -> Plan {
     let full = std::env::args().any(|a| a == "--bench");
-    let rounds = std::env::var("E2E_ROUNDS")
-        .ok()
+    // For focused runs: E2E_ROUNDS=0 skips the timed rounds, E2E_HOLD=9900 picks the held
+    // stream counts (empty skips them), E2E_ALLOC=0 skips allocation counting.
+    let var = |name: &str| std::env::var(name).ok();
+    let rounds = var("E2E_ROUNDS")
         .and_then(|r| r.parse().ok())
         .unwrap_or(if full { 3 } else { 1 });
+    let holds = |default: &[usize]| {
+        var("E2E_HOLD").map_or_else(
+            || default.to_vec(),
+            |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        )
+    };
+    let count_allocations = var("E2E_ALLOC").is_none_or(|v| v != "0");
     if full {
         Plan {
             full,
@@ -48,8 +60,9 @@ fn plan() -> Plan {
             throughput_for: Duration::from_secs(3),
             ttfb_n: 500,
             many_streams: 1000,
-            hold_streams: [1000, 9900],
+            hold_streams: holds(&[1000, 9900]),
             hold_interval_ms: 1000,
+            count_allocations,
         }
     } else {
         Plan {
@@ -59,8 +72,9 @@ fn plan() -> Plan {
             throughput_for: Duration::from_millis(200),
             ttfb_n: 20,
             many_streams: 20,
-            hold_streams: [10, 20],
+            hold_streams: holds(&[10, 20]),
             hold_interval_ms: 20,
+            count_allocations,
         }
     }
 }
@@ -77,6 +91,15 @@ fn proxy_env(command: &mut Command, upstream: &str) {
         .env("FREE_RPM", "4000000000")
         .env("FREE_BURST", "1000000000")
         .env("UVICORN_HOST", "127.0.0.1");
+    // Experiments reach the proxy through E2E_PROXY_ENV, e.g. "UVICORN_LOG_LEVEL=warning,MALLOC_ARENA_MAX=1".
+    for pair in std::env::var("E2E_PROXY_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, value)) = pair.split_once('=') {
+            command.env(name.trim(), value.trim());
+        }
+    }
 }
 
 /// The release binary, started the way users run it (default log level).
@@ -88,7 +111,7 @@ fn start_proxy(upstream: &str) -> (Child, u16) {
         .port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
     proxy_env(&mut command, upstream);
-    let child = command
+    let mut child = command
         .env("UVICORN_PORT", port.to_string())
         .stderr(Stdio::null())
         .spawn()
@@ -99,6 +122,8 @@ fn start_proxy(upstream: &str) -> (Child, u16) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the proxy did not start listening");
 }
 
@@ -116,58 +141,14 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// One row per measure: name, direct, proxied, added or ratio, target.
-struct Table(Vec<[String; 5]>);
-
-impl Table {
-    fn row(&mut self, cells: [&str; 5]) {
-        self.0.push(cells.map(str::to_owned));
-    }
-
-    fn print(&self) {
-        let widths: Vec<usize> = (0..5)
-            .map(|c| {
-                self.0
-                    .iter()
-                    .map(|r| r[c].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for (i, row) in self.0.iter().enumerate() {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            println!("| {} |", cells.join(" | "));
-            if i == 0 {
-                println!(
-                    "|{}|",
-                    widths
-                        .iter()
-                        .map(|w| "-".repeat(w + 2))
-                        .collect::<Vec<_>>()
-                        .join("|")
-                );
-            }
-        }
-    }
-}
-
 #[derive(Default)]
-struct Round {
-    lat: [[f64; 2]; 2], // [direct, proxy][p50, p99] in µs
-    rps0: [f64; 2],
-    rps20: [f64; 2],
-    ttfb: [[f64; 2]; 2],
-    chunk: [[f64; 2]; 2],
-    rss_load: f64,
+pub struct Round {
+    pub lat: [[f64; 2]; 2], // [direct, proxy][p50, p99] in µs
+    pub rps0: [f64; 2],
+    pub rps20: [f64; 2],
+    pub ttfb: [[f64; 2]; 2],
+    pub chunk: [[f64; 2]; 2],
+    pub rss_load: f64,
 }
 
 fn stream_delays(run: &mut StreamRun) -> [f64; 2] {
@@ -217,15 +198,23 @@ async fn sample_rss(pid: u32, over: Duration) -> f64 {
 
 /// Spawns a child that prints `ready <port>` first, and returns it with the port.
 fn spawn_ready(command: &mut Command) -> (Child, u16) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("child starts");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child starts");
     let mut line = String::new();
     // Read byte by byte so nothing after the first line is buffered away from later readers.
     let stdout = child.stdout.as_mut().expect("stdout");
     let mut byte = [0u8; 1];
-    while std::io::Read::read(stdout, &mut byte).map_or(false, |n| n == 1) && byte[0] != b'\n' {
+    while std::io::Read::read(stdout, &mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
         line.push(char::from(byte[0]));
     }
-    let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <port>");
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .expect("ready <port>");
     (child, port)
 }
 
@@ -266,18 +255,26 @@ impl Counter {
         )
     }
 
-    fn count(&mut self) -> u64 {
+    /// (allocator calls that allocate, live heap bytes) in the child right now.
+    fn stats(&mut self) -> (u64, u64) {
         writeln!(self.stdin, "stats").expect("ask");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("answer");
-        line.split_whitespace()
-            .map(|n| n.parse::<u64>().expect("number"))
-            .sum()
+        let n: Vec<u64> = line
+            .split_whitespace()
+            .map(|n| n.parse().expect("number"))
+            .collect();
+        (n[0] + n[1], n[2])
+    }
+
+    fn count(&mut self) -> u64 {
+        self.stats().0
     }
 }
 
-/// Allocations per proxied JSON request, and per forwarded chunk of one long stream.
-async fn allocations(upstream: &str, full: bool) -> (f64, f64) {
+/// Allocations per proxied JSON request and per forwarded chunk of one long stream,
+/// and live heap bytes per held stream.
+async fn allocations(upstream: &str, full: bool) -> (f64, f64, f64) {
     let (mut counter, port) = Counter::start(upstream);
     let target = Target {
         url: format!("http://127.0.0.1:{port}/api/v1"),
@@ -310,11 +307,22 @@ async fn allocations(upstream: &str, full: bool) -> (f64, f64) {
             }
         }
     }
-    let _ = counter.child.kill();
     let [(c1, a1), (c2, a2)] = marks[..] else {
         panic!("the stream ended early: {seen} chunks")
     };
-    (per_request, (a2 - a1) as f64 / (c2 - c1) as f64)
+    let per_chunk = (a2 - a1) as f64 / (c2 - c1) as f64;
+
+    // Live heap per open stream: what each held stream costs in the allocator's own count.
+    let (held, interval) = if full { (1000, 1000) } else { (20, 50) };
+    let before = counter.stats().1;
+    let mut during = before;
+    load::streams(&target, held, 3, interval, || during = counter.stats().1).await;
+    let _ = counter.child.kill();
+    (
+        per_request,
+        per_chunk,
+        during.saturating_sub(before) as f64 / held as f64,
+    )
 }
 
 fn main() {
@@ -325,7 +333,10 @@ fn main() {
     if std::env::args().any(|a| a == "--proxy-child") {
         child::run(|| {
             let stats = GLOBAL.stats();
-            (stats.allocations, stats.reallocations)
+            let live = stats
+                .bytes_allocated
+                .saturating_sub(stats.bytes_deallocated);
+            (stats.allocations, stats.reallocations, live)
         });
         return;
     }
@@ -334,162 +345,70 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
-        let (mut mock, mock_port) = spawn_ready(Command::new(std::env::current_exe().expect("own path")).arg("--mock"));
-        let upstream = format!("http://127.0.0.1:{mock_port}/api/v1");
-        let (mut proxy, port) = start_proxy(&upstream);
-        let pid = proxy.id();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss_idle = rss_mb(pid);
-        let targets = [
-            Target {
-                url: upstream.clone(),
-                auth: None,
-            },
-            Target {
-                url: format!("http://127.0.0.1:{port}/api/v1"),
-                auth: Some(format!("Bearer {PROXY_KEY}")),
-            },
-        ];
-        let mut rounds = Vec::new();
-        for i in 0..plan.rounds {
-            eprintln!("round {}/{}", i + 1, plan.rounds);
-            rounds.push(round(&plan, &targets, pid).await);
-        }
-        let med = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let results = runtime.block_on(measure(&plan));
+    report::print(&plan_summary(&plan), &results);
+}
 
-        let mut holds = Vec::new();
-        for count in plan.hold_streams {
-            eprintln!("holding {count} streams");
-            let mut at_peak = 0.0;
-            let mut proxied = load::streams(&targets[1], count, 10, plan.hold_interval_ms, || {
-                at_peak = rss_mb(pid)
-            })
-            .await;
-            let mut direct =
-                load::streams(&targets[0], count, 10, plan.hold_interval_ms, || {}).await;
-            holds.push((
-                count,
-                at_peak,
-                stream_delays(&mut direct),
-                stream_delays(&mut proxied),
-            ));
-        }
-        eprintln!("counting allocations");
-        let (allocs_request, allocs_chunk) = allocations(&upstream, plan.full).await;
-        let _ = proxy.kill();
-        let _ = mock.kill();
+fn plan_summary(plan: &Plan) -> report::Summary {
+    report::Summary {
+        rounds: plan.rounds,
+        many_streams: plan.many_streams,
+    }
+}
 
-        let mut t = Table(Vec::new());
-        t.row(["measure", "direct", "proxy", "added / ratio", "target"]);
-        for (name, p, target) in [
-            ("latency c=1 p50", 0, ""),
-            ("latency c=1 p99", 1, "added ≤ 100 µs"),
-        ] {
-            let (d, x) = (med(&|r| r.lat[0][p]), med(&|r| r.lat[1][p]));
-            t.row([
-                name,
-                &format!("{d:.0} µs"),
-                &format!("{x:.0} µs"),
-                &format!("+{:.0} µs", med(&|r| r.lat[1][p] - r.lat[0][p])),
-                target,
-            ]);
-        }
-        for (name, f, target) in [
-            (
-                "throughput c=64, 0 ms upstream",
-                (|r: &Round| r.rps0) as fn(&Round) -> [f64; 2],
-                "≥ 0.5 × direct",
-            ),
-            (
-                "throughput c=64, 20 ms upstream",
-                |r: &Round| r.rps20,
-                "≥ 0.97 × direct",
-            ),
-        ] {
-            let (d, x) = (med(&|r| f(r)[0]), med(&|r| f(r)[1]));
-            t.row([
-                name,
-                &format!("{d:.0} req/s"),
-                &format!("{x:.0} req/s"),
-                &format!("{:.2} ×", med(&|r| f(r)[1] / f(r)[0])),
-                target,
-            ]);
-        }
-        for (name, p, target) in [
-            ("SSE time to first byte p50", 0, ""),
-            ("SSE time to first byte p99", 1, "added ≤ 200 µs"),
-        ] {
-            let (d, x) = (med(&|r| r.ttfb[0][p]), med(&|r| r.ttfb[1][p]));
-            t.row([
-                name,
-                &format!("{d:.0} µs"),
-                &format!("{x:.0} µs"),
-                &format!("+{:.0} µs", med(&|r| r.ttfb[1][p] - r.ttfb[0][p])),
-                target,
-            ]);
-        }
-        let n = plan.many_streams;
-        for (p, label) in [(0, "p50"), (1, "p99")] {
-            let (d, x) = (med(&|r| r.chunk[0][p]), med(&|r| r.chunk[1][p]));
-            t.row([
-                &format!("chunk delay {label}, {n} streams"),
-                &format!("{d:.0} µs"),
-                &format!("{x:.0} µs"),
-                &format!("+{:.0} µs", med(&|r| r.chunk[1][p] - r.chunk[0][p])),
-                "",
-            ]);
-        }
-        t.row([
-            "proxy RSS idle",
-            "",
-            &format!("{rss_idle:.1} MB"),
-            "",
-            "≤ 8 MB",
-        ]);
-        t.row([
-            "proxy RSS peak, c=64 load",
-            "",
-            &format!("{:.1} MB", med(&|r| r.rss_load)),
-            "",
-            "",
-        ]);
-        for (count, rss, direct, proxied) in &holds {
-            t.row([
-                &format!("proxy RSS holding {count} SSE streams"),
-                "",
-                &format!("{rss:.1} MB"),
-                "",
-                if *count >= 9900 { "≤ 100 MB" } else { "" },
-            ]);
-            t.row([
-                &format!("chunk delay p99, {count} streams"),
-                &format!("{:.0} µs", direct[1]),
-                &format!("{:.0} µs", proxied[1]),
-                &format!("+{:.0} µs", proxied[1] - direct[1]),
-                if *count >= 9900 { "added ≤ 1 ms" } else { "" },
-            ]);
-        }
-        t.row([
-            "allocations per proxied request",
-            "",
-            &format!("{allocs_request:.1}"),
-            "",
-            "",
-        ]);
-        t.row([
-            "allocations per forwarded SSE chunk",
-            "",
-            &format!("{allocs_chunk:.2}"),
-            "",
-            "≤ 2",
-        ]);
-        println!();
-        println!(
-            "e2e: {} round(s), medians; {} cores",
-            plan.rounds,
-            std::thread::available_parallelism().map_or(0, usize::from)
-        );
-        t.print();
-    });
+async fn measure(plan: &Plan) -> Results {
+    let (mut mock, mock_port) =
+        spawn_ready(Command::new(std::env::current_exe().expect("own path")).arg("--mock"));
+    let upstream = format!("http://127.0.0.1:{mock_port}/api/v1");
+    let (mut proxy, port) = start_proxy(&upstream);
+    let pid = proxy.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = rss_mb(pid);
+    let targets = [
+        Target {
+            url: upstream.clone(),
+            auth: None,
+        },
+        Target {
+            url: format!("http://127.0.0.1:{port}/api/v1"),
+            auth: Some(format!("Bearer {PROXY_KEY}")),
+        },
+    ];
+    let mut rounds = Vec::new();
+    for i in 0..plan.rounds {
+        eprintln!("round {}/{}", i + 1, plan.rounds);
+        rounds.push(round(plan, &targets, pid).await);
+    }
+    let mut holds = Vec::new();
+    for &count in &plan.hold_streams {
+        eprintln!("holding {count} streams");
+        let mut rss = 0.0;
+        let mut proxied = load::streams(&targets[1], count, 10, plan.hold_interval_ms, || {
+            rss = rss_mb(pid);
+        })
+        .await;
+        let mut direct = load::streams(&targets[0], count, 10, plan.hold_interval_ms, || {}).await;
+        holds.push(Hold {
+            count,
+            rss,
+            direct: stream_delays(&mut direct),
+            proxied: stream_delays(&mut proxied),
+        });
+    }
+    eprintln!("counting allocations");
+    let allocations = if plan.count_allocations {
+        allocations(&upstream, plan.full).await
+    } else {
+        (f64::NAN, f64::NAN, f64::NAN)
+    };
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let _ = mock.kill();
+    let _ = mock.wait();
+    Results {
+        rounds,
+        rss_idle,
+        holds,
+        allocations,
+    }
 }

@@ -23,7 +23,9 @@ const COMPLETION: &[u8] = br#"{"id":"gen-bench","object":"chat.completion","mode
 /// Wall-clock nanoseconds: the mock runs in its own process, and chunk send
 /// and receive times are compared across processes.
 pub fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Clone, Copy)]
@@ -58,7 +60,10 @@ fn shape(query: Option<&str>) -> Shape {
 /// Runs the mock as its own process (so its sockets do not share the
 /// benchmark client's file-descriptor limit): prints `ready <port>`, serves until killed.
 pub fn run_process() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let addr = start().await;
         println!("ready {}", addr.port());

@@ -1,0 +1,223 @@
+//! The benchmark's one table: medians of the rounds, next to the targets.
+
+use crate::Round;
+
+/// What the run was asked to do.
+pub struct Summary {
+    pub rounds: usize,
+    pub many_streams: usize,
+}
+
+/// Held streams: proxy RSS when all were open, and p50/p99 chunk delay direct and proxied.
+pub struct Hold {
+    pub count: usize,
+    pub rss: f64,
+    pub direct: [f64; 2],
+    pub proxied: [f64; 2],
+}
+
+/// Everything measured.
+pub struct Results {
+    pub rounds: Vec<Round>,
+    pub rss_idle: f64,
+    pub holds: Vec<Hold>,
+    /// Allocations per request, per chunk, and live heap bytes per held stream.
+    pub allocations: (f64, f64, f64),
+}
+
+/// One row per measure: name, direct, proxied, added or ratio, target.
+pub struct Table(Vec<[String; 5]>);
+
+impl Table {
+    fn row(&mut self, cells: [&str; 5]) {
+        self.0.push(cells.map(str::to_owned));
+    }
+
+    fn print(&self) {
+        let widths: Vec<usize> = (0..5)
+            .map(|c| {
+                self.0
+                    .iter()
+                    .map(|r| r[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for (i, row) in self.0.iter().enumerate() {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            println!("| {} |", cells.join(" | "));
+            if i == 0 {
+                println!(
+                    "|{}|",
+                    widths
+                        .iter()
+                        .map(|w| "-".repeat(w + 2))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                );
+            }
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A direct/proxied pair of microsecond figures with the added time.
+fn added_row(t: &mut Table, name: &str, direct: f64, proxied: f64, added: f64, target: &str) {
+    t.row([
+        name,
+        &format!("{direct:.0} µs"),
+        &format!("{proxied:.0} µs"),
+        &format!("+{added:.0} µs"),
+        target,
+    ]);
+}
+
+type Pair = fn(&Round) -> [f64; 2];
+
+pub fn print(summary: &Summary, r: &Results) {
+    let mut t = Table(Vec::new());
+    t.row(["measure", "direct", "proxy", "added / ratio", "target"]);
+    timing_rows(&mut t, summary, r);
+    memory_rows(&mut t, r);
+    println!();
+    println!(
+        "e2e: {} round(s), medians; {} cores",
+        summary.rounds,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    t.print();
+}
+
+fn timing_rows(t: &mut Table, summary: &Summary, r: &Results) {
+    let med = |f: &dyn Fn(&Round) -> f64| median(r.rounds.iter().map(f).collect());
+    for (name, p, target) in [
+        ("latency c=1 p50", 0, ""),
+        ("latency c=1 p99", 1, "added ≤ 100 µs"),
+    ] {
+        added_row(
+            t,
+            name,
+            med(&|x| x.lat[0][p]),
+            med(&|x| x.lat[1][p]),
+            med(&|x| x.lat[1][p] - x.lat[0][p]),
+            target,
+        );
+    }
+    let throughput: [(&str, Pair, &str); 2] = [
+        (
+            "throughput c=64, 0 ms upstream",
+            |x| x.rps0,
+            "≥ 0.5 × direct",
+        ),
+        (
+            "throughput c=64, 20 ms upstream",
+            |x| x.rps20,
+            "≥ 0.97 × direct",
+        ),
+    ];
+    for (name, f, target) in throughput {
+        let (d, p, ratio) = (
+            med(&|x| f(x)[0]),
+            med(&|x| f(x)[1]),
+            med(&|x| f(x)[1] / f(x)[0]),
+        );
+        t.row([
+            name,
+            &format!("{d:.0} req/s"),
+            &format!("{p:.0} req/s"),
+            &format!("{ratio:.2} ×"),
+            target,
+        ]);
+    }
+    for (name, p, target) in [
+        ("SSE time to first byte p50", 0, ""),
+        ("SSE time to first byte p99", 1, "added ≤ 200 µs"),
+    ] {
+        added_row(
+            t,
+            name,
+            med(&|x| x.ttfb[0][p]),
+            med(&|x| x.ttfb[1][p]),
+            med(&|x| x.ttfb[1][p] - x.ttfb[0][p]),
+            target,
+        );
+    }
+    for (p, label) in [(0, "p50"), (1, "p99")] {
+        let name = format!("chunk delay {label}, {} streams", summary.many_streams);
+        added_row(
+            t,
+            &name,
+            med(&|x| x.chunk[0][p]),
+            med(&|x| x.chunk[1][p]),
+            med(&|x| x.chunk[1][p] - x.chunk[0][p]),
+            "",
+        );
+    }
+}
+
+fn memory_rows(t: &mut Table, r: &Results) {
+    let med = |f: &dyn Fn(&Round) -> f64| median(r.rounds.iter().map(f).collect());
+    t.row([
+        "proxy RSS idle",
+        "",
+        &format!("{:.1} MB", r.rss_idle),
+        "",
+        "≤ 8 MB",
+    ]);
+    t.row([
+        "proxy RSS peak, c=64 load",
+        "",
+        &format!("{:.1} MB", med(&|x| x.rss_load)),
+        "",
+        "",
+    ]);
+    for h in &r.holds {
+        let big = h.count >= 9900;
+        t.row([
+            &format!("proxy RSS holding {} SSE streams", h.count),
+            "",
+            &format!("{:.1} MB", h.rss),
+            "",
+            if big { "≤ 100 MB" } else { "" },
+        ]);
+        let name = format!("chunk delay p99, {} streams", h.count);
+        added_row(
+            t,
+            &name,
+            h.direct[1],
+            h.proxied[1],
+            h.proxied[1] - h.direct[1],
+            if big { "added ≤ 1 ms" } else { "" },
+        );
+    }
+    let (per_request, per_chunk, heap) = r.allocations;
+    t.row([
+        "allocations per proxied request",
+        "",
+        &format!("{per_request:.1}"),
+        "",
+        "",
+    ]);
+    t.row([
+        "allocations per forwarded SSE chunk",
+        "",
+        &format!("{per_chunk:.2}"),
+        "",
+        "≤ 2",
+    ]);
+    t.row([
+        "live heap per held SSE stream",
+        "",
+        &format!("{:.1} KB", heap / 1024.0),
+        "",
+        "",
+    ]);
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Proves what a FROM scratch container gives the static binary: it runs in an
+# empty root directory holding nothing but itself (no libc, no CA files, no
+# zoneinfo), serves /health, proxies to a mock upstream on loopback, reports
+# /key_status in TIMEZONE=Europe/Moscow, answers --health-check, and works with
+# the OpenAI Python SDK. Needs root (chroot) and python3 with the openai package.
+#
+# Usage: bash tests/shipping/run.sh target/x86_64-unknown-linux-musl/release/openrouter-proxy
+set -euo pipefail
+bin=$(readlink -f "${1:?path to the static binary}")
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$root"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if ldd "$bin" >/dev/null 2>&1; then
+  echo "FAIL: $bin is dynamically linked:"; ldd "$bin"; exit 1
+fi
+cp "$bin" "$root/openrouter-proxy"
+echo "root directory holds: $(cd "$root" && find . -mindepth 1 | tr '\n' ' ')"
+
+mock_port=$(free_port)
+python3 "$here/mock_openrouter.py" "$mock_port" >/dev/null &
+pids+=($!)
+
+proxy_port=$(free_port)
+proxy_key=scratch-proxy-key-1234
+or_key=sk-or-v1-scratch0000000000000000000000000000ab12
+env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$or_key:1000" TIMEZONE=Europe/Moscow \
+  OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
+  chroot "$root" /openrouter-proxy 2>"$root.log" &
+proxy_pid=$!
+pids+=($proxy_pid)
+
+for _ in $(seq 100); do
+  if env -i UVICORN_PORT="$proxy_port" chroot "$root" /openrouter-proxy --health-check; then break; fi
+  sleep 0.1
+done
+env -i UVICORN_PORT="$proxy_port" chroot "$root" /openrouter-proxy --health-check || { echo "FAIL: --health-check"; cat "$root.log"; exit 1; }
+echo "--health-check inside the empty root: ok"
+echo "static binary: $(stat -c %s "$bin") bytes; idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$proxy_pid/status)"
+
+python3 "$here/smoke.py" "$proxy_port" "$mock_port" "$proxy_key" "$or_key"
+python3 "$here/test_openai_sdk.py" "http://127.0.0.1:$proxy_port/api/v1" "$proxy_key"
+if grep -q "scratch0000000000000000000000000000ab12" "$root.log"; then
+  echo "FAIL: the OpenRouter key appears in the log"; exit 1
+fi
+rm -f "$root.log"
