@@ -102,14 +102,16 @@ fn proxy_env(command: &mut Command, upstream: &str) {
     }
 }
 
-/// The release binary, started the way users run it (default log level).
+/// The release binary (or `E2E_PROXY_BIN`, e.g. the musl build), started the way users run it.
 fn start_proxy(upstream: &str) -> (Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("free port")
         .local_addr()
         .expect("port")
         .port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
+    let binary = std::env::var("E2E_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned());
+    let mut command = Command::new(binary);
     proxy_env(&mut command, upstream);
     let mut child = command
         .env("UVICORN_PORT", port.to_string())

@@ -14,10 +14,12 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$root"; }
 trap cleanup EXIT
 
+chroot=$(command -v chroot)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-if ldd "$bin" >/dev/null 2>&1; then
-  echo "FAIL: $bin is dynamically linked:"; ldd "$bin"; exit 1
+# A dynamic executable names its loader in a PT_INTERP program header; a static one has none.
+if readelf -l "$bin" | grep -q INTERP; then
+  echo "FAIL: $bin is dynamically linked"; readelf -l "$bin" | grep -A1 INTERP; exit 1
 fi
 cp "$bin" "$root/openrouter-proxy"
 echo "root directory holds: $(cd "$root" && find . -mindepth 1 | tr '\n' ' ')"
@@ -31,15 +33,15 @@ proxy_key=scratch-proxy-key-1234
 or_key=sk-or-v1-scratch0000000000000000000000000000ab12
 env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$or_key:1000" TIMEZONE=Europe/Moscow \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
-  chroot "$root" /openrouter-proxy 2>"$root.log" &
+  "$chroot" "$root" /openrouter-proxy 2>"$root.log" &
 proxy_pid=$!
 pids+=($proxy_pid)
 
 for _ in $(seq 100); do
-  if env -i UVICORN_PORT="$proxy_port" chroot "$root" /openrouter-proxy --health-check; then break; fi
+  if env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" /openrouter-proxy --health-check 2>/dev/null; then break; fi
   sleep 0.1
 done
-env -i UVICORN_PORT="$proxy_port" chroot "$root" /openrouter-proxy --health-check || { echo "FAIL: --health-check"; cat "$root.log"; exit 1; }
+env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" /openrouter-proxy --health-check || { echo "FAIL: --health-check"; cat "$root.log"; exit 1; }
 echo "--health-check inside the empty root: ok"
 echo "static binary: $(stat -c %s "$bin") bytes; idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$proxy_pid/status)"
 
