@@ -107,6 +107,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds of the first backoff; doubles per retry, with jitter, up to 30 s",
     },
     Variable {
+        names: &["STATE_FILE"],
+        default: "./openrouter-proxy-state.json",
+        help: "where key counts and blocks survive restarts (set it empty to keep nothing)",
+    },
+    Variable {
+        names: &["STATE_FLUSH_INTERVAL"],
+        default: "1",
+        help: "seconds between state file writes when something changed (0 = only at shutdown)",
+    },
+    Variable {
         names: &["SHUTDOWN_GRACE"],
         default: "30",
         help: "seconds in-flight requests get to finish after SIGTERM/SIGINT",
@@ -158,6 +168,9 @@ pub struct Config {
     pub max_retry_time: Duration,
     pub retry_backoff: Duration,
     pub shutdown_grace: Duration,
+    /// `None` when persistence is off (`STATE_FILE=`).
+    pub state_file: Option<std::path::PathBuf>,
+    pub state_flush_interval: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -288,6 +301,13 @@ impl Config {
             max_retry_time: r.seconds("MAX_RETRY_TIME", 120),
             retry_backoff: r.seconds("RETRY_BACKOFF", 1),
             shutdown_grace: r.seconds("SHUTDOWN_GRACE", 30),
+            // Set but empty turns persistence off, so this one is read without the empty-means-unset rule.
+            state_file: match (r.lookup)("STATE_FILE").map(|v| v.trim().to_owned()) {
+                None => Some("./openrouter-proxy-state.json".into()),
+                Some(path) if path.is_empty() => None,
+                Some(path) => Some(path.into()),
+            },
+            state_flush_interval: r.seconds("STATE_FLUSH_INTERVAL", 1),
         };
         if r.problems.is_empty() {
             Ok(config)

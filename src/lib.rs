@@ -20,5 +20,6 @@ pub mod relay;
 pub mod router;
 pub mod server;
 pub mod sse;
+pub mod state;
 pub mod status;
 pub mod upstream;

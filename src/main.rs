@@ -2,10 +2,12 @@
 //! Exits 64 on bad configuration, 69 when the address cannot be bound.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use log::{error, info, warn};
 use openrouter_proxy::cli::{self, Command};
 use openrouter_proxy::config::Config;
+use openrouter_proxy::state::{self, Persistence};
 use openrouter_proxy::{env_file, logging, proxy::App, server};
 
 fn main() -> ExitCode {
@@ -64,18 +66,37 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
             config.upstream.path,
             config.timezone_name
         );
+        let app = App::new(config);
+        let state_file = app.config.state_file.clone();
+        if let Some(path) = &state_file {
+            state::load(path, &app.keys);
+        }
+        let flusher = state_file.clone().map(|path| {
+            let (app, interval) = (Arc::clone(&app), app.config.state_flush_interval);
+            tokio::spawn(async move { Persistence::new(app, path).run(interval).await })
+        });
         let (first_signal, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let signalled = Arc::clone(&app);
         tokio::spawn(async move {
             termination_signal().await;
             let _ = first_signal.send(());
             termination_signal().await;
             warn!("second signal: exiting now");
+            if let Some(path) = &signalled.config.state_file {
+                let _ = state::write_atomic(path, &state::render(&signalled.keys));
+            }
             std::process::exit(1);
         });
-        server::serve(listener, App::new(config), async {
+        server::serve(listener, Arc::clone(&app), async {
             let _ = shutdown.await;
         })
         .await;
+        if let Some(flusher) = flusher {
+            flusher.abort();
+        }
+        if let Some(path) = state_file {
+            Persistence::new(app, path).flush().await;
+        }
         ExitCode::SUCCESS
     })
 }

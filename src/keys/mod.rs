@@ -237,6 +237,18 @@ impl<C: Clock + Clone> KeyPool<C> {
         until
     }
 
+    /// Restores a key's remembered state (see `state.rs`).
+    pub fn restore(
+        &self,
+        index: usize,
+        date: u32,
+        used: u32,
+        block: Option<Block>,
+        totals: [u64; 4],
+    ) {
+        self.keys[index].restore(date, used, block, totals);
+    }
+
     /// Counts how an attempt with key `index` ended.
     pub fn record(&self, index: usize, outcome: Outcome) {
         self.keys[index].record(outcome);

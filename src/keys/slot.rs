@@ -54,6 +54,20 @@ impl BlockReason {
         }
     }
 
+    /// The reason named by [`Self::as_str`].
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::DailyLimit,
+            Self::PerMinuteLimit,
+            Self::Credits,
+            Self::KeyLimit,
+            Self::Unauthorized,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
+    }
+
     /// Whether this block stops requests for paid models and other endpoints too.
     #[must_use]
     pub fn blocks_paid(self) -> bool {
@@ -91,6 +105,20 @@ pub struct Totals {
     pub errors: AtomicU64,
 }
 
+impl Totals {
+    /// requests, successes, rate_limited, errors.
+    #[must_use]
+    pub fn values(&self) -> [u64; 4] {
+        [
+            &self.requests,
+            &self.successes,
+            &self.rate_limited,
+            &self.errors,
+        ]
+        .map(|c| c.load(Relaxed))
+    }
+}
+
 /// How one attempt with a key ended, for its lifetime totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -99,12 +127,26 @@ pub enum Outcome {
     Error,
 }
 
+/// The first 16 bytes of the key's SHA-256, in hex.
+fn fingerprint(secret: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest.as_ref()[..16]
+        .iter()
+        .fold(String::with_capacity(32), |mut hex, byte| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
 type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One configured OpenRouter key.
 pub struct KeySlot<C: Clock> {
     /// The masked key: the only form of it that is ever shown.
     pub id: String,
+    /// A SHA-256 prefix of the key: how the state file recognises it without storing it.
+    pub fingerprint: String,
     /// `Bearer <key>`, built once, marked sensitive so it is never logged by hyper.
     pub authorization: HeaderValue,
     /// Whether the daily limit came from `key:limit` (true) or the default.
@@ -130,6 +172,7 @@ impl<C: Clock> KeySlot<C> {
         authorization.set_sensitive(true);
         Some(KeySlot {
             id: mask(&spec.secret),
+            fingerprint: fingerprint(&spec.secret),
             authorization,
             limit_configured: spec.daily_limit.is_some(),
             limiter: RateLimiter::direct_with_clock(quota, clock),
@@ -237,6 +280,30 @@ impl<C: Clock> KeySlot<C> {
     #[must_use]
     pub fn last_used_ms(&self) -> i64 {
         self.last_used_ms.load(Relaxed)
+    }
+
+    /// The block word as stored, in force or not (for the state file).
+    #[must_use]
+    pub fn last_block(&self) -> Option<Block> {
+        unpack_block(self.block.load(Relaxed))
+    }
+
+    /// Restores what the state file remembered: `date`'s count, a block, lifetime totals.
+    pub(crate) fn restore(&self, date: u32, used: u32, block: Option<Block>, totals: [u64; 4]) {
+        self.usage
+            .store((u64::from(date) << 32) | u64::from(used), Relaxed);
+        if let Some(block) = block {
+            self.block.store(pack_block(block), Relaxed);
+        }
+        let counters = [
+            &self.totals.requests,
+            &self.totals.successes,
+            &self.totals.rate_limited,
+            &self.totals.errors,
+        ];
+        for (counter, value) in counters.into_iter().zip(totals) {
+            counter.store(value, Relaxed);
+        }
     }
 
     pub(crate) fn record(&self, outcome: Outcome) {

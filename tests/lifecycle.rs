@@ -1,0 +1,349 @@
+//! The binary as a process: key state survives restarts, bad state files never stop
+//! it, and SIGTERM drains in-flight streams before exiting.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::mpsc;
+
+const FREE: &str = "qwen/qwen3-coder:free";
+
+struct Running {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    /// Starts the binary with the test defaults plus `vars`, and waits for /health.
+    async fn start(upstream: &str, state_file: &Path, vars: &[(&str, &str)]) -> Running {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("openrouter-proxy-test-{port}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
+        command
+            .env_clear()
+            .env("PROXY_API_KEY", PROXY_KEY)
+            .env("OPENROUTER_KEYS", format!("{KEY_A}:10,{KEY_B}:10"))
+            .env("OPENROUTER_BASE_URL", upstream)
+            .env("UVICORN_HOST", "127.0.0.1")
+            .env("UVICORN_PORT", port.to_string())
+            .env("STATE_FILE", state_file)
+            .env("RETRY_BACKOFF", "0")
+            .env("FREE_BURST", "100")
+            .envs(vars.iter().copied())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        let child = command.spawn().unwrap();
+        let running = Running { child, port, log };
+        let healthy = eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(healthy, "the proxy did not start: {}", running.log_text());
+        running
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn chat(&self, model: &str) -> Answer {
+        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+        send(
+            request("POST", &self.url("/api/v1/chat/completions"))
+                .body(Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn key_status(&self) -> serde_json::Value {
+        send(
+            request("GET", &self.url("/key_status"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .json()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not exit: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The per-key parts of /key_status that must survive a restart.
+fn remembered(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            serde_json::json!([
+                k["id"],
+                k["daily_used"],
+                k["status"],
+                k["blocked_until"],
+                k["block_reason"],
+                k["totals"]
+            ])
+        })
+        .collect()
+}
+
+fn per_minute_429() -> Reply {
+    Reply::json(
+        429,
+        r#"{"error":{"message":"Rate limit exceeded: free-models-per-min. ","code":429,"metadata":{"headers":{"X-RateLimit-Reset":"4102444800000"}}}}"#,
+    )
+}
+
+#[tokio::test]
+async fn counts_and_blocks_survive_sigterm_and_kill_9_loses_at_most_one_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let upstream = Upstream::script(vec![per_minute_429()]).await;
+    let mut proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.chat(FREE).await.status, 200);
+    }
+    let before = proxy.key_status().await;
+    assert_eq!(
+        before["keys"][0]["block_reason"], "per_minute_limit",
+        "{before}"
+    );
+    assert_eq!(before["keys"][1]["daily_used"], 3, "{before}");
+    proxy.signal("TERM");
+    assert!(proxy.wait(Duration::from_secs(10)).success());
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !text.contains(KEY_A) && !text.contains(KEY_B),
+        "a key is in the state file:\n{text}"
+    );
+
+    let mut proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    assert_eq!(remembered(&proxy.key_status().await), remembered(&before));
+
+    // kill -9 after more traffic: everything older than one flush interval survives.
+    proxy.chat(FREE).await;
+    proxy.chat(FREE).await;
+    let flushed = proxy.key_status().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.signal("KILL");
+    proxy.wait(Duration::from_secs(5));
+    let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    assert_eq!(remembered(&proxy.key_status().await), remembered(&flushed));
+    assert_eq!(flushed["keys"][1]["daily_used"], 5);
+}
+
+#[tokio::test]
+async fn counts_from_an_earlier_day_are_dropped_but_blocks_in_force_and_totals_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let upstream = Upstream::script(vec![per_minute_429()]).await;
+    let mut proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    proxy.chat(FREE).await;
+    proxy.signal("TERM");
+    proxy.wait(Duration::from_secs(10));
+    let mut document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    for key in document["keys"].as_array_mut().unwrap() {
+        key["day"] = 20_000_101.into();
+    }
+    std::fs::write(&state, document.to_string()).unwrap();
+    let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    let status = proxy.key_status().await;
+    assert_eq!(status["keys"][0]["daily_used"], 0, "{status}");
+    assert_eq!(status["keys"][1]["daily_used"], 0, "{status}");
+    assert_eq!(
+        status["keys"][0]["block_reason"], "per_minute_limit",
+        "{status}"
+    );
+    assert_eq!(status["keys"][1]["totals"]["successes"], 1, "{status}");
+}
+
+#[tokio::test]
+async fn a_corrupt_or_unusable_state_file_is_a_warning_and_the_proxy_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::ok().await;
+    for (name, contents) in [
+        ("truncated.json", r#"{"version":1,"keys":[{"key":"ab"#),
+        ("types.json", r#"{"version":"one","keys":7}"#),
+    ] {
+        let state = dir.path().join(name);
+        std::fs::write(&state, contents).unwrap();
+        let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+        assert_eq!(proxy.chat(FREE).await.status, 200);
+        assert!(
+            proxy.log_text().contains("is corrupt"),
+            "{}",
+            proxy.log_text()
+        );
+        assert_eq!(
+            std::fs::read_to_string(state.with_extension("json.corrupt")).unwrap(),
+            contents
+        );
+    }
+    let directory = dir.path().join("a-directory");
+    std::fs::create_dir(&directory).unwrap();
+    let proxy = Running::start(&upstream.base_url(), &directory, &[]).await;
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    assert!(
+        proxy.log_text().contains("cannot be read"),
+        "{}",
+        proxy.log_text()
+    );
+
+    // A parent that is a regular file: not writable even for root.
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "").unwrap();
+    let proxy = Running::start(&upstream.base_url(), &blocker.join("state.json"), &[]).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.chat(FREE).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let log = proxy.log_text();
+    assert_eq!(log.matches("cannot be written").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_stream_finish_and_refuses_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (chunks, rx) = mpsc::channel::<Bytes>(8);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let upstream = Upstream::start(move |_| {
+        rx.lock()
+            .unwrap()
+            .take()
+            .map_or_else(Reply::ok, Reply::Stream)
+    })
+    .await;
+    let mut proxy = Running::start(
+        &upstream.base_url(),
+        &dir.path().join("state.json"),
+        &[("SHUTDOWN_GRACE", "30")],
+    )
+    .await;
+    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
+        .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    chunks
+        .send(Bytes::from_static(b"data: {\"n\":1}\n\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "data: {\"n\":1}\n\n"
+    );
+
+    proxy.signal("TERM");
+    let refused = eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err()
+    })
+    .await;
+    assert!(refused, "new connections are still accepted after SIGTERM");
+    for n in 2..=3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        chunks
+            .send(Bytes::from(format!("data: {{\"n\":{n}}}\n\n")))
+            .await
+            .unwrap();
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame, format!("data: {{\"n\":{n}}}\n\n"));
+    }
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "exited with a stream in flight"
+    );
+    chunks
+        .send(Bytes::from_static(b"data: [DONE]\n\n"))
+        .await
+        .unwrap();
+    drop(chunks);
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "data: [DONE]\n\n"
+    );
+    assert!(body.frame().await.is_none());
+    assert!(proxy.wait(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_after_writing_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let (chunks, rx) = mpsc::channel::<Bytes>(8);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let upstream = Upstream::start(move |_| {
+        rx.lock()
+            .unwrap()
+            .take()
+            .map_or_else(Reply::ok, Reply::Stream)
+    })
+    .await;
+    let vars = [("SHUTDOWN_GRACE", "60"), ("STATE_FLUSH_INTERVAL", "0")];
+    let mut proxy = Running::start(&upstream.base_url(), &state, &vars).await;
+    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a/b:free","stream":true}"#,
+        )))
+        .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    chunks
+        .send(Bytes::from_static(b"data: {}\n\n"))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal("INT");
+    let status = proxy.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["keys"][0]["daily_used"], 1, "{saved}");
+}
