@@ -107,6 +107,12 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds of the first backoff; doubles per retry, with jitter, up to 30 s",
     },
     Variable {
+        names: &["KEY_PROBE_INTERVAL"],
+        default: "300",
+        help:
+            "seconds between asking OpenRouter's /key about each key's limits and usage (0 = never)",
+    },
+    Variable {
         names: &["STATE_FILE"],
         default: "./openrouter-proxy-state.json",
         help: "where key counts and blocks survive restarts (set it empty to keep nothing)",
@@ -168,6 +174,7 @@ pub struct Config {
     pub max_retry_time: Duration,
     pub retry_backoff: Duration,
     pub shutdown_grace: Duration,
+    pub key_probe_interval: Duration,
     /// `None` when persistence is off (`STATE_FILE=`).
     pub state_file: Option<std::path::PathBuf>,
     pub state_flush_interval: Duration,
@@ -301,6 +308,7 @@ impl Config {
             max_retry_time: r.seconds("MAX_RETRY_TIME", 120),
             retry_backoff: r.seconds("RETRY_BACKOFF", 1),
             shutdown_grace: r.seconds("SHUTDOWN_GRACE", 30),
+            key_probe_interval: r.seconds("KEY_PROBE_INTERVAL", 300),
             // Set but empty turns persistence off, so this one is read without the empty-means-unset rule.
             state_file: match (r.lookup)("STATE_FILE").map(|v| v.trim().to_owned()) {
                 None => Some("./openrouter-proxy-state.json".into()),

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod mask;
 pub mod model;
 pub mod outcome;
+pub mod probe;
 pub mod proxy;
 pub mod relay;
 pub mod router;

@@ -71,6 +71,7 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
         if let Some(path) = &state_file {
             state::load(path, &app.keys);
         }
+        openrouter_proxy::probe::spawn(&app);
         let flusher = state_file.clone().map(|path| {
             let (app, interval) = (Arc::clone(&app), app.config.state_flush_interval);
             tokio::spawn(async move { Persistence::new(app, path).run(interval).await })

@@ -39,6 +39,7 @@ impl Running {
             .env("UVICORN_PORT", port.to_string())
             .env("STATE_FILE", state_file)
             .env("RETRY_BACKOFF", "0")
+            .env("KEY_PROBE_INTERVAL", "0")
             .env("FREE_BURST", "100")
             .envs(vars.iter().copied())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));

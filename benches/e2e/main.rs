@@ -91,7 +91,8 @@ fn proxy_env(command: &mut Command, upstream: &str) {
         .env("FREE_RPM", "4000000000")
         .env("FREE_BURST", "1000000000")
         .env("UVICORN_HOST", "127.0.0.1")
-        .env("STATE_FILE", "");
+        .env("STATE_FILE", "")
+        .env("KEY_PROBE_INTERVAL", "0");
     // Experiments reach the proxy through E2E_PROXY_ENV, e.g. "UVICORN_LOG_LEVEL=warning,MALLOC_ARENA_MAX=1".
     for pair in std::env::var("E2E_PROXY_ENV")
         .unwrap_or_default()

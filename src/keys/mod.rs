@@ -6,6 +6,7 @@
 //! admits it now; other requests go to the least recently used unblocked key.
 
 mod calendar;
+mod probed;
 mod slot;
 
 use std::num::NonZeroU32;
@@ -16,6 +17,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::Quota;
 
 pub use calendar::{day_containing, rfc3339, Calendar, Day};
+pub use probed::{ProbeOutcome, ProbeReport, ProbeState};
 pub use slot::{Block, BlockReason, KeySlot, Outcome};
 
 use crate::config::Config;
@@ -177,6 +179,13 @@ impl<C: Clock + Clone> KeyPool<C> {
                 from = (block.until_ms, reason);
             }
         }
+        // A key refused by its last probe, or out of credit for paid use, waits for the next probe.
+        let next_probe = key.probe.next_at_ms.load(Relaxed);
+        if (key.probe.invalid() || (demand == Demand::Other && key.probe.no_credit()))
+            && next_probe > from.0
+        {
+            from = (next_probe, Shortage::Blocked);
+        }
         if demand == Demand::Free {
             if key.used_on(day.date) >= key.daily_limit() && day.end_ms > from.0 {
                 from = (day.end_ms, Shortage::DailyLimit);
@@ -249,6 +258,31 @@ impl<C: Clock + Clone> KeyPool<C> {
         self.keys[index].restore(date, used, block, totals);
     }
 
+    /// Applies what OpenRouter's `/key` said about key `index`; `next_at_ms` is when it is asked again.
+    pub fn apply_probe(&self, index: usize, outcome: &ProbeOutcome, now_ms: i64, next_at_ms: i64) {
+        let key = &self.keys[index];
+        key.probe.record(outcome, now_ms, next_at_ms);
+        let ProbeOutcome::Report(ProbeReport {
+            free_daily: Some((limit, used, _)),
+            ..
+        }) = outcome
+        else {
+            return;
+        };
+        if key.limit_configured {
+            if *limit != key.daily_limit() && !key.probe.mismatch_logged.swap(true, Relaxed) {
+                log::warn!(
+                    "key {} is configured with a daily limit of {} but OpenRouter reports {limit}; keeping the configured one",
+                    key.id,
+                    key.daily_limit()
+                );
+            }
+        } else {
+            key.set_probed_limit(*limit);
+        }
+        key.raise_used(self.calendar.today(now_ms).date, *used);
+    }
+
     /// Counts how an attempt with key `index` ended.
     pub fn record(&self, index: usize, outcome: Outcome) {
         self.keys[index].record(outcome);
@@ -259,6 +293,9 @@ impl<C: Clock + Clone> KeyPool<C> {
     pub fn state_of(&self, index: usize, now_ms: i64) -> &'static str {
         let key = &self.keys[index];
         let day = self.calendar.today(now_ms);
+        if key.probe.invalid() {
+            return "invalid";
+        }
         match key.block_at(now_ms) {
             Some(b) if b.reason == BlockReason::DailyLimit => "daily_limit_reached",
             Some(_) => "blocked",

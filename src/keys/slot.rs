@@ -4,7 +4,7 @@
 //! never take a lock. Values that must change together are packed into one
 //! `u64` (the day with its count; a block's end with its reason).
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -13,6 +13,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use hyper::header::HeaderValue;
 
+use super::probed::ProbeState;
 use crate::config::{KeySpec, DEFAULT_DAILY_LIMIT};
 use crate::mask::mask;
 
@@ -151,6 +152,10 @@ pub struct KeySlot<C: Clock> {
     pub authorization: HeaderValue,
     /// Whether the daily limit came from `key:limit` (true) or the default.
     pub limit_configured: bool,
+    /// Whether a probe replaced the default daily limit with the account's real one.
+    limit_probed: AtomicBool,
+    /// What OpenRouter's `/key` last said about this key.
+    pub probe: ProbeState,
     limiter: Limiter<C>,
     daily_limit: AtomicU32,
     /// `(yyyymmdd << 32) | free requests used that day`.
@@ -175,6 +180,8 @@ impl<C: Clock> KeySlot<C> {
             fingerprint: fingerprint(&spec.secret),
             authorization,
             limit_configured: spec.daily_limit.is_some(),
+            limit_probed: AtomicBool::new(false),
+            probe: ProbeState::default(),
             limiter: RateLimiter::direct_with_clock(quota, clock),
             daily_limit: AtomicU32::new(spec.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT)),
             usage: AtomicU64::new(0),
@@ -184,6 +191,34 @@ impl<C: Clock> KeySlot<C> {
             last_pick: AtomicU64::new(0),
             totals: Totals::default(),
         })
+    }
+
+    /// Where the daily limit in force came from: `configured`, `probed` or `default`.
+    #[must_use]
+    pub fn limit_source(&self) -> &'static str {
+        match (self.limit_configured, self.limit_probed.load(Relaxed)) {
+            (true, _) => "configured",
+            (false, true) => "probed",
+            (false, false) => "default",
+        }
+    }
+
+    /// Adopts the account's daily limit reported by a probe.
+    pub(crate) fn set_probed_limit(&self, limit: u32) {
+        self.daily_limit.store(limit.max(1), Relaxed);
+        self.limit_probed.store(true, Relaxed);
+    }
+
+    /// Raises `date`'s count to `used` if it is higher (another program shares the account).
+    pub(crate) fn raise_used(&self, date: u32, used: u32) {
+        let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
+            let ours = if (word >> 32) as u32 == date {
+                word as u32
+            } else {
+                0
+            };
+            (used > ours).then_some((u64::from(date) << 32) | u64::from(used))
+        });
     }
 
     #[must_use]

@@ -243,6 +243,7 @@ pub fn config(base_url: &str, vars: &[(&str, &str)]) -> Config {
         ("FREE_BURST", "1000".to_owned()),
         ("SHUTDOWN_GRACE", "1".to_owned()),
         ("RETRY_BACKOFF", "0".to_owned()),
+        ("KEY_PROBE_INTERVAL", "0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -257,6 +258,7 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let app = App::new(config(base_url, vars));
         let (stop, stopped) = oneshot::channel::<()>();
+        openrouter_proxy::probe::spawn(&app);
         let served = Arc::clone(&app);
         tokio::spawn(openrouter_proxy::server::serve(listener, served, async {
             let _ = stopped.await;

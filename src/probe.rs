@@ -1,0 +1,161 @@
+//! Learning each key's real limits and usage from OpenRouter's `GET /key`:
+//! at startup (in the background) and every `KEY_PROBE_INTERVAL`, spaced out
+//! so the probes themselves never burst.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+
+use crate::keys::{now_ms, ProbeOutcome, ProbeReport};
+use crate::proxy::App;
+use crate::upstream::upstream_uri;
+
+/// The most of a `/key` answer that is read.
+const MAX_ANSWER: usize = 64 * 1024;
+/// The longest gap between two probes of one round.
+const MAX_SPACING: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+struct KeyAnswer {
+    data: KeyData,
+}
+
+#[derive(Deserialize)]
+struct KeyData {
+    label: Option<String>,
+    limit_remaining: Option<f64>,
+    is_free_tier: Option<bool>,
+    free_model_daily_requests: Option<FreeDaily>,
+}
+
+#[derive(Deserialize)]
+struct FreeDaily {
+    limit: u32,
+    used: u32,
+    remaining: Option<u32>,
+}
+
+/// Reads a `/key` answer body (current or older shape).
+#[must_use]
+pub fn parse(body: &[u8]) -> Option<ProbeReport> {
+    let data = serde_json::from_slice::<KeyAnswer>(body).ok()?.data;
+    Some(ProbeReport {
+        label: data.label,
+        is_free_tier: data.is_free_tier,
+        limit_remaining: data.limit_remaining,
+        free_daily: data.free_model_daily_requests.map(|f| {
+            (
+                f.limit,
+                f.used,
+                f.remaining.unwrap_or(f.limit.saturating_sub(f.used)),
+            )
+        }),
+    })
+}
+
+/// Starts the probing task unless `KEY_PROBE_INTERVAL` is 0.
+pub fn spawn(app: &Arc<App>) {
+    let interval = app.config.key_probe_interval;
+    if interval.is_zero() {
+        return;
+    }
+    let app = Arc::clone(app);
+    tokio::spawn(async move {
+        let spacing = (interval
+            / u32::try_from(app.keys.keys().len())
+                .unwrap_or(u32::MAX)
+                .max(1))
+        .min(MAX_SPACING);
+        loop {
+            for index in 0..app.keys.keys().len() {
+                let outcome = probe(&app, index).await;
+                let now = now_ms();
+                app.keys
+                    .apply_probe(index, &outcome, now, now + interval.as_millis() as i64);
+                tokio::time::sleep(spacing).await;
+            }
+            tokio::time::sleep(interval.saturating_sub(spacing * app.keys.keys().len() as u32))
+                .await;
+        }
+    });
+}
+
+/// Asks OpenRouter about key `index`.
+async fn probe(app: &App, index: usize) -> ProbeOutcome {
+    let Ok(uri) = upstream_uri(&app.config.upstream, "/key", None) else {
+        return ProbeOutcome::Failed(0);
+    };
+    let mut request = Request::new(Full::new(Bytes::new()));
+    *request.uri_mut() = uri;
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, app.keys.keys()[index].authorization.clone());
+    let timeout = if app.config.upstream_timeout.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        app.config.upstream_timeout
+    };
+    let answer = tokio::time::timeout(timeout, async {
+        let response = app.client.request(request).await.ok()?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        Some((status, body))
+    })
+    .await;
+    match answer {
+        Ok(Some((StatusCode::OK, body))) => {
+            parse(&body).map_or(ProbeOutcome::Failed(0), ProbeOutcome::Report)
+        }
+        Ok(Some((StatusCode::UNAUTHORIZED, _))) => ProbeOutcome::Unauthorized,
+        Ok(Some((status, _))) => ProbeOutcome::Failed(status.as_u16()),
+        Ok(None) | Err(_) => ProbeOutcome::Failed(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_shape_gives_the_free_model_quota() {
+        let body = br#"{"data":{"label":"sk-or-v1-au7...890","limit":100,"limit_remaining":74.5,"limit_reset":"monthly","include_byok_in_limit":false,"usage":25.5,"usage_daily":25.5,"usage_weekly":25.5,"usage_monthly":25.5,"byok_usage":0,"byok_usage_daily":0,"byok_usage_weekly":0,"byok_usage_monthly":0,"is_free_tier":false,"is_management_key":false,"is_provisioning_key":false,"expires_at":"2027-12-31T23:59:59Z","rate_limit":{"requests":-1,"interval":"10s","note":"This field is deprecated and safe to ignore."},"free_model_daily_requests":{"limit":50,"remaining":38,"used":12}}}"#;
+        let report = parse(body).unwrap();
+        assert_eq!(report.free_daily, Some((50, 12, 38)));
+        assert_eq!(report.limit_remaining, Some(74.5));
+        assert_eq!(report.is_free_tier, Some(false));
+        assert_eq!(report.label.as_deref(), Some("sk-or-v1-au7...890"));
+    }
+
+    #[test]
+    fn the_older_shape_has_no_free_model_quota() {
+        let body = br#"{"data":{"label":"sk-or-v1-116...0ce","limit":5,"usage":0.1015644762,"is_provisioning_key":false,"limit_remaining":4.8984355238,"is_free_tier":false,"rate_limit":{"requests":50,"interval":"10s"}}}"#;
+        let report = parse(body).unwrap();
+        assert_eq!(report.free_daily, None);
+        assert_eq!(report.is_free_tier, Some(false));
+        let unlimited =
+            parse(br#"{"data":{"limit":null,"limit_remaining":null,"is_free_tier":true}}"#)
+                .unwrap();
+        assert_eq!(unlimited.limit_remaining, None);
+    }
+
+    #[test]
+    fn malformed_answers_are_not_reports() {
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"data":[]}"#,
+            br#"{"data":{"free_model_daily_requests":{"limit":"x"}}}"#,
+        ] {
+            assert_eq!(parse(body), None);
+        }
+    }
+}
