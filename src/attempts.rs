@@ -2,6 +2,7 @@
 //! something to hand to the client. Every retry is a fresh key selection, so
 //! the limiter and quota accounting apply to every attempt.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,19 +71,29 @@ pub struct Journey {
     pub outgoing: Outgoing,
     pub attempts: u32,
     pub last_key: Option<usize>,
+    /// When the request arrived.
     started: Instant,
+    /// When the latest upstream response headers arrived.
+    pub headers_at: Option<Instant>,
 }
 
 impl Journey {
     #[must_use]
-    pub fn new(app: Arc<App>, outgoing: Outgoing) -> Self {
+    pub fn new(app: Arc<App>, outgoing: Outgoing, started: Instant) -> Self {
         Journey {
             app,
             outgoing,
             attempts: 0,
             last_key: None,
-            started: Instant::now(),
+            started,
+            headers_at: None,
         }
+    }
+
+    /// The shared application state.
+    #[must_use]
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
     }
 
     /// Counts how an attempt with key `key` ended.
@@ -149,10 +160,18 @@ impl Journey {
     }
 
     /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
-    async fn send(&self, key: usize) -> Result<Response<Incoming>, ProxyError> {
+    async fn send(&mut self, key: usize) -> Result<Response<Incoming>, ProxyError> {
         let request = self
             .outgoing
             .request(&self.app.keys.keys()[key].authorization);
+        let metrics = &self.app.metrics;
+        metrics.upstream_attempts.fetch_add(1, Relaxed);
+        if self.attempts == 1 {
+            metrics.before_upstream.observe(self.started.elapsed());
+        } else {
+            metrics.upstream_retries.fetch_add(1, Relaxed);
+        }
+        let sent = Instant::now();
         let pending = self.app.client.request(request);
         let timeout = self.app.config.upstream_timeout;
         let result = if timeout.is_zero() {
@@ -162,10 +181,14 @@ impl Journey {
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)?
         };
-        result.map_err(|err| {
+        let response = result.map_err(|err| {
             warn!("request to OpenRouter failed: {err:?}");
             ProxyError::UpstreamUnreachable
-        })
+        })?;
+        let now = Instant::now();
+        metrics.upstream_headers.observe(now - sent);
+        self.headers_at = Some(now);
+        Ok(response)
     }
 
     /// Looks at an upstream response (holding back at most [`INSPECT_LIMIT`] of its body) and classifies it.
@@ -221,6 +244,7 @@ impl Journey {
             }
             Verdict::Rejected => {
                 self.app.keys.record(key, Outcome::Error);
+                self.app.metrics.count_error(verdict);
                 Inspected::Done(Settled::Answer(answer))
             }
             _ => Inspected::Failed(verdict, Some(answer)),
@@ -240,6 +264,7 @@ impl Journey {
             _ => Outcome::Error,
         };
         keys.record(key, outcome);
+        self.app.metrics.count_error(verdict);
         let block = |until: i64, reason| {
             keys.block(key, until, reason, now);
             Duration::ZERO

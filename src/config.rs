@@ -113,6 +113,16 @@ pub const VARIABLES: &[Variable] = &[
             "seconds between asking OpenRouter's /key about each key's limits and usage (0 = never)",
     },
     Variable {
+        names: &["METRICS_PUBLIC"],
+        default: "false",
+        help: "true serves /metrics without the proxy key (for a scraper on a private network)",
+    },
+    Variable {
+        names: &["LOG_FORMAT"],
+        default: "text",
+        help: "text, or json for one JSON object per line",
+    },
+    Variable {
         names: &["STATE_FILE"],
         default: "./openrouter-proxy-state.json",
         help: "where key counts and blocks survive restarts (set it empty to keep nothing)",
@@ -175,6 +185,8 @@ pub struct Config {
     pub retry_backoff: Duration,
     pub shutdown_grace: Duration,
     pub key_probe_interval: Duration,
+    pub metrics_public: bool,
+    pub log_json: bool,
     /// `None` when persistence is off (`STATE_FILE=`).
     pub state_file: Option<std::path::PathBuf>,
     pub state_flush_interval: Duration,
@@ -249,6 +261,37 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         }
     }
 
+    fn flag(&mut self, name: &'static str) -> bool {
+        match self.raw(&[name]).map(|(_, v)| v.to_ascii_lowercase()) {
+            None => false,
+            Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => false,
+            Some(v) => {
+                self.problems
+                    .push(format!("{name}: {v:?} is not true or false"));
+                false
+            }
+        }
+    }
+
+    /// One of `choices` (case-insensitive); the first is the default.
+    fn choice(&mut self, name: &'static str, choices: &[&'static str]) -> &'static str {
+        let Some((_, value)) = self.raw(&[name]) else {
+            return choices[0];
+        };
+        choices
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(&value))
+            .copied()
+            .unwrap_or_else(|| {
+                self.problems.push(format!(
+                    "{name}: {value:?} is not one of {}",
+                    choices.join(", ")
+                ));
+                choices[0]
+            })
+    }
+
     fn seconds(&mut self, name: &'static str, default: u64) -> Duration {
         Duration::from_secs(self.parsed(&[name], default, "a whole number of seconds"))
     }
@@ -309,6 +352,8 @@ impl Config {
             retry_backoff: r.seconds("RETRY_BACKOFF", 1),
             shutdown_grace: r.seconds("SHUTDOWN_GRACE", 30),
             key_probe_interval: r.seconds("KEY_PROBE_INTERVAL", 300),
+            metrics_public: r.flag("METRICS_PUBLIC"),
+            log_json: r.choice("LOG_FORMAT", &["text", "json"]) == "json",
             // Set but empty turns persistence off, so this one is read without the empty-means-unset rule.
             state_file: match (r.lookup)("STATE_FILE").map(|v| v.trim().to_owned()) {
                 None => Some("./openrouter-proxy-state.json".into()),

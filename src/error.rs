@@ -17,8 +17,7 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// A method the proxy never forwards (CONNECT).
     MethodNotAllowed,
-    /// A reserved path that is not served yet.
-    NotFound,
+
     /// No key can serve before the wait limit.
     NoKey {
         message: String,
@@ -39,7 +38,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NotFound => StatusCode::NOT_FOUND,
+
             ProxyError::NoKey { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -57,7 +56,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => {
                 "the proxy forwards only to OpenRouter; CONNECT is not supported".to_owned()
             }
-            ProxyError::NotFound => "not found".to_owned(),
+
             ProxyError::NoKey { message, .. } => message.clone(),
             ProxyError::UpstreamUnreachable => {
                 "could not reach OpenRouter (connection or TLS failure)".to_owned()

@@ -13,6 +13,7 @@ pub mod error;
 pub mod keys;
 pub mod logging;
 pub mod mask;
+pub mod metrics;
 pub mod model;
 pub mod outcome;
 pub mod probe;

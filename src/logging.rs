@@ -1,4 +1,5 @@
-//! Logging setup: `env_logger` with timestamps; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`.
+//! Logging setup: `env_logger` with timestamps, or one JSON object per line with
+//! `LOG_FORMAT=json`; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`.
 
 use std::collections::HashMap;
 
@@ -28,5 +29,20 @@ pub fn init(env: &HashMap<String, String>) {
         builder.parse_filters(spec);
     }
     builder.format_timestamp_millis();
+    if env
+        .get("LOG_FORMAT")
+        .is_some_and(|f| f.trim().eq_ignore_ascii_case("json"))
+    {
+        builder.format(|buf, record| {
+            use std::io::Write as _;
+            let line = serde_json::json!({
+                "ts": buf.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
     let _ = builder.try_init();
 }

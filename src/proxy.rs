@@ -14,6 +14,7 @@ use crate::body::{read_capped, ProxyBody, ReadError};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::keys::{Demand, KeyPool};
+use crate::metrics::Metrics;
 use crate::model;
 use crate::relay::SseRelay;
 use crate::upstream::{
@@ -24,6 +25,7 @@ use crate::upstream::{
 pub struct App {
     pub config: Config,
     pub keys: KeyPool,
+    pub metrics: Metrics,
     pub(crate) client: UpstreamClient,
 }
 
@@ -34,6 +36,7 @@ impl App {
         Arc::new(App {
             config,
             keys,
+            metrics: Metrics::default(),
             client: build_client(),
         })
     }
@@ -43,8 +46,8 @@ impl App {
 pub async fn forward(
     app: &Arc<App>,
     request: Request<Incoming>,
+    started: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let started = Instant::now();
     let (mut parts, body) = request.into_parts();
     authenticate(&parts.headers, app.config.proxy_api_key.as_bytes())
         .map_err(ProxyError::Unauthorized)?;
@@ -86,7 +89,10 @@ pub async fn forward(
         demand,
     };
 
-    let mut journey = Journey::new(Arc::clone(app), outgoing);
+    if log::log_enabled!(Level::Trace) {
+        log::trace!("request body: {}", String::from_utf8_lossy(&body));
+    }
+    let mut journey = Journey::new(Arc::clone(app), outgoing, started);
     let settled = journey.settle().await;
     if log_enabled!(Level::Info) {
         let status = match &settled {
@@ -95,6 +101,9 @@ pub async fn forward(
             Settled::Failed(err) => err.status(),
         };
         log_request(app, &journey, model.model.as_deref(), status, started);
+    }
+    if let Some(at) = journey.headers_at {
+        app.metrics.after_upstream.observe(at.elapsed());
     }
     match settled {
         Settled::Stream { key, response } => {

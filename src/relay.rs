@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +20,7 @@ use crate::attempts::{Journey, Settled};
 use crate::body::ProxyBody;
 use crate::keys::Outcome;
 use crate::outcome::{classify, error_object, Verdict};
+use crate::proxy::App;
 use crate::sse::{classify_event, event_len, Event};
 
 type Retry = Pin<Box<dyn Future<Output = (Journey, Settled)> + Send>>;
@@ -42,17 +45,28 @@ pub struct SseRelay {
     pending: BytesMut,
     journey: Option<Journey>,
     key: usize,
+    /// Kept apart from the journey (which a retry borrows) for the open-streams gauge.
+    app: Arc<App>,
+}
+
+impl Drop for SseRelay {
+    fn drop(&mut self) {
+        self.app.metrics.open_streams.fetch_sub(1, Relaxed);
+    }
 }
 
 impl SseRelay {
     #[must_use]
     pub fn new(upstream: Incoming, key: usize, journey: Journey) -> Self {
+        let app = Arc::clone(journey.app());
+        app.metrics.open_streams.fetch_add(1, Relaxed);
         SseRelay {
             mode: Mode::Inspecting,
             upstream: Some(upstream),
             pending: BytesMut::new(),
             journey: Some(journey),
             key,
+            app,
         }
     }
 

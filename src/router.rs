@@ -1,33 +1,74 @@
 //! Which handler answers a request: the proxy's own endpoints, CORS preflight, or the proxy.
 
 use hyper::body::Incoming;
+use hyper::header::ACCEPT;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
 };
 use hyper::{Method, Request, Response, StatusCode};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::auth::authenticate;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::metrics::Route;
 use crate::proxy::{forward, App};
 use crate::status;
 
+/// Keeps the in-flight gauge right however the handler ends (a client that
+/// leaves drops the handler future mid-way).
+struct InFlight<'a>(&'a AtomicI64);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Answers one request; every failure is already a response here.
-pub async fn route(app: &std::sync::Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
+    let arrived = Instant::now();
+    let _in_flight = InFlight::enter(&app.metrics.in_flight);
     let path = request.uri().path();
-    let mut response = match (request.method(), path) {
-        (&Method::GET | &Method::HEAD, "/health") => status::health(request.uri().query()),
-        (&Method::OPTIONS, _) => preflight(&request),
-        (_, "/key_status" | "/key-status") => {
-            own_endpoint(app, &request, || status::key_status(app))
-        }
-        // Reserved for the metrics endpoint; never forwarded upstream.
-        (_, "/metrics") => own_endpoint(app, &request, || ProxyError::NotFound.into_response()),
-        _ => forward(app, request)
-            .await
-            .unwrap_or_else(ProxyError::into_response),
+    let kind = if path.ends_with("/chat/completions") {
+        Route::Chat
+    } else {
+        Route::Proxied
     };
+    let (kind, mut response) = match (request.method(), path) {
+        (&Method::GET | &Method::HEAD, "/health") => {
+            (Route::Own, status::health(request.uri().query()))
+        }
+        (&Method::OPTIONS, _) => (Route::Own, preflight(&request)),
+        (_, "/key_status" | "/key-status") => (
+            Route::Own,
+            own_endpoint(app, &request, || status::key_status(app)),
+        ),
+        (_, "/metrics") if app.config.metrics_public => (Route::Own, status::metrics(app)),
+        (_, "/metrics") => (
+            Route::Own,
+            own_endpoint(app, &request, || status::metrics(app)),
+        ),
+        (&Method::GET, "/status") => (Route::Own, status::page()),
+        (&Method::GET, "/") if accepts_html(&request) => (Route::Own, status::page()),
+        _ => (
+            kind,
+            forward(app, request, arrived)
+                .await
+                .unwrap_or_else(ProxyError::into_response),
+        ),
+    };
+    app.metrics.count_request(kind, response.status().as_u16());
     response
         .headers_mut()
         .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -64,4 +105,12 @@ fn preflight(request: &Request<Incoming>) -> Response<ProxyBody> {
     );
     headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     response
+}
+
+/// A browser asking for a page (its `Accept` lists `text/html`).
+fn accepts_html(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(ACCEPT)
+        .is_some_and(|v| v.as_bytes().windows(9).any(|w| w == b"text/html"))
 }

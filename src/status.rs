@@ -1,4 +1,4 @@
-//! The proxy's own read-only endpoints: `/health` and `/key_status`.
+//! The proxy's own read-only endpoints: `/health`, `/key_status`, `/metrics` and the status page.
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
@@ -69,10 +69,33 @@ pub fn key_status(app: &App) -> Response<ProxyBody> {
         "timezone": app.config.timezone_name,
         "next_reset": calendar.rfc3339(day.end_ms),
         "keys": keys,
+        "upstream_errors": app.metrics.errors_by_class().iter().map(|(class, n)| ((*class).to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     let mut response = Response::new(ProxyBody::full(body.to_string()));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `GET /metrics`: Prometheus text exposition format 0.0.4.
+#[must_use]
+pub fn metrics(app: &App) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(app.metrics.render(&app.keys)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// The status page: one self-contained HTML page, embedded in the binary.
+#[must_use]
+pub fn page() -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(&include_bytes!("status_page.html")[..]));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     response
 }

@@ -22,6 +22,9 @@ pub use slot::{Block, BlockReason, KeySlot, Outcome};
 
 use crate::config::Config;
 
+/// A key slot with the production limiter clock.
+pub type Key = KeySlot<DefaultClock>;
+
 /// The wall clock in epoch milliseconds.
 #[must_use]
 pub fn now_ms() -> i64 {

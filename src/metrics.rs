@@ -1,0 +1,230 @@
+//! The proxy's own counters, gauges and latency histograms, kept in atomics
+//! (no lock, no allocation per request) and written by hand in Prometheus'
+//! text exposition format 0.0.4 for `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::keys::{now_ms, Key, KeyPool};
+use crate::outcome::Verdict;
+
+// Every figure is an independent counter or gauge: `Relaxed` throughout.
+
+/// What kind of route a request took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/chat/completions` (any prefix).
+    Chat,
+    /// Any other proxied path.
+    Proxied,
+    /// The proxy's own endpoints (`/health`, `/key_status`, `/metrics`, status page, preflight).
+    Own,
+}
+
+const ROUTES: [&str; 3] = ["chat_completions", "other_proxied", "own"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Classified upstream errors, as named by [`Verdict::class`].
+pub const ERROR_CLASSES: [&str; 9] = [
+    "free-daily",
+    "free-per-minute",
+    "provider-upstream",
+    "credits",
+    "key-limit",
+    "auth",
+    "server",
+    "network",
+    "request",
+];
+/// Histogram bucket upper bounds in microseconds.
+const BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let us = elapsed.as_micros() as u64;
+        if let Some(bucket) = BUCKETS_US.iter().position(|&bound| us <= bound) {
+            self.buckets[bucket].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Everything `/metrics` reports besides the per-key figures the key pool keeps.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; 5]; 3],
+    pub upstream_attempts: AtomicU64,
+    pub upstream_retries: AtomicU64,
+    upstream_errors: [AtomicU64; ERROR_CLASSES.len()],
+    pub in_flight: AtomicI64,
+    pub open_streams: AtomicI64,
+    /// Request arrival → first upstream request sent.
+    pub before_upstream: Histogram,
+    /// Upstream response headers → response handed to the client connection.
+    pub after_upstream: Histogram,
+    /// Upstream request sent → upstream response headers.
+    pub upstream_headers: Histogram,
+}
+
+impl Metrics {
+    /// Counts a finished request by route and status class.
+    pub fn count_request(&self, route: Route, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[route as usize][class].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a classified upstream error.
+    pub fn count_error(&self, verdict: Verdict) {
+        if let Some(index) = ERROR_CLASSES.iter().position(|c| *c == verdict.class()) {
+            self.upstream_errors[index].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Upstream errors so far, by class.
+    #[must_use]
+    pub fn errors_by_class(&self) -> [(&'static str, u64); ERROR_CLASSES.len()] {
+        std::array::from_fn(|i| (ERROR_CLASSES[i], self.upstream_errors[i].load(Relaxed)))
+    }
+
+    /// The whole exposition: these metrics and every key's.
+    #[must_use]
+    pub fn render(&self, keys: &KeyPool) -> String {
+        let mut out = String::with_capacity(4096 + keys.keys().len() * 600);
+        self.write_requests(&mut out);
+        write_keys(&mut out, keys);
+        self.before_upstream.write(
+            &mut out,
+            "openrouter_proxy_overhead_before_upstream_seconds",
+            "Time from request arrival to the first upstream request being sent.",
+        );
+        self.after_upstream.write(
+            &mut out,
+            "openrouter_proxy_overhead_after_upstream_seconds",
+            "Time from upstream response headers to the response being handed to the client.",
+        );
+        self.upstream_headers.write(
+            &mut out,
+            "openrouter_proxy_upstream_time_to_headers_seconds",
+            "Time from sending an upstream request to its response headers.",
+        );
+        out
+    }
+
+    fn write_requests(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP openrouter_proxy_requests_total Requests answered, by route kind and final status class.\n# TYPE openrouter_proxy_requests_total counter");
+        for (route, classes) in ROUTES.iter().zip(&self.requests) {
+            for (class, counter) in STATUS_CLASSES.iter().zip(classes) {
+                let _ = writeln!(
+                    out,
+                    "openrouter_proxy_requests_total{{route=\"{route}\",status=\"{class}\"}} {}",
+                    counter.load(Relaxed)
+                );
+            }
+        }
+        let counters = [
+            (
+                "upstream_attempts_total",
+                "Requests sent to OpenRouter, retries included.",
+                &self.upstream_attempts,
+            ),
+            (
+                "upstream_retries_total",
+                "Attempts that were retries of an earlier attempt.",
+                &self.upstream_retries,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} counter\nopenrouter_proxy_{name} {}", value.load(Relaxed));
+        }
+        let _ = writeln!(out, "# HELP openrouter_proxy_upstream_errors_total Classified upstream errors.\n# TYPE openrouter_proxy_upstream_errors_total counter");
+        for (class, count) in self.errors_by_class() {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_upstream_errors_total{{class=\"{class}\"}} {count}"
+            );
+        }
+        let gauges = [
+            (
+                "in_flight_requests",
+                "Requests being handled (until their response head is sent).",
+                &self.in_flight,
+            ),
+            (
+                "open_streams",
+                "Event streams being relayed to clients.",
+                &self.open_streams,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} gauge\nopenrouter_proxy_{name} {}", value.load(Relaxed));
+        }
+    }
+}
+
+/// One per-key figure: the key, today's date and now (epoch ms) give its value.
+type Figure = fn(&Key, u32, i64) -> f64;
+
+fn write_keys(out: &mut String, pool: &KeyPool) {
+    let now = now_ms();
+    let day = pool.calendar().today(now);
+
+    let figures: [(&str, &str, &str, Figure); 5] = [
+        ("key_free_requests_today", "gauge", "Free-model requests used today.", |k, date, _| f64::from(k.used_on(date))),
+        ("key_daily_limit", "gauge", "Free-model daily limit in force.", |k, _, _| f64::from(k.daily_limit())),
+        ("key_blocked", "gauge", "1 while the key is blocked after an upstream refusal (or invalid).", |k, _, now| {
+            f64::from(u8::from(k.block_at(now).is_some() || k.probe.invalid()))
+        }),
+        ("key_blocked_seconds", "gauge", "Seconds until the key's block ends.", |k, _, now| {
+            k.block_at(now).map_or(0.0, |b| (b.until_ms - now) as f64 / 1e3)
+        }),
+        ("key_limiter_wait_seconds", "gauge", "Seconds until the key's per-minute limiter admits a free-model request, as of its last refusal.", |k, _, now| {
+            (k.throttled_until_ms() - now).max(0) as f64 / 1e3
+        }),
+    ];
+    for (name, kind, help, figure) in figures {
+        let _ = writeln!(
+            out,
+            "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} {kind}"
+        );
+        for key in pool.keys() {
+            let id = key
+                .id
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_{name}{{key=\"{id}\"}} {}",
+                figure(key, day.date, now)
+            );
+        }
+    }
+}

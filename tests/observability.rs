@@ -1,0 +1,305 @@
+//! /metrics, the status page and JSON logs, as a person watching the proxy sees them.
+// Prometheus values are f64; every compared value here is a small integer count, exact in f64.
+#![allow(clippy::float_cmp)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use prometheus_parse::{Scrape, Value};
+
+const FREE: &str = "qwen/qwen3-coder:free";
+
+fn daily_429() -> Reply {
+    Reply::json(
+        429,
+        r#"{"error":{"message":"Rate limit exceeded: free-models-per-day","code":429,"metadata":{"headers":{"X-RateLimit-Reset":"4102444800000"}}}}"#,
+    )
+}
+
+fn scrape(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text format")
+}
+
+/// The value of `name` with `labels`.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
+    match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+        Value::Summary(_) => panic!("unexpected summary"),
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_errors_and_key_state_in_prometheus_format() {
+    let upstream = Upstream::script(vec![daily_429()]).await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&proxy, FREE).await.status, 200);
+    }
+    assert_eq!(get(&proxy, "/api/v1/models").await.status, 200);
+    let stream = request("POST", &proxy.url("/api/v1/chat/completions"))
+        .body(Full::new(Bytes::from_static(
+            b"{\"model\":\"a/b\",\"stream\":true}",
+        )))
+        .unwrap();
+    send(stream).await;
+    get(&proxy, "/key_status").await;
+
+    let answer = get(&proxy, "/metrics").await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = answer.text();
+    assert!(!text.contains(KEY_A) && !text.contains(KEY_B) && !text.contains(PROXY_KEY));
+    let m = scrape(&text);
+    assert_eq!(
+        value(
+            &m,
+            "openrouter_proxy_requests_total",
+            &[("route", "chat_completions"), ("status", "2xx")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "openrouter_proxy_requests_total",
+            &[("route", "other_proxied"), ("status", "2xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "openrouter_proxy_requests_total",
+            &[("route", "own"), ("status", "2xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "openrouter_proxy_upstream_attempts_total", &[]),
+        6.0
+    );
+    assert_eq!(
+        value(&m, "openrouter_proxy_upstream_retries_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "openrouter_proxy_upstream_errors_total",
+            &[("class", "free-daily")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "openrouter_proxy_upstream_errors_total",
+            &[("class", "server")]
+        ),
+        0.0
+    );
+    let a = [("key", "sk-or-v1-aa…0001")];
+    assert_eq!(value(&m, "openrouter_proxy_key_blocked", &a), 1.0);
+    assert!(value(&m, "openrouter_proxy_key_blocked_seconds", &a) > 1e9);
+    assert_eq!(
+        value(
+            &m,
+            "openrouter_proxy_key_free_requests_today",
+            &[("key", "sk-or-v1-bb…0002")]
+        ),
+        3.0
+    );
+    assert_eq!(value(&m, "openrouter_proxy_key_daily_limit", &a), 50.0);
+    assert_eq!(value(&m, "openrouter_proxy_open_streams", &[]), 0.0);
+    assert_eq!(
+        value(&m, "openrouter_proxy_in_flight_requests", &[]),
+        1.0,
+        "only the scrape itself"
+    );
+    // One arrival-to-upstream observation per request, one time-to-headers per attempt.
+    assert_eq!(
+        value(&m, "openrouter_proxy_overhead_before_upstream_seconds", &[]),
+        5.0
+    );
+    assert_eq!(
+        value(&m, "openrouter_proxy_upstream_time_to_headers_seconds", &[]),
+        6.0
+    );
+    assert_eq!(
+        value(&m, "openrouter_proxy_overhead_after_upstream_seconds", &[]),
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_need_the_proxy_key_unless_made_public() {
+    let upstream = Upstream::ok().await;
+    let private = Proxy::start(&upstream.base_url(), &[]).await;
+    let anonymous = |proxy: &Proxy| {
+        hyper::Request::get(proxy.url("/metrics"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    send(anonymous(&private)).await.assert_error(401);
+    let public = Proxy::start(&upstream.base_url(), &[("METRICS_PUBLIC", "true")]).await;
+    assert_eq!(send(anonymous(&public)).await.status, 200);
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_status_page_is_one_self_contained_html_page() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    for (path, accept) in [("/status", "*/*"), ("/", "text/html,application/xhtml+xml")] {
+        let req = hyper::Request::get(proxy.url(path))
+            .header("accept", accept)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let page = send(req).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(page.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let html = page.text();
+        assert!(html.contains("fetch(\"/key_status\"") && html.contains("sessionStorage"));
+        assert!(
+            !html.contains("src=\"http") && !html.contains("href=\"http"),
+            "external assets"
+        );
+    }
+    assert!(upstream.requests().is_empty());
+}
+
+/// The binary at TRACE level with JSON logs, its stderr captured.
+fn spawn_traced(base_url: &str, port: u16, state: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"))
+        .env_clear()
+        .envs(HashMap::from([
+            ("PROXY_API_KEY", PROXY_KEY.to_owned()),
+            ("OPENROUTER_KEYS", format!("{KEY_A},{KEY_B}")),
+            ("OPENROUTER_BASE_URL", base_url.to_owned()),
+            ("UVICORN_HOST", "127.0.0.1".to_owned()),
+            ("UVICORN_PORT", port.to_string()),
+            ("UVICORN_LOG_LEVEL", "trace".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("KEY_PROBE_INTERVAL", "0".to_owned()),
+            ("STATE_FILE", state.display().to_string()),
+        ]))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_trace_never_shows_a_key() {
+    let upstream = Upstream::script(vec![daily_429()]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_traced(&upstream.base_url(), port, &dir.path().join("state.json"));
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await
+    );
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let body = format!(r#"{{"model":"{FREE}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let chat = request("POST", &url("/api/v1/chat/completions"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    assert_eq!(send(chat).await.status, 200);
+    let status = send(
+        request("GET", &url("/key_status"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .text();
+    let metrics = send(
+        request("GET", &url("/metrics"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .text();
+    let page = send(
+        hyper::Request::get(url("/status"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .text();
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8(output.stderr).unwrap();
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["ts"].is_string() && l["level"].is_string() && l["msg"].is_string()));
+    let request_line = lines
+        .iter()
+        .find(|l| {
+            l["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("POST /api/v1/chat/completions")
+        })
+        .expect("a request line");
+    assert_eq!(request_line["level"], "INFO");
+    assert!(
+        request_line["msg"]
+            .as_str()
+            .unwrap()
+            .contains("attempts=2 status=200"),
+        "{request_line}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l["level"] == "WARN" && l["msg"].as_str().unwrap().contains("free-daily")));
+    assert!(lines
+        .iter()
+        .any(|l| l["level"] == "TRACE" && l["msg"].as_str().unwrap().contains("request body")));
+    for (name, text) in [
+        ("log", &log),
+        ("/key_status", &status),
+        ("/metrics", &metrics),
+        ("status page", &page),
+        ("state file", &state),
+    ] {
+        for secret in [KEY_A, KEY_B, PROXY_KEY] {
+            assert!(!text.contains(secret), "{secret} appears in the {name}");
+        }
+    }
+}
