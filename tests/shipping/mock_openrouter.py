@@ -4,6 +4,8 @@ Serves on 127.0.0.1 at the port given as the first argument (0 = any; the
 chosen port is printed as "ready <port>"). Answers chat completions as JSON,
 or as an SSE stream when the body asks for "stream": true, and records the
 Authorization header of every request so tests can check which key was used.
+A key containing "permin" or "perday" is refused with OpenRouter's per-minute or
+daily free-model 429, so tests can put keys into those states.
 """
 import json
 import sys
@@ -29,7 +31,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
-        SEEN_KEYS.append(self.headers.get("Authorization", ""))
+        key = self.headers.get("Authorization", "")
+        SEEN_KEYS.append(key)
+        # Keys named for a refusal get it, so tests can put keys into every state.
+        reset = str(int(time.time() * 1000) + 10 * 60 * 1000)
+        if "permin" in key:
+            return self.reply_json(429, {"error": {"code": 429, "message": "Rate limit exceeded: free-models-per-min. ",
+                                                   "metadata": {"headers": {"X-RateLimit-Reset": reset}}}})
+        if "perday" in key:
+            return self.reply_json(429, {"error": {"code": 429, "message": "Rate limit exceeded: free-models-per-day. ",
+                                                   "metadata": {"headers": {"X-RateLimit-Limit": "50"}}}})
         if body.get("stream"):
             self.stream(body.get("model", "mock/model"))
         else:

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The status page in a real browser: headless Chromium loads /status from the
+# proxy (keys in three states, against the mock upstream) and the rendered DOM
+# must show every key, the blocked key's countdown, and no full key anywhere.
+#
+# Usage: bash tests/browser/run.sh <proxy binary> [screenshot.png]
+set -euo pipefail
+bin=$(readlink -f "${1:?path to the proxy binary}")
+shot=${2:-}
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+browser=$(command -v chromium || command -v chromium-browser)
+chrome() {
+  "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --user-data-dir="$work/profile-$RANDOM" --virtual-time-budget=8000 "$@" 2>/dev/null
+}
+
+mock_port=$(free_port)
+python3 "$here/../shipping/mock_openrouter.py" "$mock_port" >/dev/null &
+pids+=($!)
+proxy_port=$(free_port)
+proxy_key=browser-proxy-key-5678
+blocked=sk-or-v1-permin00000000000000000000000000000001
+daily=sk-or-v1-perday00000000000000000000000000000002
+active=sk-or-v1-active00000000000000000000000000000003
+env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000" STATE_FILE= KEY_PROBE_INTERVAL=0 \
+  OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
+  "$bin" 2>"$work/proxy.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $proxy_port), 1)" 2>/dev/null && break
+  sleep 0.1
+done
+
+# One free-model request walks through all three keys: per-minute 429, daily 429, success.
+python3 - "$proxy_port" "$proxy_key" <<'PY'
+import json, sys, urllib.request
+port, key = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/chat/completions",
+    data=json.dumps({"model": "qwen/qwen3-coder:free", "messages": []}).encode(),
+    headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+assert urllib.request.urlopen(req, timeout=10).status == 200
+PY
+
+url="http://127.0.0.1:$proxy_port/status#key=$proxy_key"
+chrome --dump-dom "$url" > "$work/dom.html"
+passed=0
+check() { if grep -q -- "$2" "$work/dom.html"; then passed=$((passed + 1)); else echo "FAIL: $1"; failed=1; fi; }
+failed=0
+check "three key rows" 'data-key="sk-or-v1-ac…0003"'
+check "the blocked key row" 'data-key="sk-or-v1-pe…0001"'
+check "the daily-limited key row" 'data-key="sk-or-v1-pe…0002"'
+check "the blocked key's countdown" 'unblocks in [0-9]*m [0-9]*s · per minute limit'
+check "the daily limit badge" 'badge daily_limit_reached'
+check "the active badge" 'badge active'
+for secret in "$blocked" "$daily" "$active" "$proxy_key"; do
+  if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
+done
+if [ -n "$shot" ]; then
+  chrome --screenshot="$work/shot.png" --window-size=1000,760 "$url"
+  cp "$work/shot.png" "$shot"
+  chrome --screenshot="$work/phone.png" --window-size=390,844 "$url"
+  cp "$work/phone.png" "${shot%.png}-phone.png"
+  echo "screenshots saved to $shot and ${shot%.png}-phone.png"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] || { echo "--- DOM ---"; cat "$work/dom.html"; exit 1; }
