@@ -72,6 +72,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds to wait for upstream response headers before answering 504",
     },
     Variable {
+        names: &["STREAM_IDLE_TIMEOUT"],
+        default: "300",
+        help: "seconds an event stream may go without a byte from OpenRouter before it is ended (0 = never)",
+    },
+    Variable {
         names: &["HEADER_READ_TIMEOUT"],
         default: "30",
         help: "seconds a client has to send its request headers",
@@ -177,6 +182,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub stream_idle_timeout: Duration,
     pub free_rpm: u32,
     pub free_burst: u32,
     pub max_wait: Duration,
@@ -344,6 +350,7 @@ impl Config {
             max_body_bytes: r.parsed(&["MAX_BODY_BYTES"], 32 << 20, "a size in bytes"),
             upstream_timeout: r.seconds("UPSTREAM_TIMEOUT", 300),
             header_read_timeout: r.seconds("HEADER_READ_TIMEOUT", 30),
+            stream_idle_timeout: r.seconds("STREAM_IDLE_TIMEOUT", 300),
             free_rpm: r.positive("FREE_RPM", 20),
             free_burst: r.positive("FREE_BURST", 1),
             max_wait: r.seconds("MAX_WAIT", 30),

@@ -1,12 +1,19 @@
 //! What a request body says about the model, read without copying the body.
 //!
 //! Only `model` and `models` are deserialized, borrowed from the bytes already
-//! held; every other field is skipped by the parser. A body that is not JSON
-//! (or not an object) is simply not a free-model request.
+//! held; every other field is skipped by the parser. A body declared as JSON
+//! must be a readable JSON object (else the client gets a 400 and no key's
+//! quota is spent on a request OpenRouter would refuse); any other body is
+//! simply not a free-model request.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
+
+/// The longest model id accepted; real OpenRouter ids are well under 100 bytes.
+pub const MAX_MODEL_LEN: usize = 256;
+/// The deepest JSON nesting accepted in a request body.
+pub const MAX_DEPTH: usize = 128;
 
 /// A model id, borrowed from the body unless it contains JSON escapes.
 /// (serde borrows a `Cow` only when it is the annotated field itself, not inside `Option`.)
@@ -30,16 +37,62 @@ pub struct ModelInfo<'a> {
     pub free: bool,
 }
 
+/// Why a JSON body is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyProblem {
+    NotJson,
+    NotObject,
+    TooDeep,
+    ModelNotString,
+    ModelTooLong,
+}
+
+impl BodyProblem {
+    /// The message of the 400 the client gets.
+    #[must_use]
+    pub fn message(self) -> &'static str {
+        match self {
+            BodyProblem::NotJson => "the request body is not valid JSON",
+            BodyProblem::NotObject => "the request body must be a JSON object",
+            BodyProblem::TooDeep => "the request body is nested too deeply",
+            BodyProblem::ModelNotString => "model must be a string, and models an array of strings",
+            BodyProblem::ModelTooLong => "model is longer than any OpenRouter model id",
+        }
+    }
+}
+
 fn is_free(id: &str) -> bool {
     id.ends_with(":free")
 }
 
-/// Reads `model`/`models` from a JSON body; anything unreadable gives the default (not free).
-#[must_use]
-pub fn peek(body: &[u8]) -> ModelInfo<'_> {
-    let Ok(fields) = serde_json::from_slice::<ModelFields<'_>>(body) else {
-        return ModelInfo::default();
-    };
+/// Reads `model`/`models` from a JSON object body, or says why it cannot.
+pub fn read(body: &[u8]) -> Result<ModelInfo<'_>, BodyProblem> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+                BodyProblem::NotObject
+            } else {
+                BodyProblem::NotJson
+            },
+        );
+    }
+    if nesting_depth(body) > MAX_DEPTH {
+        return Err(BodyProblem::TooDeep);
+    }
+    let fields =
+        serde_json::from_slice::<ModelFields<'_>>(body).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => BodyProblem::ModelNotString,
+            _ => BodyProblem::NotJson,
+        })?;
+    let too_long = |id: &Id<'_>| id.0.len() > MAX_MODEL_LEN;
+    if fields.model.as_ref().is_some_and(too_long)
+        || fields
+            .models
+            .as_ref()
+            .is_some_and(|m| m.iter().any(too_long))
+    {
+        return Err(BodyProblem::ModelTooLong);
+    }
     let fallbacks_free = fields
         .models
         .as_ref()
@@ -49,7 +102,39 @@ pub fn peek(body: &[u8]) -> ModelInfo<'_> {
         Some(model) => is_free(model),
         None => fallbacks_free,
     };
-    ModelInfo { model, free }
+    Ok(ModelInfo { model, free })
+}
+
+/// Reads the model fields of any body; anything unreadable is simply not a free-model request.
+#[must_use]
+pub fn peek(body: &[u8]) -> ModelInfo<'_> {
+    read(body).unwrap_or_default()
+}
+
+/// The deepest `{`/`[` nesting outside strings, found in one pass without recursion.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -92,12 +177,33 @@ mod tests {
     }
 
     #[test]
-    fn deeply_nested_json_neither_overflows_the_stack_nor_hides_the_model() {
+    fn deeply_nested_json_is_refused_without_recursion() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(peek(format!(r#"{{"x":{deep},"model":"a:free"}}"#).as_bytes()).free);
         assert_eq!(
-            peek(format!(r#"{{"model":{deep}}}"#).as_bytes()),
-            ModelInfo::default()
+            read(format!(r#"{{"x":{deep},"model":"a:free"}}"#).as_bytes()),
+            Err(BodyProblem::TooDeep)
         );
+        let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(
+            read(format!(r#"{{"x":{fine},"model":"a:free","s":"[[[[\"]]"}}"#).as_bytes())
+                .unwrap()
+                .free
+        );
+    }
+
+    #[test]
+    fn each_problem_of_a_json_body_is_named() {
+        assert_eq!(read(b"not json"), Err(BodyProblem::NotJson));
+        assert_eq!(read(b"{\"model\":"), Err(BodyProblem::NotJson));
+        assert_eq!(read(b"[1,2]"), Err(BodyProblem::NotObject));
+        assert_eq!(read(b"\"text\""), Err(BodyProblem::NotObject));
+        assert_eq!(read(br#"{"model":42}"#), Err(BodyProblem::ModelNotString));
+        assert_eq!(
+            read(br#"{"models":"a:free"}"#),
+            Err(BodyProblem::ModelNotString)
+        );
+        let long = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_MODEL_LEN + 1));
+        assert_eq!(read(long.as_bytes()), Err(BodyProblem::ModelTooLong));
+        assert_eq!(read(br#"{"messages":[]}"#), Ok(ModelInfo::default()));
     }
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode, Version};
 use log::{info, log_enabled, Level};
 
 use crate::attempts::{Journey, Outgoing, Settled};
@@ -54,6 +55,14 @@ pub async fn forward(
     if parts.method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
+
+    // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) names a host; the proxy never goes anywhere
+    // but OPENROUTER_BASE_URL, so it refuses rather than quietly ignore the client's host.
+    if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
+        return Err(ProxyError::BadRequest(
+            "absolute-form request targets are not accepted; send a path",
+        ));
+    }
     let path = parts.uri.path();
     if has_dot_segment(path) {
         return Err(ProxyError::BadRequest(
@@ -70,10 +79,18 @@ pub async fn forward(
             },
             ReadError::Broken => ProxyError::BadRequest("the request body could not be read"),
         })?;
-    let model = if body.is_empty() {
-        model::ModelInfo::default()
-    } else {
-        model::peek(&body)
+    let declared_json = parts.headers.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"json"))
+    });
+    let model = match (body.is_empty(), declared_json) {
+        (true, _) => model::ModelInfo::default(),
+        // A broken JSON body would only earn an upstream 400 that still costs a key's quota.
+        (false, true) => {
+            model::read(&body).map_err(|problem| ProxyError::BadRequest(problem.message()))?
+        }
+        (false, false) => model::peek(&body),
     };
     let demand = if model.free {
         Demand::Free

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming};
@@ -47,6 +48,9 @@ pub struct SseRelay {
     key: usize,
     /// Kept apart from the journey (which a retry borrows) for the open-streams gauge.
     app: Arc<App>,
+    /// Fires `STREAM_IDLE_TIMEOUT` after the last upstream frame; re-armed lazily, not per frame.
+    idle: Option<Pin<Box<Sleep>>>,
+    last_frame: Instant,
 }
 
 impl Drop for SseRelay {
@@ -60,6 +64,8 @@ impl SseRelay {
     pub fn new(upstream: Incoming, key: usize, journey: Journey) -> Self {
         let app = Arc::clone(journey.app());
         app.metrics.open_streams.fetch_add(1, Relaxed);
+        let idle_after = app.config.stream_idle_timeout;
+        let idle = (!idle_after.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_after)));
         SseRelay {
             mode: Mode::Inspecting,
             upstream: Some(upstream),
@@ -67,6 +73,8 @@ impl SseRelay {
             journey: Some(journey),
             key,
             app,
+            idle,
+            last_frame: Instant::now(),
         }
     }
 
@@ -152,6 +160,23 @@ impl SseRelay {
     }
 }
 
+impl SseRelay {
+    /// True once `STREAM_IDLE_TIMEOUT` has passed since the last upstream frame.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(sleep) = self.idle.as_mut() else {
+            return false;
+        };
+        while sleep.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_frame + self.app.config.stream_idle_timeout;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            sleep.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
 fn non_empty(bytes: Bytes) -> Option<Bytes> {
     (!bytes.is_empty()).then_some(bytes)
 }
@@ -191,8 +216,19 @@ impl Body for SseRelay {
                         continue;
                     };
                     let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else {
+                        if this.idle_expired(cx) {
+                            let after = this.app.config.stream_idle_timeout.as_secs();
+                            let message = format!(
+                                "OpenRouter sent nothing for {after} s (STREAM_IDLE_TIMEOUT)"
+                            );
+                            this.upstream = None;
+                            this.mode =
+                                Mode::Last(error_event(&json!({"code": 504, "message": message})));
+                            continue;
+                        }
                         return Poll::Pending;
                     };
+                    this.last_frame = Instant::now();
                     let inspecting = matches!(this.mode, Mode::Inspecting);
                     match frame {
                         Some(Ok(frame)) if !inspecting => return Poll::Ready(Some(Ok(frame))),

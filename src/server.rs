@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use crate::proxy::App;
 use crate::router;
 
+/// The largest request head (request line and headers) a client may send.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `SHUTDOWN_GRACE`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -23,7 +26,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout);
+        .header_read_timeout(app.config.header_read_timeout)
+        // Bounds the request head (431 above it); bodies are read in pieces of at most this size.
+        .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -42,17 +47,25 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
-        let service = service_fn(move |request| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(router::route(&app, request).await) }
-        });
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            // hyper's header timeout starts with the first byte; a connection that never
+            // sends one would otherwise be held for ever.
+            let wait = app.config.header_read_timeout;
+            if !wait.is_zero()
+                && !matches!(
+                    tokio::time::timeout(wait, stream.peek(&mut [0u8; 1])).await,
+                    Ok(Ok(1..))
+                )
+            {
+                return;
+            }
+            let service = service_fn(move |request| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(router::route(&app, request).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
                 debug!("connection ended with an error: {err}");
             }
         });

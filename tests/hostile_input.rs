@@ -1,0 +1,277 @@
+//! Hostile and malformed input over raw TCP: each gets a clear 4xx, nothing reaches
+//! OpenRouter that should not, no key quota is spent, and the server keeps serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const FREE_BODY: &str = r#"{"model":"qwen/qwen3-coder:free","messages":[]}"#;
+
+/// Sends raw bytes (then half-closes when `close` is set) and returns everything
+/// the proxy wrote back within the time limit.
+async fn exchange(addr: SocketAddr, bytes: &[u8], close: bool) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(bytes).await;
+    if close {
+        let _ = tcp.shutdown().await;
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 8192];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), tcp.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if complete(&out) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A whole response with a `Content-Length` body has arrived.
+fn complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .is_some_and(|len| body.len() >= len)
+}
+
+fn status(response: &str) -> u16 {
+    response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn post(path: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: proxy\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn auth() -> String {
+    format!("Authorization: Bearer {PROXY_KEY}\r\n")
+}
+
+fn json_auth() -> String {
+    format!("{}Content-Type: application/json\r\n", auth())
+}
+
+/// (name, request bytes, half-close after sending, expected status)
+fn cases() -> Vec<(&'static str, Vec<u8>, bool, u16)> {
+    let chat = "/api/v1/chat/completions";
+    let big_header = format!(
+        "GET /api/v1/models HTTP/1.1\r\nHost: p\r\n{}X-Big: {}\r\n\r\n",
+        auth(),
+        "a".repeat(70_000)
+    );
+    let many_headers = "X-Many: v\r\n".repeat(150);
+    let deep = format!(
+        r#"{{"model":"a:free","x":{}{}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    let huge_model = format!(r#"{{"model":"{}:free"}}"#, "m".repeat(3_000));
+    let control_byte = [
+        &b"GET /api/v1/models HTTP/1.1\r\nHost: p\r\nX-Bad: a\x01b\r\n"[..],
+        auth().as_bytes(),
+        b"\r\n",
+    ]
+    .concat();
+    let non_utf8_auth = [&b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer \xff\xfe\r\nContent-Length: 2\r\n\r\n{}"[..]].concat();
+    vec![
+        ("malformed request line", b"GARBAGE\r\n\r\n".to_vec(), false, 400),
+        ("request line without a version", b"GET /api/v1/models\r\n\r\n".to_vec(), false, 400),
+        ("header block over the size limit", big_header.into_bytes(), false, 431),
+        ("too many headers", format!("GET /api/v1/models HTTP/1.1\r\nHost: p\r\n{}{many_headers}\r\n", auth()).into_bytes(), false, 431),
+        ("control byte in a header value", control_byte, false, 400),
+        ("header name with a space", format!("GET /api/v1/models HTTP/1.1\r\nHost: p\r\n{}Bad Name: x\r\n\r\n", auth()).into_bytes(), false, 400),
+        ("non-UTF-8 credentials", non_utf8_auth, false, 401),
+        ("no credentials", post(chat, "", FREE_BODY), false, 401),
+        ("empty Authorization", post(chat, "Authorization:\r\n", FREE_BODY), false, 401),
+        ("empty APIKEY", post(chat, "APIKEY: \r\n", FREE_BODY), false, 401),
+        ("duplicated Authorization", post(chat, &format!("{}{}", auth(), auth()), FREE_BODY), false, 401),
+        ("key prefix", post(chat, &format!("Authorization: Bearer {}\r\n", &PROXY_KEY[..10]), FREE_BODY), false, 401),
+        ("key with a suffix", post(chat, &format!("Authorization: Bearer {PROXY_KEY}0\r\n"), FREE_BODY), false, 401),
+        ("key in another case", post(chat, &format!("x-api-key: {}\r\n", PROXY_KEY.to_uppercase()), FREE_BODY), false, 401),
+        ("key after two spaces", post(chat, &format!("Authorization: Bearer  {PROXY_KEY}\r\n"), FREE_BODY), false, 401),
+        ("wrong scheme", post(chat, &format!("Authorization: Basic {PROXY_KEY}\r\n"), FREE_BODY), false, 401),
+        ("declared body over MAX_BODY_BYTES", format!("POST {chat} HTTP/1.1\r\nHost: p\r\n{}Content-Length: 10000\r\n\r\n", auth()).into_bytes(), false, 413),
+        ("chunked body over MAX_BODY_BYTES", format!("POST {chat} HTTP/1.1\r\nHost: p\r\n{}Transfer-Encoding: chunked\r\n\r\n1000\r\n{}\r\n1000\r\n{}\r\n0\r\n\r\n", auth(), "a".repeat(4096), "b".repeat(4096)).into_bytes(), false, 413),
+        ("Content-Length larger than the body", format!("POST {chat} HTTP/1.1\r\nHost: p\r\n{}Content-Length: 500\r\n\r\n{FREE_BODY}", json_auth()).into_bytes(), true, 400),
+        ("invalid chunk size", format!("POST {chat} HTTP/1.1\r\nHost: p\r\n{}Transfer-Encoding: chunked\r\n\r\nzz\r\n{FREE_BODY}\r\n0\r\n\r\n", json_auth()).into_bytes(), false, 400),
+        ("chunked body cut off", format!("POST {chat} HTTP/1.1\r\nHost: p\r\n{}Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"mo", json_auth()).into_bytes(), true, 400),
+        ("two different Content-Lengths", format!("POST {chat} HTTP/1.1\r\nHost: p\r\n{}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}", auth()).into_bytes(), false, 400),
+        ("body that is not JSON", post(chat, &json_auth(), "model=qwen:free"), false, 400),
+        ("JSON that is not an object", post(chat, &json_auth(), r#"["qwen/qwen3-coder:free"]"#), false, 400),
+        ("model of the wrong type", post(chat, &json_auth(), r#"{"model":{"id":"x:free"}}"#), false, 400),
+        ("huge model string", post(chat, &json_auth(), &huge_model), false, 400),
+        ("deeply nested JSON", post(chat, &json_auth(), &deep), false, 400),
+        ("absolute-form target", format!("GET http://evil.example/steal HTTP/1.1\r\nHost: evil.example\r\n{}\r\n", auth()).into_bytes(), false, 400),
+        ("CONNECT", format!("CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n{}\r\n", auth()).into_bytes(), false, 405),
+        ("path traversal", format!("GET /api/v1/../../etc/passwd HTTP/1.1\r\nHost: p\r\n{}\r\n", auth()).into_bytes(), false, 400),
+        ("encoded path traversal", format!("GET /api/v1/%2e%2e/%2E%2E/admin HTTP/1.1\r\nHost: p\r\n{}\r\n", auth()).into_bytes(), false, 400),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_requests_get_clear_4xx_answers_and_cost_no_quota() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(
+        &upstream.base_url(),
+        &[
+            ("MAX_BODY_BYTES", "4096"),
+            ("OPENROUTER_KEYS", &format!("{KEY_A}:5")),
+        ],
+    )
+    .await;
+    let cases = cases();
+    assert!(cases.len() >= 30);
+    for (name, bytes, close, expected) in cases {
+        let response = exchange(proxy.addr, &bytes, close).await;
+        assert_eq!(status(&response), expected, "{name}: {response}");
+        // The proxy's own refusals carry OpenRouter's error shape; hyper answers unparseable heads bare.
+        if let Some((_, body)) = response
+            .split_once("\r\n\r\n")
+            .filter(|(_, b)| !b.is_empty())
+        {
+            let json: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {body}"));
+            assert_eq!(json["error"]["code"], expected, "{name}");
+        }
+        assert!(!response.contains(KEY_A), "{name}");
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "forwarded: {:?}",
+        upstream
+            .requests()
+            .iter()
+            .map(|s| &s.path_and_query)
+            .collect::<Vec<_>>()
+    );
+    let status = get(&proxy, "/key_status").await.json();
+    assert_eq!(status["keys"][0]["daily_used"], 0);
+    assert_eq!(status["keys"][0]["totals"]["requests"], 0);
+    assert_eq!(
+        chat(&proxy, "qwen/qwen3-coder:free").await.status,
+        200,
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn a_content_length_shorter_than_the_body_leaves_the_rest_as_a_bad_request() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let body = r#"{"model":"a/b"}"#;
+    let bytes = format!("POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\n{}Content-Length: {}\r\n\r\n{body}SMUGGLED / HTTP/1.1\r\n\r\n", json_auth(), body.len());
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(bytes.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The trailing bytes parse as a second request (method SMUGGLED), which is refused, not forwarded.
+    assert_eq!(
+        text.matches("HTTP/1.1 4").count(),
+        1,
+        "the trailing bytes were not refused: {text}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(upstream.requests()[0].body.as_ref(), body.as_bytes());
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_off_and_idle_connections_do_not_block_others() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("HEADER_READ_TIMEOUT", "1")]).await;
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "1,000 idle connections slowed a request down"
+    );
+
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET /api/v1/models HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let dribbling = Instant::now();
+    let mut closed = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if slow.write_all(b"X-Slow: a\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        {
+            closed = n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408");
+            if closed {
+                break;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "a client dribbling headers was still connected after {:?}",
+        dribbling.elapsed()
+    );
+    assert!(dribbling.elapsed() < Duration::from_secs(4));
+    // The idle ones are closed by the same timeout.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(3), idle[0].read(&mut buf))
+        .await
+        .expect("idle connection closed")
+        .unwrap_or(0);
+    assert!(n == 0 || buf.starts_with(b"HTTP/1.1 408"));
+}
+
+/// With both framings, hyper follows RFC 9112: Transfer-Encoding wins and Content-Length
+/// is dropped; the proxy re-frames the body it read, so nothing can be smuggled upstream.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle_a_request_upstream() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let smuggled = format!("GET /api/v1/smuggled HTTP/1.1\r\nHost: p\r\n{}\r\n", auth());
+    let chunk = r#"{"model":"a/b"}"#;
+    let bytes = format!(
+        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\n{}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n{smuggled}",
+        json_auth(),
+        chunk.len()
+    );
+    let response = exchange(proxy.addr, bytes.as_bytes(), false).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = upstream.requests();
+    assert_eq!(seen[0].body.as_ref(), chunk.as_bytes());
+    assert!(seen
+        .iter()
+        .all(|s| s.path_and_query == "/api/v1/chat/completions"
+            || s.path_and_query == "/api/v1/smuggled"));
+    // Whatever followed the chunked body was read as the client's own next request, with its own
+    // credentials check, never spliced into the first one.
+    assert!(seen.len() <= 2);
+}
