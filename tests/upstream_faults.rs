@@ -1,0 +1,229 @@
+//! Upstream faults: whatever OpenRouter (or the network) does, the client gets a clear
+//! error or a clean end, and the proxy's in-flight gauges return to zero.
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw TCP "upstream" that runs `behave` on every connection it accepts.
+async fn raw_upstream<F, Fut>(behave: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(behave(stream));
+        }
+    });
+    addr
+}
+
+/// Reads the request head so the client sees a normal exchange start.
+async fn read_head(stream: &mut TcpStream) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+const CONTENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+
+fn chunk(data: &str) -> Vec<u8> {
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+async fn stream_request(proxy: &Proxy) -> Answer {
+    let body = Bytes::from_static(br#"{"model":"a/b","stream":true}"#);
+    send(
+        request("POST", &proxy.url("/api/v1/chat/completions"))
+            .body(Full::new(body))
+            .unwrap(),
+    )
+    .await
+}
+
+/// The proxy has nothing in flight but the scrape asking.
+async fn assert_gauges_at_rest(proxy: &Proxy) {
+    let settled = eventually(Duration::from_secs(3), || {
+        proxy
+            .app
+            .metrics
+            .open_streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+            && proxy
+                .app
+                .metrics
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+    })
+    .await;
+    assert!(settled, "gauges did not return to zero");
+}
+
+fn last_event(text: &str) -> serde_json::Value {
+    let event = text.trim_end().rsplit("\n\n").next().unwrap();
+    serde_json::from_str(
+        event
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not an event: {text}")),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn refused_connections_tls_failures_and_garbage_are_502s() {
+    let garbage = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(b"this is not HTTP at all\r\n\r\n").await;
+    })
+    .await;
+    // Answers a TLS ClientHello with plain HTTP, as a misconfigured https:// base URL would.
+    let plain_http = raw_upstream(|mut s| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let _ = s.read(&mut [0u8; 1024]).await;
+    })
+    .await;
+    for base in [
+        closed_base_url().await,
+        format!("http://{garbage}/api/v1"),
+        format!("https://{plain_http}/api/v1"),
+    ] {
+        let proxy = Proxy::start(&base, &[("MAX_RETRIES", "1"), ("UPSTREAM_TIMEOUT", "5")]).await;
+        chat(&proxy, "a/b").await.assert_error(502);
+        assert_gauges_at_rest(&proxy).await;
+    }
+}
+
+#[tokio::test]
+async fn an_enormous_response_header_is_a_502_not_a_crash() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nX-Huge: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+            "h".repeat(1 << 20)
+        );
+        let _ = s.write_all(huge.as_bytes()).await;
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{addr}/api/v1"), &[("MAX_RETRIES", "0")]).await;
+    chat(&proxy, "a/b").await.assert_error(502);
+    assert_gauges_at_rest(&proxy).await;
+    assert_eq!(get(&proxy, "/health").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_silent_ends_with_an_error_event_after_the_idle_timeout() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(&[SSE_HEAD, &chunk(CONTENT)].concat()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await; // silent, never closes
+    })
+    .await;
+    let proxy = Proxy::start(
+        &format!("http://{addr}/api/v1"),
+        &[("STREAM_IDLE_TIMEOUT", "1")],
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), stream_request(&proxy))
+        .await
+        .expect("the stream ended");
+    let text = answer.text();
+    assert!(text.starts_with(CONTENT), "{text}");
+    assert_eq!(last_event(&text)["error"]["code"], 504, "{text}");
+    assert_gauges_at_rest(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_connection_reset_mid_stream_ends_with_an_error_event() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(&[SSE_HEAD, &chunk(CONTENT)].concat()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = s.set_zero_linger(); // drop sends RST
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{addr}/api/v1"), &[]).await;
+    let text = stream_request(&proxy).await.text();
+    assert!(text.starts_with(CONTENT), "{text}");
+    assert_eq!(last_event(&text)["error"]["code"], 502, "{text}");
+    assert_gauges_at_rest(&proxy).await;
+}
+
+/// Resident memory of this test process (mock, proxy and client together), in MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb / 1024
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_piped_without_buffering() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head).await.is_err() {
+            return;
+        }
+        let piece = chunk(&"x".repeat(64 * 1024));
+        while s.write_all(&piece).await.is_ok() {}
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{addr}/api/v1"), &[]).await;
+    let response = client()
+        .request(
+            request("GET", &proxy.url("/api/v1/files/endless"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let (mut received, mut baseline) = (0usize, None);
+    while received < 400 << 20 {
+        let frame = body
+            .frame()
+            .await
+            .expect("the body goes on")
+            .expect("no error");
+        received += frame.into_data().map_or(0, |d| d.len());
+        if baseline.is_none() && received > 16 << 20 {
+            baseline = Some(rss_mib());
+        }
+    }
+    let growth = rss_mib().saturating_sub(baseline.unwrap());
+    assert!(
+        growth < 64,
+        "memory grew by {growth} MiB while 400 MiB passed through"
+    );
+    drop(body);
+    assert_gauges_at_rest(&proxy).await;
+}
