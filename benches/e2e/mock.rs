@@ -34,6 +34,8 @@ struct Shape {
     stream: bool,
     chunks: u32,
     interval: Duration,
+    /// A non-200 status answers with OpenRouter's error body for it.
+    status: u16,
 }
 
 fn shape(query: Option<&str>) -> Shape {
@@ -42,6 +44,7 @@ fn shape(query: Option<&str>) -> Shape {
         stream: false,
         chunks: 10,
         interval: Duration::from_millis(10),
+        status: 200,
     };
     for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -51,6 +54,7 @@ fn shape(query: Option<&str>) -> Shape {
             "stream" => shape.stream = n == 1,
             "chunks" => shape.chunks = n as u32,
             "interval" => shape.interval = Duration::from_millis(n),
+            "status" => shape.status = u16::try_from(n).unwrap_or(500),
             _ => {}
         }
     }
@@ -99,7 +103,22 @@ pub async fn start() -> SocketAddr {
     addr
 }
 
+const PROVIDER_429: &[u8] = br#"{"error":{"message":"Provider returned error","code":429,"metadata":{"raw":"temporarily rate-limited upstream","limit_source":"upstream_provider_shared_pool"}}}"#;
+const SERVER_500: &[u8] = br#"{"error":{"code":500,"message":"Internal Server Error"}}"#;
+
 fn respond(shape: Shape) -> Response<MockBody> {
+    if shape.status != 200 {
+        let body = if shape.status == 429 {
+            PROVIDER_429
+        } else {
+            SERVER_500
+        };
+        return Response::builder()
+            .status(shape.status)
+            .header("content-type", "application/json")
+            .body(MockBody::Json(Some(Bytes::from_static(body))))
+            .expect("valid response");
+    }
     if shape.stream {
         let body = MockBody::Stream {
             left: shape.chunks,

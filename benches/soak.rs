@@ -1,0 +1,226 @@
+//! Question: does the proxy stay flat over a long run? A million requests and
+//! ten thousand streams, with a mix of successes, 429s and upstream 500s, through
+//! the release binary: RSS at start, middle and end, open file descriptors before
+//! and after, and whether `/key_status` accounts for every request exactly.
+//!
+//! Run: `cargo bench --bench soak` (`SOAK_REQUESTS`, `SOAK_STREAMS` to resize).
+//! Under `cargo test` it runs a small version of itself.
+
+// Shared with the e2e benchmark, which uses all of it; this one needs only part.
+#[allow(dead_code)]
+#[path = "e2e/load.rs"]
+mod load;
+#[path = "e2e/mock.rs"]
+mod mock;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use load::Target;
+
+const PROXY_KEY: &str = "soak-proxy-key";
+
+fn spawn_mock() -> (Child, u16) {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--mock")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mock starts");
+    let mut line = String::new();
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(stdout, &mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+        line.push(char::from(byte[0]));
+    }
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .expect("ready <port>");
+    (child, port)
+}
+
+fn spawn_proxy(upstream: &str) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("port")
+        .port();
+    let keys: Vec<String> = (0..10)
+        .map(|i| format!("sk-or-v1-soak-key-{i:04}:4000000000"))
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"))
+        .env_clear()
+        .env("PROXY_API_KEY", PROXY_KEY)
+        .env("OPENROUTER_KEYS", keys.join(","))
+        .env("OPENROUTER_BASE_URL", upstream)
+        .env("FREE_RPM", "4000000000")
+        .env("FREE_BURST", "1000000000")
+        .env("MAX_RETRIES", "0")
+        .env("STATE_FILE", "")
+        .env("KEY_PROBE_INTERVAL", "0")
+        .env("UVICORN_HOST", "127.0.0.1")
+        .env("UVICORN_PORT", port.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("proxy starts");
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the proxy did not start");
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// What the clients saw, by status.
+#[derive(Default)]
+struct Seen {
+    ok: AtomicU64,
+    rate_limited: AtomicU64,
+    server_error: AtomicU64,
+}
+
+/// Requests `range` of the mix: every 10th a provider 429, every 25th a 500, the rest succeed.
+async fn requests(target: &Target, range: std::ops::Range<u64>, seen: &Arc<Seen>) {
+    let next = Arc::new(AtomicU64::new(range.start));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, target, next, seen, end) = (
+            load::client(),
+            target.clone(),
+            Arc::clone(&next),
+            Arc::clone(seen),
+            range.end,
+        );
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= end {
+                    break;
+                }
+                let query = if i % 10 == 0 {
+                    "status=429"
+                } else if i % 25 == 0 {
+                    "status=500"
+                } else {
+                    ""
+                };
+                let response = client
+                    .request(target.request(query))
+                    .await
+                    .expect("the proxy answers");
+                let counter = match response.status().as_u16() {
+                    200 => &seen.ok,
+                    429 => &seen.rate_limited,
+                    _ => &seen.server_error,
+                };
+                counter.fetch_add(1, Relaxed);
+                response.into_body().collect().await.expect("body");
+            }
+        });
+    }
+    workers.join_all().await;
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--mock") {
+        mock::run_process();
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let total = var("SOAK_REQUESTS", if full { 1_000_000 } else { 2_000 });
+    let streams = var("SOAK_STREAMS", if full { 10_000 } else { 50 }) as usize;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (mut mock, mock_port) = spawn_mock();
+        let (mut proxy, port) = spawn_proxy(&format!("http://127.0.0.1:{mock_port}/api/v1"));
+        let pid = proxy.id();
+        let target = Target { url: format!("http://127.0.0.1:{port}/api/v1"), auth: Some(format!("Bearer {PROXY_KEY}")) };
+        let seen = Arc::new(Seen::default());
+        let started = Instant::now();
+        requests(&target, 0..1_000.min(total), &seen).await;
+        // After the warm-up, so both counts include the pooled keep-alive connections to the upstream.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let fds_before = open_fds(pid);
+        let rss_start = rss_mb(pid);
+        requests(&target, 1_000.min(total)..total / 2, &seen).await;
+        let rss_mid = rss_mb(pid);
+        requests(&target, total / 2..total, &seen).await;
+        let mut stream_chunks = 0;
+        for batch in 0..streams.div_ceil(1000) {
+            let count = (streams - batch * 1000).min(1000);
+            let run = load::streams(&target, count, 5, 10, || {}).await;
+            assert_eq!(run.failed, 0, "streams failed");
+            stream_chunks += run.chunks;
+        }
+        let rss_end = rss_mb(pid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let fds_after = open_fds(pid);
+        let elapsed = started.elapsed();
+
+        let status = load::client()
+            .request(
+                hyper::Request::get(format!("http://127.0.0.1:{port}/key_status"))
+                    .header("authorization", format!("Bearer {PROXY_KEY}"))
+                    .body(http_body_util::Full::default())
+                    .expect("request"),
+            )
+            .await
+            .expect("key_status");
+        let body = status.into_body().collect().await.expect("body").to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let sum = |field: &str| status["keys"].as_array().expect("keys").iter().map(|k| k["totals"][field].as_u64().unwrap_or(0)).sum::<u64>();
+        let (ok, limited, errors) = (seen.ok.load(Relaxed), seen.rate_limited.load(Relaxed), seen.server_error.load(Relaxed));
+        let streams = streams as u64;
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        let _ = mock.kill();
+        let _ = mock.wait();
+
+        println!("\nsoak: {total} requests + {streams} streams ({stream_chunks} chunks) in {:.0} s", elapsed.as_secs_f64());
+        println!("| measure | value |\n|---|---|");
+        println!("| requests answered 200 / 429 / 500 | {ok} / {limited} / {errors} |");
+        println!("| proxy RSS start / middle / end | {rss_start:.1} / {rss_mid:.1} / {rss_end:.1} MB |");
+        println!("| proxy open file descriptors after warm-up / at the end | {fds_before} / {fds_after} |");
+        let accounted = [
+            ("attempts", sum("requests"), total + streams),
+            ("successes", sum("successes"), ok + streams),
+            ("rate limited", sum("rate_limited"), limited),
+            ("errors", sum("errors"), errors),
+        ];
+        for (name, counted, expected) in accounted {
+            println!("| /key_status {name} | {counted} (sent {expected}) |");
+            assert_eq!(counted, expected, "/key_status {name} does not add up");
+        }
+    });
+}
