@@ -168,24 +168,24 @@ fn main() {
         let target = Target { url: format!("http://127.0.0.1:{port}/api/v1"), auth: Some(format!("Bearer {PROXY_KEY}")) };
         let seen = Arc::new(Seen::default());
         let started = Instant::now();
-        requests(&target, 0..1_000.min(total), &seen).await;
-        // After the warm-up, so both counts include the pooled keep-alive connections to the upstream.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let fds_before = open_fds(pid);
-        let rss_start = rss_mb(pid);
-        requests(&target, 1_000.min(total)..total / 2, &seen).await;
-        let rss_mid = rss_mb(pid);
-        requests(&target, total / 2..total, &seen).await;
-        let mut stream_chunks = 0;
-        for batch in 0..streams.div_ceil(1000) {
-            let count = (streams - batch * 1000).min(1000);
-            let run = load::streams(&target, count, 5, 10, || {}).await;
-            assert_eq!(run.failed, 0, "streams failed");
-            stream_chunks += run.chunks;
+        // Ten rounds, each a tenth of the requests then a tenth of the streams (at most 1,000 open
+        // at once). "Start" is after round 1, once pools and buffers have their working size.
+        let (mut rss, mut fds, mut stream_chunks) = (Vec::new(), Vec::new(), 0);
+        for round in 0..10u64 {
+            requests(&target, total * round / 10..total * (round + 1) / 10, &seen).await;
+            let (from, to) = (streams * round as usize / 10, streams * (round as usize + 1) / 10);
+            for batch_start in (from..to).step_by(1000) {
+                let run = load::streams(&target, (to - batch_start).min(1000), 5, 10, || {}).await;
+                assert_eq!(run.failed, 0, "streams failed");
+                stream_chunks += run.chunks;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rss.push(rss_mb(pid));
+            fds.push(open_fds(pid));
+            eprintln!("round {}: proxy RSS {:.1} MB, {} fds", round + 1, rss[round as usize], fds[round as usize]);
         }
-        let rss_end = rss_mb(pid);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let fds_after = open_fds(pid);
+        let (rss_start, rss_mid, rss_end) = (rss[0], rss[4], rss[9]);
+        let (fds_before, fds_after) = (fds[0], fds[9]);
         let elapsed = started.elapsed();
 
         let status = load::client()
@@ -210,8 +210,8 @@ fn main() {
         println!("\nsoak: {total} requests + {streams} streams ({stream_chunks} chunks) in {:.0} s", elapsed.as_secs_f64());
         println!("| measure | value |\n|---|---|");
         println!("| requests answered 200 / 429 / 500 | {ok} / {limited} / {errors} |");
-        println!("| proxy RSS start / middle / end | {rss_start:.1} / {rss_mid:.1} / {rss_end:.1} MB |");
-        println!("| proxy open file descriptors after warm-up / at the end | {fds_before} / {fds_after} |");
+        println!("| proxy RSS after round 1 / 5 / 10 | {rss_start:.1} / {rss_mid:.1} / {rss_end:.1} MB |");
+        println!("| proxy open file descriptors after round 1 / at the end | {fds_before} / {fds_after} |");
         let accounted = [
             ("attempts", sum("requests"), total + streams),
             ("successes", sum("successes"), ok + streams),

@@ -110,11 +110,15 @@ impl SseRelay {
     }
 
     fn start_piping(&mut self, outcome: Outcome) -> Bytes {
-        if let Some(journey) = &self.journey {
+        // No retry can follow content: let the request body and headers go now rather
+        // than hold them for the rest of a possibly hours-long stream.
+        if let Some(journey) = self.journey.take() {
             journey.record(self.key, outcome);
         }
         self.mode = Mode::Piping;
-        self.pending.split().freeze()
+        let rest = self.pending.split().freeze();
+        self.pending = BytesMut::new();
+        rest
     }
 
     /// Plans a retry after `verdict`; false when no retry is allowed.

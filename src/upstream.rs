@@ -14,6 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use crate::auth::{APIKEY, X_API_KEY};
 use crate::config::UpstreamBase;
 
+/// Idle keep-alive connections kept per upstream host.
+pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
+
 /// The one shared client: pooled connections, HTTP/1.1 or HTTP/2 by ALPN.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -40,6 +43,9 @@ pub fn build_client() -> UpstreamClient {
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        // OpenRouter speaks HTTP/2 (one multiplexed connection); for HTTP/1.1 upstreams this
+        // bounds how many connections a burst of streams leaves idle, and the memory they hold.
+        .pool_max_idle_per_host(MAX_IDLE_UPSTREAM_CONNECTIONS)
         .build(https)
 }
 
