@@ -12,82 +12,16 @@
 mod load;
 #[path = "e2e/mock.rs"]
 mod mock;
+#[path = "e2e/procs.rs"]
+mod procs;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use load::Target;
-
-const PROXY_KEY: &str = "soak-proxy-key";
-
-fn spawn_mock() -> (Child, u16) {
-    let mut child = Command::new(std::env::current_exe().expect("own path"))
-        .arg("--mock")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mock starts");
-    let mut line = String::new();
-    let stdout = child.stdout.as_mut().expect("stdout");
-    let mut byte = [0u8; 1];
-    while std::io::Read::read(stdout, &mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
-        line.push(char::from(byte[0]));
-    }
-    let port = line
-        .trim()
-        .strip_prefix("ready ")
-        .and_then(|p| p.parse().ok())
-        .expect("ready <port>");
-    (child, port)
-}
-
-fn spawn_proxy(upstream: &str) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("port")
-        .port();
-    let keys: Vec<String> = (0..10)
-        .map(|i| format!("sk-or-v1-soak-key-{i:04}:4000000000"))
-        .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"))
-        .env_clear()
-        .env("PROXY_API_KEY", PROXY_KEY)
-        .env("OPENROUTER_KEYS", keys.join(","))
-        .env("OPENROUTER_BASE_URL", upstream)
-        .env("FREE_RPM", "4000000000")
-        .env("FREE_BURST", "1000000000")
-        .env("MAX_RETRIES", "0")
-        .env("STATE_FILE", "")
-        .env("KEY_PROBE_INTERVAL", "0")
-        .env("UVICORN_HOST", "127.0.0.1")
-        .env("UVICORN_PORT", port.to_string())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("proxy starts");
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (child, port);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the proxy did not start");
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
+use procs::{rss_mb, spawn_mock, start_proxy, PROXY_KEY};
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -163,7 +97,8 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let (mut mock, mock_port) = spawn_mock();
-        let (mut proxy, port) = spawn_proxy(&format!("http://127.0.0.1:{mock_port}/api/v1"));
+        // No retries: every client request is exactly one attempt, so /key_status must match it.
+        let (mut proxy, port) = start_proxy(&format!("http://127.0.0.1:{mock_port}/api/v1"), &[("MAX_RETRIES", "0")]);
         let pid = proxy.id();
         let target = Target { url: format!("http://127.0.0.1:{port}/api/v1"), auth: Some(format!("Bearer {PROXY_KEY}")) };
         let seen = Arc::new(Seen::default());

@@ -9,6 +9,7 @@
 mod child;
 mod load;
 mod mock;
+mod procs;
 mod report;
 
 use std::io::{BufRead, BufReader, Write};
@@ -16,13 +17,12 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use load::{percentile, StreamRun, Target};
+use procs::{proxy_env, rss_mb, spawn_mock, spawn_ready, start_proxy, PROXY_KEY};
 use report::{Hold, Results};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
-
-const PROXY_KEY: &str = "bench-proxy-key";
 
 /// How big each measurement is.
 struct Plan {
@@ -77,68 +77,6 @@ fn plan() -> Plan {
             count_allocations,
         }
     }
-}
-
-fn proxy_env(command: &mut Command, upstream: &str) {
-    let keys: Vec<String> = (0..10)
-        .map(|i| format!("sk-or-v1-bench-key-{i:04}:4000000000"))
-        .collect();
-    command
-        .env_clear()
-        .env("PROXY_API_KEY", PROXY_KEY)
-        .env("OPENROUTER_KEYS", keys.join(","))
-        .env("OPENROUTER_BASE_URL", upstream)
-        .env("FREE_RPM", "4000000000")
-        .env("FREE_BURST", "1000000000")
-        .env("UVICORN_HOST", "127.0.0.1")
-        .env("STATE_FILE", "")
-        .env("KEY_PROBE_INTERVAL", "0");
-    // Experiments reach the proxy through E2E_PROXY_ENV, e.g. "UVICORN_LOG_LEVEL=warning,MALLOC_ARENA_MAX=1".
-    for pair in std::env::var("E2E_PROXY_ENV")
-        .unwrap_or_default()
-        .split(',')
-    {
-        if let Some((name, value)) = pair.split_once('=') {
-            command.env(name.trim(), value.trim());
-        }
-    }
-}
-
-/// The release binary (or `E2E_PROXY_BIN`, e.g. the musl build), started the way users run it.
-fn start_proxy(upstream: &str) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("port")
-        .port();
-    let binary = std::env::var("E2E_PROXY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned());
-    let mut command = Command::new(binary);
-    proxy_env(&mut command, upstream);
-    let mut child = command
-        .env("UVICORN_PORT", port.to_string())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("proxy starts");
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (child, port);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the proxy did not start listening");
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
 }
 
 fn us(d: Duration) -> f64 {
@@ -200,28 +138,6 @@ async fn sample_rss(pid: u32, over: Duration) -> f64 {
     peak
 }
 
-/// Spawns a child that prints `ready <port>` first, and returns it with the port.
-fn spawn_ready(command: &mut Command) -> (Child, u16) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("child starts");
-    let mut line = String::new();
-    // Read byte by byte so nothing after the first line is buffered away from later readers.
-    let stdout = child.stdout.as_mut().expect("stdout");
-    let mut byte = [0u8; 1];
-    while std::io::Read::read(stdout, &mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
-        line.push(char::from(byte[0]));
-    }
-    let port = line
-        .trim()
-        .strip_prefix("ready ")
-        .and_then(|p| p.parse().ok())
-        .expect("ready <port>");
-    (child, port)
-}
-
 /// The allocation-counting child: sends `stats` and reads the counts.
 struct Counter {
     child: Child,
@@ -236,19 +152,10 @@ impl Counter {
         command
             .env("UVICORN_LOG_LEVEL", "info")
             .arg("--proxy-child")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = command.spawn().expect("counting child starts");
+            .stdin(Stdio::piped());
+        let (mut child, port) = spawn_ready(&mut command);
         let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("ready line");
-        let port = line
-            .trim()
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .expect("ready <port>");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         (
             Counter {
                 child,
@@ -361,10 +268,9 @@ fn plan_summary(plan: &Plan) -> report::Summary {
 }
 
 async fn measure(plan: &Plan) -> Results {
-    let (mut mock, mock_port) =
-        spawn_ready(Command::new(std::env::current_exe().expect("own path")).arg("--mock"));
+    let (mut mock, mock_port) = spawn_mock();
     let upstream = format!("http://127.0.0.1:{mock_port}/api/v1");
-    let (mut proxy, port) = start_proxy(&upstream);
+    let (mut proxy, port) = start_proxy(&upstream, &[]);
     let pid = proxy.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss_mb(pid);

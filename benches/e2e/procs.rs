@@ -1,0 +1,101 @@
+//! Starting the processes a benchmark measures: the mock upstream (this same
+//! executable with `--mock`) and the proxy as users run it, and reading their
+//! memory and descriptors from /proc.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The proxy key every benchmark client sends.
+pub const PROXY_KEY: &str = "bench-proxy-key";
+
+/// Ten keys and limits high enough that no request is ever throttled; no state file, no probes.
+pub fn proxy_env(command: &mut Command, upstream: &str) {
+    let keys: Vec<String> = (0..10)
+        .map(|i| format!("sk-or-v1-bench-key-{i:04}:4000000000"))
+        .collect();
+    command
+        .env_clear()
+        .env("PROXY_API_KEY", PROXY_KEY)
+        .env("OPENROUTER_KEYS", keys.join(","))
+        .env("OPENROUTER_BASE_URL", upstream)
+        .env("FREE_RPM", "4000000000")
+        .env("FREE_BURST", "1000000000")
+        .env("UVICORN_HOST", "127.0.0.1")
+        .env("STATE_FILE", "")
+        .env("KEY_PROBE_INTERVAL", "0");
+    // Experiments reach the proxy through E2E_PROXY_ENV, e.g. "UVICORN_LOG_LEVEL=warning,MALLOC_ARENA_MAX=1".
+    for pair in std::env::var("E2E_PROXY_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, value)) = pair.split_once('=') {
+            command.env(name.trim(), value.trim());
+        }
+    }
+}
+
+/// The release binary (or `E2E_PROXY_BIN`, e.g. the musl build), started the way users run it.
+pub fn start_proxy(upstream: &str, extra: &[(&str, &str)]) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("port")
+        .port();
+    let binary = std::env::var("E2E_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned());
+    let mut command = Command::new(binary);
+    proxy_env(&mut command, upstream);
+    let mut child = command
+        .envs(extra.iter().copied())
+        .env("UVICORN_PORT", port.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("proxy starts");
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the proxy did not start listening");
+}
+
+/// This executable in `--mock` mode, as its own process.
+pub fn spawn_mock() -> (Child, u16) {
+    spawn_ready(Command::new(std::env::current_exe().expect("own path")).arg("--mock"))
+}
+
+/// Spawns a child that prints `ready <port>` first, and returns it with the port.
+pub fn spawn_ready(command: &mut Command) -> (Child, u16) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child starts");
+    let mut line = String::new();
+    // Read byte by byte so nothing after the first line is buffered away from later readers.
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(stdout, &mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+        line.push(char::from(byte[0]));
+    }
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .expect("ready <port>");
+    (child, port)
+}
+
+/// Resident memory of process `pid`, in MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
