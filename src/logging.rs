@@ -2,6 +2,7 @@
 //! `LOG_FORMAT=json`; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`.
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
 
 /// Initialises logging before the configuration is validated, so nothing is lost.
 /// An invalid level falls back to `info` here; configuration parsing reports it.
@@ -29,10 +30,26 @@ pub fn init(env: &HashMap<String, String>) {
         builder.parse_filters(spec);
     }
     builder.format_timestamp_millis();
-    if env
+    let json = env
         .get("LOG_FORMAT")
-        .is_some_and(|f| f.trim().eq_ignore_ascii_case("json"))
-    {
+        .is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    if !json && !std::io::stderr().is_terminal() {
+        // Not a terminal: write plain lines and pass them straight through, instead of
+        // styling every request's line and then scanning it again to strip the styles.
+        builder.write_style(env_logger::WriteStyle::Always);
+        builder.format(|buf, record| {
+            use std::io::Write as _;
+            writeln!(
+                buf,
+                "[{} {:<5} {}] {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    if json {
         builder.format(|buf, record| {
             use std::io::Write as _;
             let line = serde_json::json!({

@@ -138,10 +138,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    // One pass over the (few) headers present instead of hashing every hop-by-hop name;
+    // most requests carry none of them.
+    let present = headers.keys().filter(|name| is_hop_by_hop(name)).count();
+    for _ in 0..present {
+        let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() else {
+            break;
+        };
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
 /// Prepares client headers for upstream: no hop-by-hop, no `Host` (the client
