@@ -75,7 +75,7 @@ fn added_row(t: &mut Table, name: &str, direct: f64, proxied: f64, added: f64, t
         name,
         &format!("{direct:.0} µs"),
         &format!("{proxied:.0} µs"),
-        &format!("+{added:.0} µs"),
+        &format!("{added:+.0} µs"),
         target,
     ]);
 }
