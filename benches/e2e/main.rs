@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use load::{percentile, StreamRun, Target};
 use procs::{proxy_env, rss_mb, spawn_mock, spawn_ready, start_proxy, PROXY_KEY};
-use report::{Hold, Results};
+use report::{Allocations, Hold, Results};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -185,7 +185,7 @@ impl Counter {
 
 /// Allocations per proxied JSON request and per forwarded chunk of one long stream,
 /// and live heap bytes per held stream.
-async fn allocations(upstream: &str, full: bool) -> (f64, f64, f64) {
+async fn allocations(upstream: &str, full: bool) -> Allocations {
     let (mut counter, port) = Counter::start(upstream);
     let target = Target {
         url: format!("http://127.0.0.1:{port}/api/v1"),
@@ -228,12 +228,23 @@ async fn allocations(upstream: &str, full: bool) -> (f64, f64, f64) {
     let before = counter.stats().1;
     let mut during = before;
     load::streams(&target, held, 3, interval, || during = counter.stats().1).await;
+    // Leak check: after more bursts, with every stream closed, live heap must come back
+    // to where the first burst left it (idle pooled connections included both times).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_first = counter.stats().1;
+    for _ in 0..5 {
+        load::streams(&target, held, 3, interval / 10, || {}).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_more = counter.stats().1;
     let _ = counter.child.kill();
-    (
+    let _ = counter.child.wait();
+    Allocations {
         per_request,
         per_chunk,
-        during.saturating_sub(before) as f64 / held as f64,
-    )
+        heap_per_stream: during.saturating_sub(before) as f64 / held as f64,
+        heap_growth_after_bursts: after_more as f64 - after_first as f64,
+    }
 }
 
 fn main() {
@@ -309,7 +320,12 @@ async fn measure(plan: &Plan) -> Results {
     let allocations = if plan.count_allocations {
         allocations(&upstream, plan.full).await
     } else {
-        (f64::NAN, f64::NAN, f64::NAN)
+        Allocations {
+            per_request: f64::NAN,
+            per_chunk: f64::NAN,
+            heap_per_stream: f64::NAN,
+            heap_growth_after_bursts: f64::NAN,
+        }
     };
     let _ = proxy.kill();
     let _ = proxy.wait();

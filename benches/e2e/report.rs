@@ -21,8 +21,17 @@ pub struct Results {
     pub rounds: Vec<Round>,
     pub rss_idle: f64,
     pub holds: Vec<Hold>,
-    /// Allocations per request, per chunk, and live heap bytes per held stream.
-    pub allocations: (f64, f64, f64),
+    pub allocations: Allocations,
+}
+
+/// What the allocation-counting child saw.
+pub struct Allocations {
+    pub per_request: f64,
+    pub per_chunk: f64,
+    /// Live heap bytes per held stream.
+    pub heap_per_stream: f64,
+    /// Live heap bytes gained over five more bursts of streams, once all are closed.
+    pub heap_growth_after_bursts: f64,
 }
 
 /// One row per measure: name, direct, proxied, added or ratio, target.
@@ -198,26 +207,34 @@ fn memory_rows(t: &mut Table, r: &Results) {
             if big { "added ≤ 1 ms" } else { "" },
         );
     }
-    let (per_request, per_chunk, heap) = r.allocations;
+    let a = &r.allocations;
     t.row([
         "allocations per proxied request",
         "",
-        &format!("{per_request:.1}"),
+        &format!("{:.1}", a.per_request),
         "",
         "",
     ]);
     t.row([
         "allocations per forwarded SSE chunk",
         "",
-        &format!("{per_chunk:.2}"),
+        &format!("{:.2}", a.per_chunk),
         "",
         "≤ 2",
     ]);
     t.row([
         "live heap per held SSE stream",
         "",
-        &format!("{:.1} KB", heap / 1024.0),
+        &format!("{:.1} KB", a.heap_per_stream / 1024.0),
         "",
         "",
+    ]);
+    let growth = a.heap_growth_after_bursts / 1024.0;
+    t.row([
+        "live heap gained over 5 more closed bursts",
+        "",
+        &format!("{growth:+.1} KB"),
+        "",
+        "≈ 0 (no leak)",
     ]);
 }
