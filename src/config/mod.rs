@@ -1,0 +1,190 @@
+//! Every environment variable the proxy reads: name, default, parser, and one
+//! error that lists all bad values at once.
+//!
+//! The names of the Python original (`PROXY_API_KEY`, `OPENROUTER_KEYS`, `TIMEZONE`,
+//! `UVICORN_*`) keep working so an existing `.env` moves over unchanged.
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::http::uri::{Authority, Scheme};
+use jiff::tz::TimeZone;
+
+use crate::mask::mask;
+
+/// The default daily free-model limit of a key given without `:limit` (OpenRouter's 50/day tier).
+pub const DEFAULT_DAILY_LIMIT: u32 = 50;
+
+mod read;
+mod variables;
+
+pub use variables::{Variable, VARIABLES};
+
+use read::{parse_base_url, parse_host, parse_keys, parse_log_level, Reader};
+
+/// An OpenRouter key as configured: the secret and its explicit daily limit, if any.
+#[derive(Clone)]
+pub struct KeySpec {
+    pub secret: String,
+    pub daily_limit: Option<u32>,
+}
+
+impl fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySpec")
+            .field("secret", &mask(&self.secret))
+            .field("daily_limit", &self.daily_limit)
+            .finish()
+    }
+}
+
+/// The upstream base URL split into the parts every request reuses.
+#[derive(Clone, Debug)]
+pub struct UpstreamBase {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix without a trailing slash, e.g. `/api/v1`.
+    pub path: String,
+}
+
+/// The validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub proxy_api_key: String,
+    pub keys: Vec<KeySpec>,
+    pub timezone_name: String,
+    pub timezone: TimeZone,
+    pub listen: SocketAddr,
+    pub log_level: log::LevelFilter,
+    pub upstream: UpstreamBase,
+    pub max_body_bytes: usize,
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub free_rpm: u32,
+    pub free_burst: u32,
+    pub max_wait: Duration,
+    pub max_retries: u32,
+    pub max_retry_time: Duration,
+    pub retry_backoff: Duration,
+    pub shutdown_grace: Duration,
+    pub key_probe_interval: Duration,
+    pub metrics_public: bool,
+    pub log_json: bool,
+    /// `None` when persistence is off (`STATE_FILE=`).
+    pub state_file: Option<std::path::PathBuf>,
+    pub state_flush_interval: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("proxy_api_key", &mask(&self.proxy_api_key))
+            .field("keys", &self.keys)
+            .field("timezone", &self.timezone_name)
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every invalid variable, each with the reason.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            writeln!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Builds the configuration from `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut r = Reader {
+            lookup,
+            problems: Vec::new(),
+        };
+        let proxy_api_key = r.required("PROXY_API_KEY");
+        let keys_raw = r.required("OPENROUTER_KEYS");
+        let keys = parse_keys(&keys_raw, &mut r.problems);
+        let timezone_name = r
+            .raw(&["TIMEZONE"])
+            .map_or_else(|| "UTC".to_owned(), |(_, v)| v);
+        let timezone = TimeZone::get(&timezone_name).unwrap_or_else(|_| {
+            r.problems.push(format!(
+                "TIMEZONE: {timezone_name:?} is not an IANA time zone name"
+            ));
+            TimeZone::UTC
+        });
+        let host = parse_host(&mut r);
+        let port = r.parsed(
+            &["UVICORN_PORT", "PORT"],
+            9999u16,
+            "a port number (0-65535)",
+        );
+        let log_level = parse_log_level(&mut r);
+        let upstream = parse_base_url(&mut r);
+        let config = Config {
+            proxy_api_key,
+            keys,
+            timezone_name,
+            timezone,
+            listen: SocketAddr::new(host, port),
+            log_level,
+            upstream,
+            max_body_bytes: r.parsed(&["MAX_BODY_BYTES"], 32 << 20, "a size in bytes"),
+            upstream_timeout: r.seconds("UPSTREAM_TIMEOUT", 300),
+            header_read_timeout: r.seconds("HEADER_READ_TIMEOUT", 30),
+            stream_idle_timeout: r.seconds("STREAM_IDLE_TIMEOUT", 300),
+            free_rpm: r.positive("FREE_RPM", 20),
+            free_burst: r.positive("FREE_BURST", 1),
+            max_wait: r.seconds("MAX_WAIT", 30),
+            max_retries: r.parsed(&["MAX_RETRIES"], 10, "a count"),
+            max_retry_time: r.seconds("MAX_RETRY_TIME", 120),
+            retry_backoff: r.seconds("RETRY_BACKOFF", 1),
+            shutdown_grace: r.seconds("SHUTDOWN_GRACE", 30),
+            key_probe_interval: r.seconds("KEY_PROBE_INTERVAL", 300),
+            metrics_public: r.flag("METRICS_PUBLIC"),
+            log_json: r.choice("LOG_FORMAT", &["text", "json"]) == "json",
+            // Set but empty turns persistence off, so this one is read without the empty-means-unset rule.
+            state_file: match (r.lookup)("STATE_FILE").map(|v| v.trim().to_owned()) {
+                None => Some("./openrouter-proxy-state.json".into()),
+                Some(path) if path.is_empty() => None,
+                Some(path) => Some(path.into()),
+            },
+            state_flush_interval: r.seconds("STATE_FLUSH_INTERVAL", 1),
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(r.problems))
+        }
+    }
+
+    /// The configuration of `--help`: each variable with its default.
+    #[must_use]
+    pub fn help_text() -> String {
+        let mut out = String::new();
+        for var in VARIABLES {
+            let _ = writeln!(
+                out,
+                "  {:<34} default {:<30} {}",
+                var.names.join(" | "),
+                var.default,
+                var.help
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! Reading variables: each parser records what is wrong and carries on, so one
+//! error can list every bad value.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use hyper::http::uri::{Authority, Scheme};
+use hyper::Uri;
+
+use super::{KeySpec, UpstreamBase};
+use crate::mask::mask;
+
+/// Reads variables through `lookup`, collecting every problem before failing.
+pub(super) struct Reader<F> {
+    pub(super) lookup: F,
+    pub(super) problems: Vec<String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The first non-empty value among `names`, with the name it came from.
+    pub(super) fn raw(&self, names: &[&'static str]) -> Option<(&'static str, String)> {
+        names.iter().find_map(|name| {
+            (self.lookup)(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .map(|v| (*name, v))
+        })
+    }
+
+    pub(super) fn required(&mut self, name: &'static str) -> String {
+        if let Some((_, value)) = self.raw(&[name]) {
+            return value;
+        }
+        self.problems.push(format!("{name}: required but not set"));
+        String::new()
+    }
+
+    pub(super) fn parsed<T: std::str::FromStr>(
+        &mut self,
+        names: &[&'static str],
+        default: T,
+        what: &str,
+    ) -> T {
+        match self.raw(names) {
+            None => default,
+            Some((name, value)) => value.parse().unwrap_or_else(|_| {
+                self.problems
+                    .push(format!("{name}: {value:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    pub(super) fn flag(&mut self, name: &'static str) -> bool {
+        match self.raw(&[name]).map(|(_, v)| v.to_ascii_lowercase()) {
+            None => false,
+            Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => false,
+            Some(v) => {
+                self.problems
+                    .push(format!("{name}: {v:?} is not true or false"));
+                false
+            }
+        }
+    }
+
+    /// One of `choices` (case-insensitive); the first is the default.
+    pub(super) fn choice(&mut self, name: &'static str, choices: &[&'static str]) -> &'static str {
+        let Some((_, value)) = self.raw(&[name]) else {
+            return choices[0];
+        };
+        choices
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(&value))
+            .copied()
+            .unwrap_or_else(|| {
+                self.problems.push(format!(
+                    "{name}: {value:?} is not one of {}",
+                    choices.join(", ")
+                ));
+                choices[0]
+            })
+    }
+
+    pub(super) fn seconds(&mut self, name: &'static str, default: u64) -> Duration {
+        Duration::from_secs(self.parsed(&[name], default, "a whole number of seconds"))
+    }
+
+    pub(super) fn positive(&mut self, name: &'static str, default: u32) -> u32 {
+        let value = self.parsed(&[name], default, "a positive integer");
+        if value == 0 {
+            self.problems.push(format!("{name}: must be at least 1"));
+            return default;
+        }
+        value
+    }
+}
+
+pub(super) fn parse_keys(raw: &str, problems: &mut Vec<String>) -> Vec<KeySpec> {
+    let mut keys: Vec<KeySpec> = Vec::new();
+    if raw.is_empty() {
+        return keys;
+    }
+    for (index, entry) in raw.split(',').map(str::trim).enumerate() {
+        let position = index + 1;
+        let (secret, daily_limit) = match entry.rsplit_once(':') {
+            None => (entry, None),
+            Some((secret, limit)) => match limit.trim().parse::<u32>() {
+                Ok(n) if n > 0 => (secret.trim(), Some(n)),
+                _ => {
+                    problems.push(format!(
+                        "OPENROUTER_KEYS: entry {position} ({}): daily limit {limit:?} is not a positive integer",
+                        mask(secret)
+                    ));
+                    continue;
+                }
+            },
+        };
+        if secret.is_empty() {
+            problems.push(format!(
+                "OPENROUTER_KEYS: entry {position} has an empty key"
+            ));
+        } else if keys.iter().any(|k| k.secret == secret) {
+            problems.push(format!(
+                "OPENROUTER_KEYS: entry {position} ({}) duplicates an earlier key",
+                mask(secret)
+            ));
+        } else {
+            keys.push(KeySpec {
+                secret: secret.to_owned(),
+                daily_limit,
+            });
+        }
+    }
+    keys
+}
+
+pub(super) fn parse_host<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> IpAddr {
+    match r.raw(&["UVICORN_HOST", "HOST"]) {
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Some((_, host)) if host.eq_ignore_ascii_case("localhost") => {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+        Some((name, host)) => host.trim_matches(['[', ']']).parse().unwrap_or_else(|_| {
+            r.problems
+                .push(format!("{name}: {host:?} is not an IP address"));
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }),
+    }
+}
+
+pub(super) fn parse_log_level<F: Fn(&str) -> Option<String>>(
+    r: &mut Reader<F>,
+) -> log::LevelFilter {
+    let Some((name, level)) = r.raw(&["UVICORN_LOG_LEVEL", "LOG_LEVEL"]) else {
+        return log::LevelFilter::Info;
+    };
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => log::LevelFilter::Trace,
+        "debug" => log::LevelFilter::Debug,
+        "info" => log::LevelFilter::Info,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "error" | "critical" => log::LevelFilter::Error,
+        "off" => log::LevelFilter::Off,
+        _ => {
+            r.problems.push(format!(
+                "{name}: {level:?} is not one of trace, debug, info, warning, error, critical"
+            ));
+            log::LevelFilter::Info
+        }
+    }
+}
+
+pub(super) fn parse_base_url<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> UpstreamBase {
+    let default = || UpstreamBase {
+        scheme: Scheme::HTTPS,
+        authority: Authority::from_static("openrouter.ai"),
+        path: "/api/v1".to_owned(),
+    };
+    let Some((name, raw)) = r.raw(&["OPENROUTER_BASE_URL"]) else {
+        return default();
+    };
+    let parsed = raw.parse::<Uri>().ok().and_then(|uri| {
+        let parts = uri.into_parts();
+        let scheme = parts
+            .scheme
+            .filter(|s| *s == Scheme::HTTP || *s == Scheme::HTTPS)?;
+        let authority = parts.authority?;
+        let path_and_query = parts.path_and_query;
+        if path_and_query.as_ref().and_then(|pq| pq.query()).is_some() {
+            return None;
+        }
+        let path = path_and_query
+            .as_ref()
+            .map_or("", |pq| pq.path())
+            .trim_end_matches('/')
+            .to_owned();
+        Some(UpstreamBase {
+            scheme,
+            authority,
+            path,
+        })
+    });
+    parsed.unwrap_or_else(|| {
+        r.problems.push(format!(
+            "{name}: {raw:?} is not an http:// or https:// URL without a query"
+        ));
+        default()
+    })
+}

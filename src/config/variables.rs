@@ -1,0 +1,129 @@
+//! The table of every environment variable: names, defaults and meanings,
+//! shared by `--help`, the README and `.env.sample`.
+
+/// One variable: its name (and aliases), its default as shown in `--help`, and what it means.
+pub struct Variable {
+    pub names: &'static [&'static str],
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every variable, in the order `--help` and `.env.sample` list them.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        names: &["PROXY_API_KEY"],
+        default: "(required)",
+        help: "the one key clients send to the proxy",
+    },
+    Variable {
+        names: &["OPENROUTER_KEYS"],
+        default: "(required)",
+        help: "comma-separated OpenRouter keys, each optionally key:daily_limit (default limit 50)",
+    },
+    Variable {
+        names: &["TIMEZONE"],
+        default: "UTC",
+        help: "IANA time zone whose midnight resets the daily counters",
+    },
+    Variable {
+        names: &["UVICORN_HOST", "HOST"],
+        default: "0.0.0.0",
+        help: "listen address",
+    },
+    Variable {
+        names: &["UVICORN_PORT", "PORT"],
+        default: "9999",
+        help: "listen port",
+    },
+    Variable {
+        names: &["UVICORN_LOG_LEVEL", "LOG_LEVEL"],
+        default: "info",
+        help: "log level: trace, debug, info, warning, error (RUST_LOG wins if set)",
+    },
+    Variable {
+        names: &["OPENROUTER_BASE_URL"],
+        default: "https://openrouter.ai/api/v1",
+        help: "upstream base URL (http:// allowed for local gateways and tests)",
+    },
+    Variable {
+        names: &["MAX_BODY_BYTES"],
+        default: "33554432",
+        help: "largest request body accepted, in bytes (413 above it)",
+    },
+    Variable {
+        names: &["UPSTREAM_TIMEOUT"],
+        default: "300",
+        help: "seconds to wait for upstream response headers before answering 504",
+    },
+    Variable {
+        names: &["STREAM_IDLE_TIMEOUT"],
+        default: "300",
+        help: "seconds an event stream may go without a byte from OpenRouter before it is ended (0 = never)",
+    },
+    Variable {
+        names: &["HEADER_READ_TIMEOUT"],
+        default: "30",
+        help: "seconds a client has to send its request headers",
+    },
+    Variable {
+        names: &["FREE_RPM"],
+        default: "20",
+        help: "free-model requests per minute per key (OpenRouter's limit)",
+    },
+    Variable {
+        names: &["FREE_BURST"],
+        default: "1",
+        help: "free-model requests a key may send back to back (1 spreads them evenly)",
+    },
+    Variable {
+        names: &["MAX_WAIT"],
+        default: "30",
+        help: "seconds a free-model request may wait for a key to free up before 429",
+    },
+    Variable {
+        names: &["MAX_RETRIES"],
+        default: "10",
+        help: "retries after a retryable upstream error (0 = none)",
+    },
+    Variable {
+        names: &["MAX_RETRY_TIME"],
+        default: "120",
+        help: "seconds one request may spend retrying and waiting in all",
+    },
+    Variable {
+        names: &["RETRY_BACKOFF"],
+        default: "1",
+        help: "seconds of the first backoff; doubles per retry, with jitter, up to 30 s",
+    },
+    Variable {
+        names: &["KEY_PROBE_INTERVAL"],
+        default: "300",
+        help:
+            "seconds between asking OpenRouter's /key about each key's limits and usage (0 = never)",
+    },
+    Variable {
+        names: &["METRICS_PUBLIC"],
+        default: "false",
+        help: "true serves /metrics without the proxy key (for a scraper on a private network)",
+    },
+    Variable {
+        names: &["LOG_FORMAT"],
+        default: "text",
+        help: "text, or json for one JSON object per line",
+    },
+    Variable {
+        names: &["STATE_FILE"],
+        default: "./openrouter-proxy-state.json",
+        help: "where key counts and blocks survive restarts (set it empty to keep nothing)",
+    },
+    Variable {
+        names: &["STATE_FLUSH_INTERVAL"],
+        default: "1",
+        help: "seconds between state file writes when something changed (0 = only at shutdown)",
+    },
+    Variable {
+        names: &["SHUTDOWN_GRACE"],
+        default: "30",
+        help: "seconds in-flight requests get to finish after SIGTERM/SIGINT",
+    },
+];
