@@ -26,7 +26,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout)
+        // HEADER_READ_TIMEOUT=0 turns the limit off rather than timing out at once.
+        .header_read_timeout(Some(app.config.header_read_timeout).filter(|t| !t.is_zero()))
         // Bounds the request head (431 above it); bodies are read in pieces of at most this size.
         .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new());

@@ -323,3 +323,17 @@ async fn path_traversal_and_connect_are_refused() {
     assert_eq!(&head, b"HTTP/1.1 405");
     assert!(upstream.requests().is_empty());
 }
+
+#[tokio::test]
+async fn zero_durations_mean_no_limit_rather_than_an_instant_timeout() {
+    let upstream = Upstream::ok().await;
+    let vars = [
+        ("HEADER_READ_TIMEOUT", "0"),
+        ("UPSTREAM_TIMEOUT", "0"),
+        ("MAX_WAIT", "0"),
+        ("STREAM_IDLE_TIMEOUT", "0"),
+    ];
+    let proxy = Proxy::start(&upstream.base_url(), &vars).await;
+    assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
+    assert_eq!(chat(&proxy, "qwen/qwen3-coder:free").await.status, 200);
+}

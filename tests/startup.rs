@@ -68,3 +68,25 @@ fn the_health_check_subcommand_fails_when_nothing_listens() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+#[test]
+fn env_sample_lists_every_variable_with_its_default_and_a_comment() {
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.sample")).unwrap();
+    let lines: Vec<&str> = sample.lines().collect();
+    for var in openrouter_proxy::config::VARIABLES {
+        let name = var.names[0];
+        let at = lines
+            .iter()
+            .position(|l| l.split('=').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let value = lines[at].split_once('=').unwrap().1;
+        let expected = if var.default == "(required)" {
+            ""
+        } else {
+            var.default
+        };
+        assert_eq!(value, expected, "{name}");
+        assert!(lines[at - 1].starts_with('#'), "{name} has no comment");
+    }
+}

@@ -63,7 +63,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["HEADER_READ_TIMEOUT"],
         default: "30",
-        help: "seconds a client has to send its request headers",
+        help: "seconds a client has to send its request headers (0 = no limit)",
     },
     Variable {
         names: &["FREE_RPM"],
