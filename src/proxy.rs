@@ -34,11 +34,12 @@ impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
         let keys = KeyPool::from_config(&config);
+        let client = build_client(config.upstream_http2);
         Arc::new(App {
             config,
             keys,
             metrics: Metrics::default(),
-            client: build_client(),
+            client,
         })
     }
 }

@@ -26,7 +26,7 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// # Panics
 /// Never in practice: the ring provider supports the default protocol versions.
 #[must_use]
-pub fn build_client() -> UpstreamClient {
+pub fn build_client(http2_only: bool) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
@@ -46,6 +46,9 @@ pub fn build_client() -> UpstreamClient {
         // OpenRouter speaks HTTP/2 (one multiplexed connection); for HTTP/1.1 upstreams this
         // bounds how many connections a burst of streams leaves idle, and the memory they hold.
         .pool_max_idle_per_host(MAX_IDLE_UPSTREAM_CONNECTIONS)
+        // HTTPS upstreams negotiate HTTP/2 by ALPN anyway; this also makes plain-http
+        // upstreams (local gateways) use HTTP/2 with prior knowledge.
+        .http2_only(http2_only)
         .build(https)
 }
 

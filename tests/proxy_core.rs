@@ -337,3 +337,37 @@ async fn zero_durations_mean_no_limit_rather_than_an_instant_timeout() {
     assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
     assert_eq!(chat(&proxy, "qwen/qwen3-coder:free").await.status, 200);
 }
+
+#[tokio::test]
+async fn upstream_http2_speaks_h2c_to_a_plain_http_gateway_streams_included() {
+    let (chunks, rx) = mpsc::channel::<Bytes>(4);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let upstream = Upstream::start(move |_| {
+        rx.lock()
+            .unwrap()
+            .take()
+            .map_or_else(Reply::ok, Reply::Stream)
+    })
+    .await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("UPSTREAM_HTTP2", "true")]).await;
+    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
+        .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    chunks
+        .send(Bytes::from_static(b"data: {}\n\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "data: {}\n\n"
+    );
+    drop(chunks);
+    assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|s| s.version == hyper::Version::HTTP_2));
+}

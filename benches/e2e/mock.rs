@@ -94,7 +94,11 @@ pub async fn start() -> SocketAddr {
                     }
                     Ok::<_, Infallible>(respond(shape))
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Many thousands of streams may share one HTTP/2 connection from the proxy.
+                builder.http2().max_concurrent_streams(None);
+                let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

@@ -46,6 +46,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "upstream base URL (http:// allowed for local gateways and tests)",
     },
     Variable {
+        names: &["UPSTREAM_HTTP2"],
+        default: "false",
+        help: "true speaks only HTTP/2 upstream, with prior knowledge on http:// (h2c gateways); https:// uses HTTP/2 by ALPN anyway",
+    },
+    Variable {
         names: &["MAX_BODY_BYTES"],
         default: "33554432",
         help: "largest request body accepted, in bytes (413 above it)",

@@ -36,6 +36,7 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    pub version: hyper::Version,
 }
 
 impl Seen {
@@ -120,6 +121,7 @@ impl Upstream {
                                 .map(http_body_util::Collected::to_bytes)
                                 .unwrap_or_default();
                             let seen = Seen {
+                                version: parts.version,
                                 method: parts.method.to_string(),
                                 path_and_query: parts
                                     .uri
