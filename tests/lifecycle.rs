@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::mpsc;
 
 const FREE: &str = "qwen/qwen3-coder:free";
 
@@ -251,15 +250,7 @@ async fn a_corrupt_or_unusable_state_file_is_a_warning_and_the_proxy_serves() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_stream_finish_and_refuses_new_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let (chunks, rx) = mpsc::channel::<Bytes>(8);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let upstream = Upstream::start(move |_| {
-        rx.lock()
-            .unwrap()
-            .take()
-            .map_or_else(Reply::ok, Reply::Stream)
-    })
-    .await;
+    let (upstream, chunks) = Upstream::with_stream().await;
     let mut proxy = Running::start(
         &upstream.base_url(),
         &dir.path().join("state.json"),
@@ -317,15 +308,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_refuses_new_connections() {
 async fn a_second_signal_exits_at_once_after_writing_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    let (chunks, rx) = mpsc::channel::<Bytes>(8);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let upstream = Upstream::start(move |_| {
-        rx.lock()
-            .unwrap()
-            .take()
-            .map_or_else(Reply::ok, Reply::Stream)
-    })
-    .await;
+    let (upstream, chunks) = Upstream::with_stream().await;
     let vars = [("SHUTDOWN_GRACE", "60"), ("STATE_FLUSH_INTERVAL", "0")];
     let mut proxy = Running::start(&upstream.base_url(), &state, &vars).await;
     let req = request("POST", &proxy.url("/api/v1/chat/completions"))

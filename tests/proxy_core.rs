@@ -153,11 +153,7 @@ async fn client_headers_pass_through_and_hop_by_hop_headers_do_not() {
 /// if the proxy buffered anything, the client would never see chunk one.
 #[tokio::test]
 async fn sse_chunks_reach_the_client_one_by_one_as_upstream_sends_them() {
-    let (chunks, rx) = mpsc::channel::<Bytes>(4);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let upstream =
-        Upstream::start(move |_| Reply::Stream(rx.lock().unwrap().take().expect("one stream")))
-            .await;
+    let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
     let req = request("POST", &proxy.url("/api/v1/chat/completions"))
         .body(Full::new(Bytes::from_static(
@@ -191,11 +187,7 @@ async fn sse_chunks_reach_the_client_one_by_one_as_upstream_sends_them() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
-    let (chunks, rx) = mpsc::channel::<Bytes>(1);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let upstream =
-        Upstream::start(move |_| Reply::Stream(rx.lock().unwrap().take().expect("one stream")))
-            .await;
+    let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
     let req = request("POST", &proxy.url("/api/v1/chat/completions"))
         .body(Full::new(Bytes::from_static(
@@ -340,15 +332,7 @@ async fn zero_durations_mean_no_limit_rather_than_an_instant_timeout() {
 
 #[tokio::test]
 async fn upstream_http2_speaks_h2c_to_a_plain_http_gateway_streams_included() {
-    let (chunks, rx) = mpsc::channel::<Bytes>(4);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let upstream = Upstream::start(move |_| {
-        rx.lock()
-            .unwrap()
-            .take()
-            .map_or_else(Reply::ok, Reply::Stream)
-    })
-    .await;
+    let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[("UPSTREAM_HTTP2", "true")]).await;
     let req = request("POST", &proxy.url("/api/v1/chat/completions"))
         .body(Full::new(Bytes::from_static(

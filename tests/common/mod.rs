@@ -146,6 +146,21 @@ impl Upstream {
         Upstream { addr, seen }
     }
 
+    /// The first request gets an event stream fed by the returned sender, chunk by
+    /// chunk as the test sends them; later requests get 200.
+    pub async fn with_stream() -> (Upstream, mpsc::Sender<Bytes>) {
+        let (chunks, rx) = mpsc::channel::<Bytes>(8);
+        let rx = Mutex::new(Some(rx));
+        let upstream = Upstream::start(move |_| {
+            rx.lock()
+                .unwrap()
+                .take()
+                .map_or_else(Reply::ok, Reply::Stream)
+        })
+        .await;
+        (upstream, chunks)
+    }
+
     /// Plays `replies` in order, then answers 200 to everything.
     pub async fn script(replies: Vec<Reply>) -> Upstream {
         let replies = Mutex::new(std::collections::VecDeque::from(replies));
