@@ -160,9 +160,11 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// sets upstream's), no proxy credentials, no stale framing.
 pub fn sanitize_request_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+    // The body is already read, so a client's `Expect: 100-continue` was answered here.
     for name in [
         header::HOST,
         header::CONTENT_LENGTH,
+        header::EXPECT,
         header::AUTHORIZATION,
         APIKEY,
         X_API_KEY,
@@ -247,6 +249,7 @@ mod tests {
             ("x-api-key", "proxy"),
             ("http-referer", "https://example.com"),
             ("x-title", "My agent"),
+            ("expect", "100-continue"),
             ("content-type", "application/json"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
