@@ -90,3 +90,17 @@ fn env_sample_lists_every_variable_with_its_default_and_a_comment() {
         assert!(lines[at - 1].starts_with('#'), "{name} has no comment");
     }
 }
+
+#[test]
+fn the_readme_configuration_table_lists_every_variable() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for var in openrouter_proxy::config::VARIABLES {
+        let row = format!("| `{}`", var.names[0]);
+        assert!(
+            readme.contains(&row),
+            "README has no row for {}",
+            var.names[0]
+        );
+    }
+}

@@ -10,7 +10,7 @@ shot=${2:-}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 browser=$(command -v chromium || command -v chromium-browser)
@@ -28,7 +28,7 @@ proxy_key=browser-proxy-key-5678
 blocked=sk-or-v1-permin00000000000000000000000000000001
 daily=sk-or-v1-perday00000000000000000000000000000002
 active=sk-or-v1-active00000000000000000000000000000003
-env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000" STATE_FILE= KEY_PROBE_INTERVAL=0 \
+env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
   "$bin" 2>"$work/proxy.log" &
 pids+=($!)

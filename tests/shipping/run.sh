@@ -11,7 +11,8 @@ bin=$(readlink -f "${1:?path to the static binary}")
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$root"; }
+# Wait for the proxy to finish its shutdown (it writes its state file) before removing its root.
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$root" "$root.log"; }
 trap cleanup EXIT
 
 chroot=$(command -v chroot)
@@ -31,7 +32,7 @@ pids+=($!)
 proxy_port=$(free_port)
 proxy_key=scratch-proxy-key-1234
 or_key=sk-or-v1-scratch0000000000000000000000000000ab12
-env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$or_key:1000" TIMEZONE=Europe/Moscow \
+env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$or_key:1000" TIMEZONE=Europe/Moscow SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
   "$chroot" "$root" /openrouter-proxy 2>"$root.log" &
 proxy_pid=$!
