@@ -11,16 +11,8 @@ pub fn init(env: &HashMap<String, String>) {
     let level = ["UVICORN_LOG_LEVEL", "LOG_LEVEL"]
         .iter()
         .find_map(|name| env.get(*name))
-        .map_or(log::LevelFilter::Info, |level| {
-            match level.trim().to_ascii_lowercase().as_str() {
-                "trace" => log::LevelFilter::Trace,
-                "debug" => log::LevelFilter::Debug,
-                "warn" | "warning" => log::LevelFilter::Warn,
-                "error" | "critical" => log::LevelFilter::Error,
-                "off" => log::LevelFilter::Off,
-                _ => log::LevelFilter::Info,
-            }
-        });
+        .and_then(|level| level_named(level))
+        .unwrap_or(log::LevelFilter::Info);
     builder.filter_level(level);
     // Dependencies' debug chatter (connection pools, TLS) stays out unless RUST_LOG asks for it.
     for noisy in ["hyper", "hyper_util", "rustls", "h2"] {
@@ -62,4 +54,18 @@ pub fn init(env: &HashMap<String, String>) {
         });
     }
     let _ = builder.try_init();
+}
+
+/// A level by the names the original proxy (uvicorn) and `log` use.
+#[must_use]
+pub fn level_named(name: &str) -> Option<log::LevelFilter> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "trace" => log::LevelFilter::Trace,
+        "debug" => log::LevelFilter::Debug,
+        "info" => log::LevelFilter::Info,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "error" | "critical" => log::LevelFilter::Error,
+        "off" => log::LevelFilter::Off,
+        _ => return None,
+    })
 }

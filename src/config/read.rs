@@ -155,20 +155,12 @@ pub(super) fn parse_log_level<F: Fn(&str) -> Option<String>>(
     let Some((name, level)) = r.raw(&["UVICORN_LOG_LEVEL", "LOG_LEVEL"]) else {
         return log::LevelFilter::Info;
     };
-    match level.to_ascii_lowercase().as_str() {
-        "trace" => log::LevelFilter::Trace,
-        "debug" => log::LevelFilter::Debug,
-        "info" => log::LevelFilter::Info,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "error" | "critical" => log::LevelFilter::Error,
-        "off" => log::LevelFilter::Off,
-        _ => {
-            r.problems.push(format!(
-                "{name}: {level:?} is not one of trace, debug, info, warning, error, critical"
-            ));
-            log::LevelFilter::Info
-        }
-    }
+    crate::logging::level_named(&level).unwrap_or_else(|| {
+        r.problems.push(format!(
+            "{name}: {level:?} is not one of trace, debug, info, warning, error, critical"
+        ));
+        log::LevelFilter::Info
+    })
 }
 
 pub(super) fn parse_base_url<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> UpstreamBase {
