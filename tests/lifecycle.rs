@@ -257,12 +257,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_refuses_new_connections() {
         &[("SHUTDOWN_GRACE", "30")],
     )
     .await;
-    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"a/b","stream":true}"#,
-        )))
-        .unwrap();
-    let mut body = client().request(req).await.unwrap().into_body();
+    let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
     chunks
         .send(Bytes::from_static(b"data: {\"n\":1}\n\n"))
         .await

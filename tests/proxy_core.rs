@@ -189,13 +189,7 @@ async fn sse_chunks_reach_the_client_one_by_one_as_upstream_sends_them() {
 async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
     let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
-    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"a/b","stream":true}"#,
-        )))
-        .unwrap();
-    let response = client().request(req).await.unwrap();
-    let mut body = response.into_body();
+    let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
     chunks
         .send(Bytes::from_static(b"data: {}\n\n"))
         .await
@@ -334,12 +328,7 @@ async fn zero_durations_mean_no_limit_rather_than_an_instant_timeout() {
 async fn upstream_http2_speaks_h2c_to_a_plain_http_gateway_streams_included() {
     let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[("UPSTREAM_HTTP2", "true")]).await;
-    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"a/b","stream":true}"#,
-        )))
-        .unwrap();
-    let mut body = client().request(req).await.unwrap().into_body();
+    let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
     chunks
         .send(Bytes::from_static(b"data: {}\n\n"))
         .await

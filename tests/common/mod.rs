@@ -350,6 +350,21 @@ pub async fn send(req: Request<Full<Bytes>>) -> Answer {
     }
 }
 
+/// Opens a streaming chat completion at `url` with the proxy key and returns its
+/// body, to be read frame by frame.
+pub async fn open_stream(url: &str) -> hyper::body::Incoming {
+    let req = request("POST", url)
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
+        .unwrap();
+    client()
+        .request(req)
+        .await
+        .expect("the proxy answers")
+        .into_body()
+}
+
 /// POSTs a chat completion for `model` with the proxy key.
 pub async fn chat(proxy: &Proxy, model: &str) -> Answer {
     let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
