@@ -87,12 +87,16 @@ impl ProxyError {
 /// An OpenRouter-shaped JSON error response.
 #[must_use]
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body =
-        serde_json::json!({"error": {"code": status.as_u16(), "message": message}}).to_string();
-    let mut response = Response::new(ProxyBody::full(body));
+    let mut response = Response::new(ProxyBody::full(error_body(status, message)));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The body of an OpenRouter-shaped error: `{"error":{"code":N,"message":"..."}}`.
+#[must_use]
+pub fn error_body(status: StatusCode, message: &str) -> String {
+    serde_json::json!({"error": {"code": status.as_u16(), "message": message}}).to_string()
 }

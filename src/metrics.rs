@@ -20,9 +20,11 @@ pub enum Route {
     Proxied,
     /// The proxy's own endpoints (`/health`, `/key_status`, `/metrics`, status page, preflight).
     Own,
+    /// A connection's first request head, refused before routing (malformed, too large, ...).
+    MalformedHead,
 }
 
-const ROUTES: [&str; 3] = ["chat_completions", "other_proxied", "own"];
+const ROUTES: [&str; 4] = ["chat_completions", "other_proxied", "own", "malformed_head"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Classified upstream errors, as named by [`Verdict::class`].
 pub const ERROR_CLASSES: [&str; 9] = [
@@ -80,7 +82,7 @@ impl Histogram {
 /// Everything `/metrics` reports besides the per-key figures the key pool keeps.
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; 5]; 3],
+    requests: [[AtomicU64; 5]; ROUTES.len()],
     pub upstream_attempts: AtomicU64,
     pub upstream_retries: AtomicU64,
     upstream_errors: [AtomicU64; ERROR_CLASSES.len()],

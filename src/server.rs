@@ -1,5 +1,6 @@
 //! The accept loop, the connection builder and graceful shutdown.
-//! Knows nothing about OpenRouter: it serves whatever [`router::route`] answers.
+//! Serves whatever [`router::route`] answers, once a connection's first request head
+//! has passed [`first_head`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,11 +14,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
 use tokio::net::TcpListener;
 
+use crate::metrics::Route;
 use crate::proxy::App;
 use crate::router;
 
-/// The largest request head (request line and headers) a client may send.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub mod first_head;
+mod replay;
+
+use first_head::{FirstHead, MAX_HEAD_BYTES};
+use replay::Replay;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `SHUTDOWN_GRACE`.
@@ -46,26 +51,26 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
             () = &mut shutdown => break,
         };
+        let mut stream = stream;
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            // hyper's header timeout starts with the first byte; a connection that never
-            // sends one would otherwise be held for ever.
-            let wait = app.config.header_read_timeout;
-            if !wait.is_zero()
-                && !matches!(
-                    tokio::time::timeout(wait, stream.peek(&mut [0u8; 1])).await,
-                    Ok(Ok(1..))
-                )
-            {
-                return;
-            }
+            let head = match first_head::read(&mut stream, app.config.header_read_timeout).await {
+                FirstHead::Serve(head) => head,
+                FirstHead::Refused(status) => {
+                    app.metrics
+                        .count_request(Route::MalformedHead, status.as_u16());
+                    return;
+                }
+                FirstHead::Gone => return,
+            };
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
                 async move { Ok::<_, Infallible>(router::route(&app, request).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection =
+                builder.serve_connection(TokioIo::new(Replay::new(head, stream)), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {
                 debug!("connection ended with an error: {err}");
             }

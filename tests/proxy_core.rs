@@ -344,3 +344,23 @@ async fn upstream_http2_speaks_h2c_to_a_plain_http_gateway_streams_included() {
         .iter()
         .all(|s| s.version == hyper::Version::HTTP_2));
 }
+
+#[tokio::test]
+async fn clients_speaking_http2_with_prior_knowledge_are_served() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let h2c: TestClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = request("POST", &proxy.url("/api/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"openai/gpt-4o","messages":[]}"#,
+        )))
+        .unwrap();
+    let response = h2c.request(req).await.expect("the proxy answers over h2c");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.requests().len(), 1);
+}

@@ -1,0 +1,226 @@
+//! The first request head of every connection, read and checked before hyper sees it.
+//!
+//! hyper answers a head it cannot parse with a bare status line and no body, and it
+//! follows RFC 9112 for a head with both `Content-Length` and `Transfer-Encoding`
+//! (chunked wins, the connection closes afterwards). Clients of this proxy expect
+//! OpenRouter's JSON error shape, and both framings at once is a smuggling probe that
+//! deserves a refusal. Checking the first head with hyper's own parser (httparse with
+//! the same defaults) covers the one-shot connections such input arrives on; a bad
+//! head later on a keep-alive connection still gets hyper's bare answer. HTTP/2
+//! connections are handed over untouched.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Duration, Instant};
+
+use crate::error::error_body;
+
+/// The largest request head (request line and headers) a client may send.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// hyper's default limit on the number of request headers.
+const MAX_HEADERS: usize = 100;
+/// What an HTTP/2 client with prior knowledge sends first.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long, and how much, a refused client's unread bytes are drained so that closing
+/// the socket does not reset the connection before the client has read the refusal.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// The one refusal hyper would not make: it reads such a body as chunked (RFC 9112).
+pub const BOTH_FRAMINGS: &str = "request has both Content-Length and Transfer-Encoding";
+
+/// What the start of a connection amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a whole head yet.
+    Incomplete,
+    /// A head hyper can take, or the HTTP/2 preface.
+    Pass,
+    /// Answer with this status and message, then close.
+    Refuse(StatusCode, &'static str),
+}
+
+/// How reading the first head ended.
+pub enum FirstHead {
+    /// Serve the connection, replaying these already-read bytes first.
+    Serve(Bytes),
+    /// Refused with this status (the answer is written), to be counted.
+    Refused(StatusCode),
+    /// The client left or never sent a byte in time: nothing to answer.
+    Gone,
+}
+
+/// Reads until the first head is complete (or refused). `limit` bounds the whole head
+/// from accept, which is what stops a client dribbling headers; zero means no limit.
+pub async fn read(stream: &mut TcpStream, limit: Duration) -> FirstHead {
+    let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let room = MAX_HEAD_BYTES - buf.len();
+        buf.reserve(room.min(buf.len().max(4096)));
+        let scanned = buf.len().saturating_sub(2);
+        let mut window = (&mut buf).limit(room);
+        let read = stream.read_buf(&mut window);
+        let read = match deadline {
+            Some(deadline) => timeout_at(deadline, read).await.ok(),
+            None => Some(read.await),
+        };
+        let verdict = match read {
+            Some(Ok(0) | Err(_)) => return FirstHead::Gone,
+            None if buf.is_empty() => return FirstHead::Gone,
+            None => Verdict::Refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "request head not received within HEADER_READ_TIMEOUT",
+            ),
+            // Parsing only once the end of the head has arrived keeps a dribbling client
+            // from costing a parse per byte.
+            Some(Ok(_)) if ends_head(&buf[scanned..]) || buf.len() >= MAX_HEAD_BYTES => {
+                inspect(&buf)
+            }
+            Some(Ok(_)) => preface_verdict(&buf).unwrap_or(Verdict::Incomplete),
+        };
+        match verdict {
+            Verdict::Incomplete => {}
+            Verdict::Pass => return FirstHead::Serve(buf.freeze()),
+            Verdict::Refuse(status, message) => {
+                refuse(stream, status, message).await;
+                return FirstHead::Refused(status);
+            }
+        }
+    }
+}
+
+/// Whether `bytes` contain the blank line that ends a head (httparse accepts bare LF too).
+fn ends_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// The verdict on a connection that starts like the HTTP/2 preface, if it does.
+fn preface_verdict(bytes: &[u8]) -> Option<Verdict> {
+    let n = bytes.len().min(HTTP2_PREFACE.len());
+    (n > 0 && bytes[..n] == HTTP2_PREFACE[..n]).then(|| {
+        if n == HTTP2_PREFACE.len() {
+            Verdict::Pass
+        } else {
+            Verdict::Incomplete
+        }
+    })
+}
+
+/// Judges the bytes a connection has sent so far.
+#[must_use]
+pub fn inspect(bytes: &[u8]) -> Verdict {
+    if let Some(verdict) = preface_verdict(bytes) {
+        return verdict;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => framing(&request),
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD_BYTES => Verdict::Refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head is larger than 64 KiB",
+        ),
+        Ok(httparse::Status::Partial) => Verdict::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => Verdict::Refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request has more than 100 headers",
+        ),
+        Err(_) => Verdict::Refuse(StatusCode::BAD_REQUEST, "malformed HTTP request head"),
+    }
+}
+
+/// The target and body framing checks hyper would fail the head on, plus the one it
+/// resolves by RFC 9112 but this proxy refuses: both `Content-Length` and
+/// `Transfer-Encoding`.
+fn framing(request: &httparse::Request<'_, '_>) -> Verdict {
+    let bad = |message| Verdict::Refuse(StatusCode::BAD_REQUEST, message);
+    if request
+        .path
+        .is_none_or(|target| hyper::Uri::try_from(target).is_err())
+    {
+        return bad("malformed request target");
+    }
+    let named = |name: &'static str| {
+        request
+            .headers
+            .iter()
+            .filter(move |header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| header.value)
+    };
+    // As in hyper: the last Transfer-Encoding line decides, by its last coding.
+    match (
+        named("content-length").next(),
+        named("transfer-encoding").next_back(),
+    ) {
+        (Some(_), Some(_)) => bad(BOTH_FRAMINGS),
+        (None, Some(_)) if request.version != Some(1) => bad("HTTP/1.0 has no Transfer-Encoding"),
+        (None, Some(coding)) if !last_coding_is_chunked(coding) => {
+            bad("Transfer-Encoding must end with chunked")
+        }
+        (Some(_), None) => {
+            let mut lengths = named("content-length").map(parse_length);
+            let first = lengths.next().flatten();
+            if first.is_none() || lengths.any(|length| length != first) {
+                bad("invalid or conflicting Content-Length")
+            } else {
+                Verdict::Pass
+            }
+        }
+        _ => Verdict::Pass,
+    }
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n <= u64::MAX - 2)
+}
+
+/// As hyper reads `Transfer-Encoding`: only a visible-ASCII value can say chunked.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        && value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Writes the refusal, then closes after draining what the client still sends.
+async fn refuse(stream: &mut TcpStream, status: StatusCode, message: &str) {
+    let body = error_body(status, message);
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         access-control-allow-origin: *\r\nconnection: close\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    );
+    let deadline = Instant::now() + DRAIN_TIME;
+    if !matches!(
+        timeout_at(deadline, stream.write_all(response.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let (mut drained, mut sink) = (0, [0u8; 8192]);
+    while drained < DRAIN_BYTES {
+        match timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n @ 1..)) => drained += n,
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
