@@ -3,7 +3,10 @@
 //! the release binary: RSS at start, middle and end, open file descriptors before
 //! and after, and whether `/key_status` accounts for every request exactly.
 //!
-//! Run: `cargo bench --bench soak` (`SOAK_REQUESTS`, `SOAK_STREAMS` to resize).
+//! Run: `cargo bench --bench soak` (`SOAK_REQUESTS`, `SOAK_STREAMS`, `SOAK_ROUNDS` to
+//! resize; `E2E_PROXY_BIN` for another build). `SOAK_TRIM=1` also asks a glibc build,
+//! through gdb, to `malloc_trim(0)` after each round and reports RSS after that: the
+//! memory actually in use, as opposed to what the allocator keeps for later.
 //! Under `cargo test` it runs a small version of itself.
 
 // Shared with the e2e benchmark, which uses all of it; this one needs only part.
@@ -25,6 +28,32 @@ use procs::{rss_mb, spawn_mock, start_proxy, PROXY_KEY};
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Has glibc give freed pages back (gdb calls `malloc_trim(0)` in the proxy) and returns
+/// the RSS after it, or `None` when that is not possible (no gdb, not glibc).
+fn rss_after_trim(pid: u32) -> Option<f64> {
+    let output = std::process::Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "call (int) malloc_trim(0)",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .contains("$1 = ")
+        .then(|| rss_mb(pid))
+}
+
+fn series(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What the clients saw, by status.
@@ -91,6 +120,8 @@ fn main() {
     };
     let total = var("SOAK_REQUESTS", if full { 1_000_000 } else { 2_000 });
     let streams = var("SOAK_STREAMS", if full { 10_000 } else { 50 }) as usize;
+    let rounds = var("SOAK_ROUNDS", 10).max(2);
+    let trim = std::env::var_os("SOAK_TRIM").is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,12 +134,13 @@ fn main() {
         let target = Target { url: format!("http://127.0.0.1:{port}/api/v1"), auth: Some(format!("Bearer {PROXY_KEY}")) };
         let seen = Arc::new(Seen::default());
         let started = Instant::now();
-        // Ten rounds, each a tenth of the requests then a tenth of the streams (at most 1,000 open
-        // at once). "Start" is after round 1, once pools and buffers have their working size.
-        let (mut rss, mut fds, mut stream_chunks) = (Vec::new(), Vec::new(), 0);
-        for round in 0..10u64 {
-            requests(&target, total * round / 10..total * (round + 1) / 10, &seen).await;
-            let (from, to) = (streams * round as usize / 10, streams * (round as usize + 1) / 10);
+        // Each round a share of the requests, then the same share of the streams (at most 1,000
+        // open at once). "Start" is after round 1, once pools and buffers have their working size.
+        let (mut rss, mut trimmed, mut fds, mut stream_chunks) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let share = |n: u64, round: u64| n * round / rounds;
+        for round in 0..rounds {
+            requests(&target, share(total, round)..share(total, round + 1), &seen).await;
+            let (from, to) = (share(streams as u64, round) as usize, share(streams as u64, round + 1) as usize);
             for batch_start in (from..to).step_by(1000) {
                 let run = load::streams(&target, (to - batch_start).min(1000), 5, 10, || {}).await;
                 assert_eq!(run.failed, 0, "streams failed");
@@ -117,10 +149,15 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             rss.push(rss_mb(pid));
             fds.push(open_fds(pid));
-            eprintln!("round {}: proxy RSS {:.1} MB, {} fds", round + 1, rss[round as usize], fds[round as usize]);
+            if trim {
+                trimmed.extend(rss_after_trim(pid));
+            }
+            eprintln!("round {}: proxy RSS {:.1} MB{}, {} fds", round + 1, rss[rss.len() - 1],
+                trimmed.last().filter(|_| trim).map(|t| format!(" ({t:.1} MB after malloc_trim)")).unwrap_or_default(),
+                fds[fds.len() - 1]);
         }
-        let (rss_start, rss_mid, rss_end) = (rss[0], rss[4], rss[9]);
-        let (fds_before, fds_after) = (fds[0], fds[9]);
+        let (first, middle, last) = (0, rounds as usize / 2 - 1, rounds as usize - 1);
+        let (fds_before, fds_after) = (fds[first], fds[last]);
         let elapsed = started.elapsed();
 
         let status = load::client()
@@ -142,10 +179,17 @@ fn main() {
         let _ = mock.kill();
         let _ = mock.wait();
 
-        println!("\nsoak: {total} requests + {streams} streams ({stream_chunks} chunks) in {:.0} s", elapsed.as_secs_f64());
+        println!("\nsoak: {total} requests + {streams} streams ({stream_chunks} chunks) in {rounds} rounds, {:.0} s", elapsed.as_secs_f64());
         println!("| measure | value |\n|---|---|");
         println!("| requests answered 200 / 429 / 500 | {ok} / {limited} / {errors} |");
-        println!("| proxy RSS after round 1 / 5 / 10 | {rss_start:.1} / {rss_mid:.1} / {rss_end:.1} MB |");
+        let at = |values: &[f64], name: &str| {
+            if values.len() == rss.len() {
+                println!("| {name} after round 1 / {} / {} | {:.1} / {:.1} / {:.1} MB |", middle + 1, last + 1, values[first], values[middle], values[last]);
+                println!("| {name}, every round | {} MB |", series(values));
+            }
+        };
+        at(&rss, "proxy RSS");
+        at(&trimmed, "proxy RSS after malloc_trim");
         println!("| proxy open file descriptors after round 1 / at the end | {fds_before} / {fds_after} |");
         let accounted = [
             ("attempts", sum("requests"), total + streams),

@@ -83,7 +83,9 @@ pub async fn read(stream: &mut TcpStream, limit: Duration) -> FirstHead {
         };
         match verdict {
             Verdict::Incomplete => {}
-            Verdict::Pass => return FirstHead::Serve(buf.freeze()),
+            // An exact-size copy: the read buffer is sized for the worst case, and what is
+            // replayed lives as long as hyper takes to read it.
+            Verdict::Pass => return FirstHead::Serve(Bytes::copy_from_slice(&buf)),
             Verdict::Refuse(status, message) => {
                 refuse(stream, status, message).await;
                 return FirstHead::Refused(status);

@@ -32,7 +32,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         }
         let n = self.head.len().min(buf.remaining());
         buf.put_slice(&self.head[..n]);
-        self.head.advance(n);
+        if n == self.head.len() {
+            // Free the replayed bytes now rather than when the connection ends.
+            self.head = Bytes::new();
+        } else {
+            self.head.advance(n);
+        }
         Poll::Ready(Ok(()))
     }
 }
