@@ -26,7 +26,7 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long, and how much, a refused client's unread bytes are drained so that closing
 /// the socket does not reset the connection before the client has read the refusal.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
-const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_BYTES: u64 = 1024 * 1024;
 
 /// The one refusal hyper would not make: it reads such a body as chunked (RFC 9112).
 pub const BOTH_FRAMINGS: &str = "request has both Content-Length and Transfer-Encoding";
@@ -215,13 +215,10 @@ async fn refuse(stream: &mut TcpStream, status: StatusCode, message: &str) {
         return;
     }
     let _ = stream.shutdown().await;
-    let (mut drained, mut sink) = (0, [0u8; 8192]);
-    while drained < DRAIN_BYTES {
-        match timeout_at(deadline, stream.read(&mut sink)).await {
-            Ok(Ok(n @ 1..)) => drained += n,
-            _ => break,
-        }
-    }
+    // `copy` allocates its buffer only here; a buffer on this future's stack would make
+    // every connection's task that much larger for its whole life.
+    let mut rest = (&mut *stream).take(DRAIN_BYTES);
+    let _ = timeout_at(deadline, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await;
 }
 
 #[cfg(test)]
