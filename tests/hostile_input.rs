@@ -320,3 +320,30 @@ async fn a_broken_second_head_on_a_kept_alive_connection_is_refused_by_hyper() {
     assert!(text.contains("HTTP/1.1 400"), "{text}");
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_head_arriving_in_pieces_is_served_once_whole() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let request = post("/api/v1/chat/completions", &json_auth(), FREE_BODY);
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    // Split inside the request line, inside a header and inside the blank line.
+    let blank = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    for piece in [
+        &request[..7],
+        &request[7..40],
+        &request[40..blank + 2],
+        &request[blank + 2..],
+    ] {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut out))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let response = String::from_utf8_lossy(&out[..n]);
+    assert_eq!(status(&response), 200, "{response}");
+    assert_eq!(upstream.requests()[0].body.as_ref(), FREE_BODY.as_bytes());
+}

@@ -75,11 +75,11 @@ pub async fn read(stream: &mut TcpStream, limit: Duration) -> FirstHead {
                 "request head not received within HEADER_READ_TIMEOUT",
             ),
             // Parsing only once the end of the head has arrived keeps a dribbling client
-            // from costing a parse per byte.
+            // from costing a parse per byte (the HTTP/2 preface ends like a head, too).
             Some(Ok(_)) if ends_head(&buf[scanned..]) || buf.len() >= MAX_HEAD_BYTES => {
                 inspect(&buf)
             }
-            Some(Ok(_)) => preface_verdict(&buf).unwrap_or(Verdict::Incomplete),
+            Some(Ok(_)) => Verdict::Incomplete,
         };
         match verdict {
             Verdict::Incomplete => {}
