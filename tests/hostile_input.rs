@@ -347,3 +347,26 @@ async fn a_head_arriving_in_pieces_is_served_once_whole() {
     assert_eq!(status(&response), 200, "{response}");
     assert_eq!(upstream.requests()[0].body.as_ref(), FREE_BODY.as_bytes());
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_left_idle_is_closed_after_the_header_timeout() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("HEADER_READ_TIMEOUT", "1")]).await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!("GET /api/v1/models HTTP/1.1\r\nHost: p\r\n{}\r\n", auth());
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || buf[..n].starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(idle.elapsed() >= Duration::from_millis(900));
+}

@@ -68,7 +68,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["HEADER_READ_TIMEOUT"],
         default: "30",
-        help: "seconds a client has, from connecting, to send its first request head (0 = no limit)",
+        help: "seconds a client has, from connecting, to send its first request head, and then each next one (0 = no limit)",
     },
     Variable {
         names: &["FREE_RPM"],
