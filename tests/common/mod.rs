@@ -313,15 +313,19 @@ impl Answer {
     /// Asserts the OpenRouter error shape with this code.
     pub fn assert_error(&self, code: u16) {
         assert_eq!(self.status, code, "{}", self.text());
-        let json = self.json();
-        assert_eq!(json["error"]["code"], code, "{json}");
-        assert!(
-            json["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{json}"
-        );
+        assert_error_shape(&self.json(), code);
     }
+}
+
+/// Asserts `{"error":{"code":code,"message":"<not empty>"}}`.
+pub fn assert_error_shape(json: &serde_json::Value, code: u16) {
+    assert_eq!(json["error"]["code"], code, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{json}"
+    );
 }
 
 pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
