@@ -37,6 +37,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Connections still sending their first head have no request to finish: dropping this
+    // sender ends them as shutdown begins, instead of holding it up for HEADER_READ_TIMEOUT.
+    let (closing, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -55,8 +58,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let mut closing = closing.subscribe();
         tokio::spawn(async move {
-            let head = match first_head::read(&mut stream, app.config.header_read_timeout).await {
+            let first_head = tokio::select! {
+                head = first_head::read(&mut stream, app.config.header_read_timeout) => head,
+                _ = closing.changed() => return,
+            };
+            let head = match first_head {
                 FirstHead::Serve(head) => head,
                 FirstHead::Refused(status) => {
                     app.metrics
@@ -76,7 +84,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             }
         });
     }
-    drop(listener);
+    drop((listener, closing));
     info!(
         "shutting down: waiting up to {}s for in-flight requests",
         app.config.shutdown_grace.as_secs()

@@ -326,3 +326,19 @@ async fn a_second_signal_exits_at_once_after_writing_the_state() {
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["keys"][0]["daily_used"], 1, "{saved}");
 }
+
+#[tokio::test]
+async fn connections_that_never_sent_a_request_do_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::ok().await;
+    let vars = [("SHUTDOWN_GRACE", "60"), ("HEADER_READ_TIMEOUT", "60")];
+    let mut proxy = Running::start(&upstream.base_url(), &dir.path().join("s.json"), &vars).await;
+    let silent = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let mut half_sent = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    std::io::Write::write_all(&mut half_sent, b"GET /api/v1/models HTTP/1.1\r\n").unwrap();
+    assert_eq!(proxy.chat("openai/gpt-4o").await.status, 200);
+    proxy.signal("TERM");
+    // Both limits are 60 s: an exit well before that means neither connection was waited for.
+    assert!(proxy.wait(Duration::from_secs(10)).success());
+    drop((silent, half_sent));
+}
