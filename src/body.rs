@@ -4,9 +4,10 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::relay::SseRelay;
@@ -16,23 +17,75 @@ use crate::relay::SseRelay;
 pub enum ReadError {
     /// Larger than `MAX_BODY_BYTES`.
     TooLarge,
+    /// The client paused longer than `REQUEST_BODY_TIMEOUT`.
+    Stalled,
     /// The client's framing was broken or the connection dropped.
     Broken,
 }
 
-/// Reads a whole request body, refusing more than `cap` bytes.
+/// Reads a whole request body, refusing more than `cap` bytes or a pause of more
+/// than `pause` between two pieces (zero: no limit).
 ///
 /// A body that arrives in one frame (the usual case) is returned without any
 /// copy; several frames are copied once into one buffer. The result is kept
 /// for retries, where cloning it costs a reference count.
-pub async fn read_capped(body: Incoming, cap: usize) -> Result<Bytes, ReadError> {
+pub async fn read_capped(
+    mut body: Incoming,
+    cap: usize,
+    pause: Duration,
+) -> Result<Bytes, ReadError> {
     if body.size_hint().lower() > cap as u64 {
         return Err(ReadError::TooLarge);
     }
-    match Limited::new(body, cap).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
-        Err(_) => Err(ReadError::Broken),
+    let mut joined = Joined::default();
+    loop {
+        let next = if pause.is_zero() {
+            body.frame().await
+        } else {
+            tokio::time::timeout(pause, body.frame())
+                .await
+                .map_err(|_| ReadError::Stalled)?
+        };
+        let Some(frame) = next else {
+            return Ok(joined.into_bytes());
+        };
+        let Ok(data) = frame.map_err(|_| ReadError::Broken)?.into_data() else {
+            continue;
+        };
+        if joined.len() + data.len() > cap {
+            return Err(ReadError::TooLarge);
+        }
+        joined.push(data);
+    }
+}
+
+/// Frames joined into one `Bytes`: the first is kept as it came, a second one
+/// makes the only copy.
+#[derive(Default)]
+struct Joined {
+    first: Option<Bytes>,
+    copied: BytesMut,
+}
+
+impl Joined {
+    fn push(&mut self, data: Bytes) {
+        match self.first.take() {
+            None if self.copied.is_empty() => self.first = Some(data),
+            first => {
+                if let Some(first) = first {
+                    self.copied.extend_from_slice(&first);
+                }
+                self.copied.extend_from_slice(&data);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.copied.len(), Bytes::len)
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.copied.freeze())
     }
 }
 
@@ -59,13 +112,14 @@ impl Held {
 /// whitespace (OpenRouter's heartbeats) have arrived. A body that arrives in
 /// one frame is held without a copy.
 pub async fn hold(mut body: Incoming, limit: usize) -> Result<Held, hyper::Error> {
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
+    let mut joined = Joined::default();
     let mut significant = 0usize;
     while significant <= limit {
         let Some(frame) = body.frame().await else {
-            let bytes = first.unwrap_or_else(|| joined.freeze());
-            return Ok(Held { bytes, rest: None });
+            return Ok(Held {
+                bytes: joined.into_bytes(),
+                rest: None,
+            });
         };
         let Ok(data) = frame?.into_data() else {
             continue;
@@ -75,19 +129,10 @@ pub async fn hold(mut body: Incoming, limit: usize) -> Result<Held, hyper::Error
         } else {
             data.len()
         };
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            held => {
-                if let Some(held) = held {
-                    joined.extend_from_slice(&held);
-                }
-                joined.extend_from_slice(&data);
-            }
-        }
+        joined.push(data);
     }
-    let bytes = first.unwrap_or_else(|| joined.freeze());
     Ok(Held {
-        bytes,
+        bytes: joined.into_bytes(),
         rest: Some(body),
     })
 }

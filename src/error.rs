@@ -17,6 +17,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// A method the proxy never forwards (CONNECT).
     MethodNotAllowed,
+    /// The client stopped sending its body for longer than `REQUEST_BODY_TIMEOUT`.
+    BodyTimeout,
 
     /// No key can serve before the wait limit.
     NoKey {
@@ -38,6 +40,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
 
             ProxyError::NoKey { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -55,6 +58,9 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed => {
                 "the proxy forwards only to OpenRouter; CONNECT is not supported".to_owned()
+            }
+            ProxyError::BodyTimeout => {
+                "the request body stopped arriving for longer than REQUEST_BODY_TIMEOUT".to_owned()
             }
 
             ProxyError::NoKey { message, .. } => message.clone(),

@@ -72,14 +72,19 @@ pub async fn forward(
     }
     let uri = upstream_uri(&app.config.upstream, path, parts.uri.query())
         .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))?;
-    let body = read_capped(body, app.config.max_body_bytes)
-        .await
-        .map_err(|err| match err {
-            ReadError::TooLarge => ProxyError::PayloadTooLarge {
-                limit: app.config.max_body_bytes,
-            },
-            ReadError::Broken => ProxyError::BadRequest("the request body could not be read"),
-        })?;
+    let body = read_capped(
+        body,
+        app.config.max_body_bytes,
+        app.config.request_body_timeout,
+    )
+    .await
+    .map_err(|err| match err {
+        ReadError::TooLarge => ProxyError::PayloadTooLarge {
+            limit: app.config.max_body_bytes,
+        },
+        ReadError::Stalled => ProxyError::BodyTimeout,
+        ReadError::Broken => ProxyError::BadRequest("the request body could not be read"),
+    })?;
     let declared_json = parts.headers.get(CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()
             .windows(4)

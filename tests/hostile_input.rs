@@ -359,3 +359,27 @@ async fn a_kept_alive_connection_left_idle_is_closed_after_the_header_timeout() 
     );
     assert!(idle.elapsed() >= Duration::from_millis(900));
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_a_408_and_costs_no_quota() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("REQUEST_BODY_TIMEOUT", "1")]).await;
+    let head = format!(
+        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\n{}Content-Length: {}\r\n\r\n",
+        json_auth(),
+        FREE_BODY.len()
+    );
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&FREE_BODY.as_bytes()[..10]).await.unwrap();
+    let paused = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let response = String::from_utf8_lossy(&out);
+    assert_eq!(status(&response), 408, "{response}");
+    assert_openrouter_error(&response, 408, "stalled body");
+    assert!(paused.elapsed() >= Duration::from_millis(900));
+    assert!(upstream.requests().is_empty());
+    let status = get(&proxy, "/key_status").await.json();
+    assert_eq!(status["keys"][0]["totals"]["requests"], 0);
+}

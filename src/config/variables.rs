@@ -71,6 +71,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds a client has, from connecting, to send its first request head, and then each next one (0 = no limit)",
     },
     Variable {
+        names: &["REQUEST_BODY_TIMEOUT"],
+        default: "30",
+        help: "seconds a client may pause while sending a request body before it gets a 408 (0 = no limit)",
+    },
+    Variable {
         names: &["FREE_RPM"],
         default: "20",
         help: "free-model requests per minute per key (OpenRouter's limit)",
