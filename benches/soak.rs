@@ -147,14 +147,13 @@ fn main() {
                 stream_chunks += run.chunks;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            rss.push(rss_mb(pid));
-            fds.push(open_fds(pid));
-            if trim {
-                trimmed.extend(rss_after_trim(pid));
-            }
-            eprintln!("round {}: proxy RSS {:.1} MB{}, {} fds", round + 1, rss[rss.len() - 1],
-                trimmed.last().filter(|_| trim).map(|t| format!(" ({t:.1} MB after malloc_trim)")).unwrap_or_default(),
-                fds[fds.len() - 1]);
+            let (resident, open) = (rss_mb(pid), open_fds(pid));
+            let after_trim = if trim { rss_after_trim(pid) } else { None };
+            eprintln!("round {}: proxy RSS {resident:.1} MB{}, {open} fds", round + 1,
+                after_trim.map(|t| format!(" ({t:.1} MB after malloc_trim)")).unwrap_or_default());
+            rss.push(resident);
+            fds.push(open);
+            trimmed.extend(after_trim);
         }
         let (first, middle, last) = (0, rounds as usize / 2 - 1, rounds as usize - 1);
         let (fds_before, fds_after) = (fds[first], fds[last]);

@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     let (closing, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let mut stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
@@ -54,7 +54,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
             () = &mut shutdown => break,
         };
-        let mut stream = stream;
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let (builder, watcher) = (builder.clone(), graceful.watcher());

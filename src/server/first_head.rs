@@ -59,7 +59,8 @@ pub async fn read(stream: &mut TcpStream, limit: Duration) -> FirstHead {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let room = MAX_HEAD_BYTES - buf.len();
-        buf.reserve(room.min(buf.len().max(4096)));
+        // BytesMut at least doubles when it grows, so this stays a few reallocations.
+        buf.reserve(room.min(4096));
         let scanned = buf.len().saturating_sub(2);
         let mut window = (&mut buf).limit(room);
         let read = stream.read_buf(&mut window);
