@@ -35,10 +35,10 @@ fn select(c: &mut Criterion) {
         let keys = pool(n);
         let now = now_ms();
         group.bench_with_input(BenchmarkId::new("free", n), &n, |b, _| {
-            b.iter(|| black_box(keys.pick(black_box(Demand::Free), now)));
+            b.iter(|| black_box(keys.pick(black_box(Demand::Free), now, &[])));
         });
         group.bench_with_input(BenchmarkId::new("paid_lru", n), &n, |b, _| {
-            b.iter(|| black_box(keys.pick(black_box(Demand::Other), now)));
+            b.iter(|| black_box(keys.pick(black_box(Demand::Other), now, &[])));
         });
     }
     group.finish();

@@ -15,18 +15,14 @@ use log::warn;
 
 use crate::body::{hold, ProxyBody};
 use crate::error::ProxyError;
-use crate::keys::{now_ms, BlockReason, Demand, Outcome, Shortage, Unavailable};
+use crate::keys::{now_ms, Demand, Outcome, Pick, Shortage, Unavailable};
 use crate::outcome::{classify, error_object, Verdict};
 use crate::proxy::App;
+use crate::reaction::{reaction, Retry};
 use crate::upstream::strip_hop_by_hop;
 
 /// The most of an upstream body held back to look for an error before committing to it.
 pub const INSPECT_LIMIT: usize = 64 * 1024;
-/// How long a key is parked after a 401 (not forever: OpenRouter has 401'd everyone during incidents).
-const UNAUTHORIZED_BLOCK_MS: i64 = 5 * 60_000;
-const PER_MINUTE_BLOCK_MS: i64 = 60_000;
-const CREDITS_BLOCK_MS: i64 = 5 * 60_000;
-const KEY_LIMIT_BLOCK_MS: i64 = 60 * 60_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the proxy sends upstream, kept so every attempt can be rebuilt from it.
@@ -71,6 +67,10 @@ pub struct Journey {
     pub outgoing: Outgoing,
     pub attempts: u32,
     pub last_key: Option<usize>,
+    /// What the latest pick took, given back if its attempt never reached OpenRouter.
+    last_pick: Option<Pick>,
+    /// Keys that refused this request as too large for their balance (not parked for others).
+    excluded: Vec<usize>,
     /// When the request arrived.
     started: Instant,
     /// When the latest upstream response headers arrived.
@@ -85,6 +85,8 @@ impl Journey {
             outgoing,
             attempts: 0,
             last_key: None,
+            last_pick: None,
+            excluded: Vec::new(),
             started,
             headers_at: None,
         }
@@ -106,7 +108,10 @@ impl Journey {
         let mut last_answer: Option<Response<ProxyBody>> = None;
         loop {
             let key = match self.acquire().await {
-                Ok(key) => key,
+                Ok(pick) => {
+                    self.last_pick = Some(pick);
+                    pick.index
+                }
                 Err(err) => return last_answer.map_or(Settled::Failed(err), Settled::Answer),
             };
             self.attempts += 1;
@@ -116,10 +121,10 @@ impl Journey {
                     Inspected::Done(settled) => return settled,
                     Inspected::Failed(verdict, answer) => (verdict, answer),
                 },
-                Err(ProxyError::UpstreamUnreachable) => (Verdict::Network, None),
-                Err(err) => {
+                Err(Sent::Failed(verdict)) => (verdict, None),
+                Err(Sent::TimedOut) => {
                     self.app.keys.record(key, Outcome::Error);
-                    return Settled::Failed(err);
+                    return Settled::Failed(ProxyError::UpstreamTimeout);
                 }
             };
             if answer.is_some() {
@@ -128,16 +133,14 @@ impl Journey {
             match self.plan(key, verdict) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
-                    return last_answer.map_or(
-                        Settled::Failed(ProxyError::UpstreamUnreachable),
-                        Settled::Answer,
-                    )
+                    return last_answer
+                        .map_or_else(|| Settled::Failed(failure_of(verdict)), Settled::Answer)
                 }
             }
         }
     }
 
-    async fn acquire(&self) -> Result<usize, ProxyError> {
+    async fn acquire(&self) -> Result<Pick, ProxyError> {
         let config = &self.app.config;
         // The first attempt may wait MAX_WAIT; retries also stay inside MAX_RETRY_TIME.
         let wait = if self.attempts == 0 {
@@ -147,7 +150,7 @@ impl Journey {
         };
         self.app
             .keys
-            .acquire(self.outgoing.demand, wait)
+            .acquire(self.outgoing.demand, wait, &self.excluded)
             .await
             .map_err(|u| no_key(&self.app, u))
     }
@@ -160,7 +163,7 @@ impl Journey {
     }
 
     /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
-    async fn send(&mut self, key: usize) -> Result<Response<Incoming>, ProxyError> {
+    async fn send(&mut self, key: usize) -> Result<Response<Incoming>, Sent> {
         let request = self
             .outgoing
             .request(&self.app.keys.keys()[key].authorization);
@@ -179,12 +182,22 @@ impl Journey {
         } else {
             tokio::time::timeout(timeout, pending)
                 .await
-                .map_err(|_| ProxyError::UpstreamTimeout)?
+                .map_err(|_| Sent::TimedOut)?
         };
         let response = result.map_err(|err| {
-            warn!("request to OpenRouter failed: {err:?}");
-            ProxyError::UpstreamUnreachable
+            // A connect error (refused, DNS, TLS handshake, connect timeout) means the request
+            // never left; anything later may have been received and acted on.
+            if err.is_connect() {
+                warn!("could not reach OpenRouter: {err:?}");
+                Sent::Failed(Verdict::Unreached)
+            } else {
+                warn!("the connection to OpenRouter failed after the request was sent: {err:?}");
+                Sent::Failed(Verdict::Broken {
+                    nothing_generated: false,
+                })
+            }
         })?;
+        self.app.breaker.reached();
         let now = Instant::now();
         metrics.upstream_headers.observe(now - sent);
         self.headers_at = Some(now);
@@ -228,7 +241,13 @@ impl Journey {
                 .and_then(Result::ok)
         };
         let Some(start) = start else {
-            return Inspected::Failed(Verdict::Network, None);
+            // OpenRouter answered, but the body broke off: an error status had generated nothing.
+            return Inspected::Failed(
+                Verdict::Broken {
+                    nothing_generated: !status.is_success(),
+                },
+                None,
+            );
         };
         let error = if start.rest.is_none() {
             error_object(&start.bytes)
@@ -251,57 +270,50 @@ impl Journey {
         }
     }
 
-    /// Reacts to a failed attempt with key `key`: records it, blocks the key when
-    /// the failure is the key's, and returns how long to wait before the next
-    /// attempt, or `None` when no retry is allowed.
+    /// Reacts to a failed attempt with key `key`: records it, carries out what
+    /// [`reaction`] says for the verdict, and returns how long to wait before the
+    /// next attempt, or `None` when no retry is allowed.
     pub fn plan(&mut self, key: usize, verdict: Verdict) -> Option<Duration> {
-        let keys = &self.app.keys;
         let now = now_ms();
-        let outcome = match verdict {
-            Verdict::FreeDaily { .. }
-            | Verdict::FreePerMinute { .. }
-            | Verdict::ModelBusy { .. } => Outcome::RateLimited,
-            _ => Outcome::Error,
-        };
-        keys.record(key, outcome);
+        let react = reaction(verdict, now);
+        self.app.keys.record(key, react.outcome);
         self.app.metrics.count_error(verdict);
-        let block = |until: i64, reason| {
-            keys.block(key, until, reason, now);
-            Duration::ZERO
+        if react.give_back {
+            if let Some(pick) = self.last_pick.take() {
+                self.app.keys.give_back(pick);
+            }
+            self.app.breaker.unreached();
+        }
+        if let Some((until, reason)) = react.block {
+            self.app.keys.block(key, until, reason, now);
+        }
+        if let Some(reset) = react.exhaust_daily {
+            self.app.keys.exhaust_daily(key, reset, now);
+        }
+        if react.exclude {
+            self.excluded.push(key);
+        }
+        let delay = match react.retry {
+            Retry::No => None,
+            Retry::Now => Some(Duration::ZERO),
+            Retry::After(delay) => Some(delay),
+            Retry::Backoff => Some(self.backoff()),
+            Retry::BackoffIfIdempotent => self.outgoing_is_idempotent().then(|| self.backoff()),
+            Retry::BackoffUnlessDown => (!self.app.breaker.is_open()).then(|| self.backoff()),
         };
-        let delay = match verdict {
-            Verdict::Success | Verdict::Rejected => return None,
-            Verdict::FreeDaily { reset_ms } => {
-                keys.exhaust_daily(key, reset_ms, now);
-                Duration::ZERO
-            }
-            Verdict::FreePerMinute { reset_ms } => block(
-                reset_ms.unwrap_or(now + PER_MINUTE_BLOCK_MS),
-                BlockReason::PerMinuteLimit,
-            ),
-            Verdict::Credits { retry_after } => {
-                let park = retry_after.map_or(CREDITS_BLOCK_MS, |d| d.as_millis() as i64);
-                block(now + park, BlockReason::Credits)
-            }
-            Verdict::KeyLimit { reset_ms } => block(
-                reset_ms.unwrap_or(now + KEY_LIMIT_BLOCK_MS),
-                BlockReason::KeyLimit,
-            ),
-            Verdict::Unauthorized => block(now + UNAUTHORIZED_BLOCK_MS, BlockReason::Unauthorized),
-            Verdict::ModelBusy { retry_after } | Verdict::Server { retry_after } => {
-                retry_after.unwrap_or_else(|| self.backoff())
-            }
-            Verdict::Network => self.backoff(),
-        };
-        let allowed = self.attempts <= self.app.config.max_retries && delay <= self.remaining();
-        log_reaction(
-            &self.app,
-            key,
-            verdict,
-            allowed.then_some(delay),
-            self.attempts,
-        );
-        allowed.then_some(delay)
+        let allowed = delay.filter(|delay| {
+            self.attempts <= self.app.config.max_retries && *delay <= self.remaining()
+        });
+        log_reaction(&self.app, key, verdict, allowed, self.attempts);
+        allowed
+    }
+
+    /// Whether sending the request twice cannot do anything twice (RFC 9110 safe methods).
+    fn outgoing_is_idempotent(&self) -> bool {
+        matches!(
+            self.outgoing.method,
+            Method::GET | Method::HEAD | Method::OPTIONS
+        )
     }
 
     /// Exponential backoff from `RETRY_BACKOFF`, doubling per attempt, with jitter in [50%, 100%).
@@ -324,6 +336,20 @@ fn jitter() -> f64 {
         .build_hasher()
         .finish();
     (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Why an attempt produced no response head.
+enum Sent {
+    Failed(Verdict),
+    TimedOut,
+}
+
+/// The proxy's own error when retries end without any upstream answer to hand over.
+fn failure_of(verdict: Verdict) -> ProxyError {
+    match verdict {
+        Verdict::Broken { .. } => ProxyError::UpstreamBroken,
+        _ => ProxyError::UpstreamUnreachable,
+    }
 }
 
 enum Inspected {

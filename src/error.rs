@@ -25,8 +25,10 @@ pub enum ProxyError {
         message: String,
         retry_after_secs: u64,
     },
-    /// Upstream could not be reached or broke the connection.
+    /// Upstream could not be reached (connect, DNS, TLS).
     UpstreamUnreachable,
+    /// Upstream was reached but its answer broke off, and a retry could have run the request twice.
+    UpstreamBroken,
     /// Upstream sent no response headers in time.
     UpstreamTimeout,
 }
@@ -43,7 +45,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
 
             ProxyError::NoKey { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -67,6 +69,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => {
                 "could not reach OpenRouter (connection or TLS failure)".to_owned()
             }
+            ProxyError::UpstreamBroken => "OpenRouter was reached, but its answer broke off; not retried, as the request may already have been processed".to_owned(),
             ProxyError::UpstreamTimeout => {
                 "OpenRouter did not answer within UPSTREAM_TIMEOUT".to_owned()
             }

@@ -6,6 +6,7 @@
 pub mod attempts;
 pub mod auth;
 pub mod body;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod env_file;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod outcome;
 pub mod probe;
 pub mod proxy;
+pub mod reaction;
 pub mod relay;
 pub mod router;
 pub mod server;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::keys::{now_ms, Key, KeyPool};
+use crate::keys::{now_ms, KeyPool, KeySlot};
 use crate::outcome::Verdict;
 
 // Every figure is an independent counter or gauge: `Relaxed` throughout.
@@ -27,7 +27,7 @@ pub enum Route {
 const ROUTES: [&str; 4] = ["chat_completions", "other_proxied", "own", "malformed_head"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Classified upstream errors, as named by [`Verdict::class`].
-pub const ERROR_CLASSES: [&str; 9] = [
+pub const ERROR_CLASSES: [&str; 10] = [
     "free-daily",
     "free-per-minute",
     "provider-upstream",
@@ -35,7 +35,8 @@ pub const ERROR_CLASSES: [&str; 9] = [
     "key-limit",
     "auth",
     "server",
-    "network",
+    "unreachable",
+    "broken",
     "request",
 ];
 /// Histogram bucket upper bounds in microseconds.
@@ -192,24 +193,46 @@ impl Metrics {
 }
 
 /// One per-key figure: the key, today's date and now (epoch ms) give its value.
-type Figure = fn(&Key, u32, i64) -> f64;
+type Figure = fn(&KeySlot, u32, i64) -> f64;
 
 fn write_keys(out: &mut String, pool: &KeyPool) {
     let now = now_ms();
     let day = pool.calendar().today(now);
 
     let figures: [(&str, &str, &str, Figure); 5] = [
-        ("key_free_requests_today", "gauge", "Free-model requests used today.", |k, date, _| f64::from(k.used_on(date))),
-        ("key_daily_limit", "gauge", "Free-model daily limit in force.", |k, _, _| f64::from(k.daily_limit())),
-        ("key_blocked", "gauge", "1 while the key is blocked after an upstream refusal (or invalid).", |k, _, now| {
-            f64::from(u8::from(k.block_at(now).is_some() || k.probe.invalid()))
-        }),
-        ("key_blocked_seconds", "gauge", "Seconds until the key's block ends.", |k, _, now| {
-            k.block_at(now).map_or(0.0, |b| (b.until_ms - now) as f64 / 1e3)
-        }),
-        ("key_limiter_wait_seconds", "gauge", "Seconds until the key's per-minute limiter admits a free-model request, as of its last refusal.", |k, _, now| {
-            (k.throttled_until_ms() - now).max(0) as f64 / 1e3
-        }),
+        (
+            "key_free_requests_today",
+            "gauge",
+            "Free-model requests used today.",
+            |k, date, _| f64::from(k.used_on(date)),
+        ),
+        (
+            "key_daily_limit",
+            "gauge",
+            "Free-model daily limit in force.",
+            |k, _, _| f64::from(k.daily_limit()),
+        ),
+        (
+            "key_blocked",
+            "gauge",
+            "1 while the key is blocked after an upstream refusal (or invalid).",
+            |k, _, now| f64::from(u8::from(k.block_at(now).is_some() || k.probe.invalid())),
+        ),
+        (
+            "key_blocked_seconds",
+            "gauge",
+            "Seconds until the key's block ends.",
+            |k, _, now| {
+                k.block_at(now)
+                    .map_or(0.0, |b| (b.until_ms - now) as f64 / 1e3)
+            },
+        ),
+        (
+            "key_limiter_wait_seconds",
+            "gauge",
+            "Seconds until the key's per-minute limiter admits a free-model request.",
+            |k, _, now| (k.next_free_slot_ms(now) - now).max(0) as f64 / 1e3,
+        ),
     ];
     for (name, kind, help, figure) in figures {
         let _ = writeln!(

@@ -21,6 +21,9 @@ pub enum Verdict {
     FreePerMinute { reset_ms: Option<i64> },
     /// 402: the account needs credits (or a transient in-flight budget, with `retry_after`).
     Credits { retry_after: Option<Duration> },
+    /// 402 "requires more credits, or fewer max_tokens": this request is too large for the
+    /// account's balance; smaller requests still fit, so the key is not parked.
+    CreditsForRequest,
     /// 403 "Key limit exceeded": the key's own spend cap, until `reset_ms` if given.
     KeyLimit { reset_ms: Option<i64> },
     /// 401: the key was refused.
@@ -29,8 +32,12 @@ pub enum Verdict {
     ModelBusy { retry_after: Option<Duration> },
     /// An upstream failure (5xx, 408, 524, 529).
     Server { retry_after: Option<Duration> },
-    /// No response at all (connection refused, reset, TLS failure).
-    Network,
+    /// The request never reached OpenRouter (connect refused, DNS, TLS handshake, connect timeout).
+    Unreached,
+    /// OpenRouter was reached but its answer broke off or could not be read. `nothing_generated`
+    /// when the answer had already shown that no generation happened (an error status, or an
+    /// event stream before its first content event).
+    Broken { nothing_generated: bool },
 }
 
 impl Verdict {
@@ -42,12 +49,13 @@ impl Verdict {
             Verdict::Rejected => "request",
             Verdict::FreeDaily { .. } => "free-daily",
             Verdict::FreePerMinute { .. } => "free-per-minute",
-            Verdict::Credits { .. } => "credits",
+            Verdict::Credits { .. } | Verdict::CreditsForRequest => "credits",
             Verdict::KeyLimit { .. } => "key-limit",
             Verdict::Unauthorized => "auth",
             Verdict::ModelBusy { .. } => "provider-upstream",
             Verdict::Server { .. } => "server",
-            Verdict::Network => "network",
+            Verdict::Unreached => "unreachable",
+            Verdict::Broken { .. } => "broken",
         }
     }
 }
@@ -92,6 +100,9 @@ fn classify_status(code: u16, headers: &HeaderMap, error: &Value) -> Verdict {
             || error["availability"]["retryable"].as_bool() == Some(true) =>
         {
             Verdict::ModelBusy { retry_after }
+        }
+        402 if message.contains("fewer max_tokens") || message.contains("can only afford") => {
+            Verdict::CreditsForRequest
         }
         402 => Verdict::Credits { retry_after },
         403 if message.contains("Key limit exceeded") => Verdict::KeyLimit {

@@ -12,6 +12,7 @@ use log::{info, log_enabled, Level};
 use crate::attempts::{Journey, Outgoing, Settled};
 use crate::auth::authenticate;
 use crate::body::{read_capped, ProxyBody, ReadError};
+use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::keys::{Demand, KeyPool};
@@ -27,6 +28,8 @@ pub struct App {
     pub config: Config,
     pub keys: KeyPool,
     pub metrics: Metrics,
+    /// Whether OpenRouter is reachable at all (fail fast while it is not).
+    pub breaker: Breaker,
     pub(crate) client: UpstreamClient,
 }
 
@@ -39,6 +42,7 @@ impl App {
             config,
             keys,
             metrics: Metrics::default(),
+            breaker: Breaker::default(),
             client,
         })
     }

@@ -243,7 +243,11 @@ impl Body for SseRelay {
                                 return Poll::Ready(Some(Ok(Frame::data(out))));
                             }
                         }
-                        Some(Err(_)) if inspecting && this.retry(Verdict::Network) => {}
+                        Some(Err(_))
+                            if inspecting
+                                && this.retry(Verdict::Broken {
+                                    nothing_generated: true,
+                                }) => {}
                         Some(Err(_)) => {
                             let error =
                                 json!({"code": 502, "message": "the OpenRouter stream broke off"});

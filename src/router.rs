@@ -47,7 +47,7 @@ pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Proxy
     };
     let (kind, mut response) = match (request.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => {
-            (Route::Own, status::health(request.uri().query()))
+            (Route::Own, status::health(app, request.uri().query()))
         }
         (&Method::OPTIONS, _) => (Route::Own, preflight(&request)),
         (_, "/key_status" | "/key-status") => (

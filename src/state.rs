@@ -10,7 +10,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -29,21 +29,58 @@ struct StateDocument {
     keys: Vec<KeyRecord>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, PartialEq)]
 struct KeyRecord {
     /// SHA-256 prefix of the key.
     key: String,
     /// The quota day (`yyyymmdd` in `TIMEZONE`) `daily_used` belongs to.
     day: u32,
     daily_used: u32,
+    /// The block of every request (older files: any block, whatever its scope).
     block: Option<BlockRecord>,
-    totals: [u64; 4],
+    /// The block of free-model requests only (absent in older files).
+    #[serde(default)]
+    free_block: Option<BlockRecord>,
+    /// requests, successes, rate_limited, errors, unreached (older files: the first four).
+    totals: Vec<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, PartialEq)]
 struct BlockRecord {
     until_ms: i64,
     reason: String,
+}
+
+fn block_record(block: Block) -> BlockRecord {
+    BlockRecord {
+        until_ms: block.until_ms,
+        reason: block.reason.as_str().to_owned(),
+    }
+}
+
+/// Every key's record at `now`: what a write stores, and what decides whether one is due.
+fn records(pool: &KeyPool, now: i64) -> Vec<KeyRecord> {
+    let day = pool.calendar().today(now);
+    pool.keys()
+        .iter()
+        .map(|key| KeyRecord {
+            key: key.fingerprint.clone(),
+            day: day.date,
+            daily_used: key.used_on(day.date),
+            block: key.paid_block_at(now).map(block_record),
+            free_block: key.free_block_at(now).map(block_record),
+            totals: key.totals.values().to_vec(),
+        })
+        .collect()
+}
+
+fn document(pool: &KeyPool, keys: Vec<KeyRecord>, now: i64) -> String {
+    let document = StateDocument {
+        version: VERSION,
+        saved_at: pool.calendar().rfc3339(now),
+        keys,
+    };
+    serde_json::to_string_pretty(&document).expect("the state document serialises")
 }
 
 /// The current state of every key, as the file stores it.
@@ -53,27 +90,7 @@ struct BlockRecord {
 #[must_use]
 pub fn render(pool: &KeyPool) -> String {
     let now = now_ms();
-    let day = pool.calendar().today(now);
-    let keys = pool
-        .keys()
-        .iter()
-        .map(|key| KeyRecord {
-            key: key.fingerprint.clone(),
-            day: day.date,
-            daily_used: key.used_on(day.date),
-            block: key.block_at(now).map(|b| BlockRecord {
-                until_ms: b.until_ms,
-                reason: b.reason.as_str().to_owned(),
-            }),
-            totals: key.totals.values(),
-        })
-        .collect();
-    let document = StateDocument {
-        version: VERSION,
-        saved_at: pool.calendar().rfc3339(now),
-        keys,
-    };
-    serde_json::to_string_pretty(&document).expect("the state document serialises")
+    document(pool, records(pool, now), now)
 }
 
 /// Restores the state file at `path` into `pool`: today's counts, blocks still in
@@ -117,14 +134,18 @@ pub fn load(path: &Path, pool: &KeyPool) {
         } else {
             0
         };
-        let block = record.block.as_ref().and_then(|b| {
-            let reason = BlockReason::parse(&b.reason)?;
-            (b.until_ms > now).then_some(Block {
-                until_ms: b.until_ms,
-                reason,
+        let blocks: Vec<Block> = [&record.block, &record.free_block]
+            .into_iter()
+            .flatten()
+            .filter_map(|b| {
+                let reason = BlockReason::parse(&b.reason)?;
+                (b.until_ms > now).then_some(Block {
+                    until_ms: b.until_ms,
+                    reason,
+                })
             })
-        });
-        pool.restore(index, today, used, block, record.totals);
+            .collect();
+        pool.restore(index, today, used, &blocks, &record.totals);
         restored += 1;
     }
     info!(
@@ -139,14 +160,35 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes `contents` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
+/// Serialises writers: a write already running on a blocking thread (its task aborted at
+/// shutdown) finishes before the final flush renames its newer contents into place.
+static WRITING: Mutex<()> = Mutex::new(());
+
+/// A temporary name beside `path` that no other writer uses: process id and a random part.
+fn temporary_name(path: &Path) -> PathBuf {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    with_suffix(path, &format!(".{}.{random:016x}.tmp", std::process::id()))
+}
+
+/// Writes `contents` to `path` atomically: a temporary file beside it, created exclusively
+/// (never through an existing file or symlink), fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let temporary = with_suffix(path, ".tmp");
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
+    let _writing = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let temporary = temporary_name(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)?;
+    let written = file
+        .write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all());
     drop(file);
-    if let Err(err) = fs::rename(&temporary, path) {
+    if let Err(err) = written.and_then(|()| fs::rename(&temporary, path)) {
         let _ = fs::remove_file(&temporary);
         return Err(err);
     }
@@ -161,7 +203,8 @@ pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
 pub struct Persistence {
     app: Arc<App>,
     path: PathBuf,
-    last_written: String,
+    /// What the last successful write stored; `None` before the first one.
+    last_written: Option<Vec<KeyRecord>>,
     last_warning: Option<Instant>,
 }
 
@@ -171,22 +214,24 @@ impl Persistence {
         Persistence {
             app,
             path,
-            last_written: String::new(),
+            last_written: None,
             last_warning: None,
         }
     }
 
-    /// Writes the state if it changed since the last write. Runs the file I/O off the async workers.
+    /// Writes the state if a key's counts, blocks or totals changed since the last write
+    /// (the time of writing alone is no change). Runs the file I/O off the async workers.
     pub async fn flush(&mut self) {
-        let contents = render(&self.app.keys);
-        if contents == self.last_written {
+        let now = now_ms();
+        let keys = records(&self.app.keys, now);
+        if self.last_written.as_ref() == Some(&keys) {
             return;
         }
         let path = self.path.clone();
-        let written = contents.clone();
-        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &written)).await;
+        let contents = document(&self.app.keys, records(&self.app.keys, now), now);
+        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &contents)).await;
         match result {
-            Ok(Ok(())) => self.last_written = contents,
+            Ok(Ok(())) => self.last_written = Some(keys),
             Ok(Err(err)) => self.warn(&err.to_string()),
             Err(err) => self.warn(&err.to_string()),
         }

@@ -8,12 +8,19 @@ use crate::body::ProxyBody;
 use crate::keys::now_ms;
 use crate::proxy::App;
 
-/// `GET /health`: `OK`, or `{"status":"OK"}` with `?format=json`.
+/// `GET /health`: `OK` (the process serves), or with `?format=json` also whether
+/// OpenRouter is reachable: `{"status":"OK","upstream":"ok"}`, or `degraded` and
+/// `unreachable` while the circuit breaker is open.
 #[must_use]
-pub fn health(query: Option<&str>) -> Response<ProxyBody> {
+pub fn health(app: &App, query: Option<&str>) -> Response<ProxyBody> {
     let json = query.is_some_and(|q| q.split('&').any(|pair| pair == "format=json"));
     let (body, content_type) = if json {
-        (r#"{"status":"OK"}"#, "application/json")
+        let body = if app.breaker.is_open() {
+            r#"{"status":"degraded","upstream":"unreachable"}"#
+        } else {
+            r#"{"status":"OK","upstream":"ok"}"#
+        };
+        (body, "application/json")
     } else {
         ("OK", "text/plain; charset=utf-8")
     };
@@ -53,13 +60,14 @@ pub fn key_status(app: &App) -> Response<ProxyBody> {
                 "probe": key.probe.to_json(|ms| calendar.rfc3339(ms)),
                 "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
                 "block_reason": block.map(|b| b.reason.as_str()),
-                "next_free_slot_in_ms": (key.throttled_until_ms() - now).max(0),
+                "next_free_slot_in_ms": (key.next_free_slot_ms(now) - now).max(0),
                 "last_used": time(key.last_used_ms()),
                 "totals": {
                     "requests": load(&totals.requests),
                     "successes": load(&totals.successes),
                     "rate_limited": load(&totals.rate_limited),
                     "errors": load(&totals.errors),
+                    "unreached": load(&totals.unreached),
                 },
             })
         })

@@ -267,7 +267,10 @@ async fn health_and_cors_preflight_need_no_key_and_forward_nothing() {
             .unwrap(),
     )
     .await;
-    assert_eq!(json.json(), serde_json::json!({"status": "OK"}));
+    assert_eq!(
+        json.json(),
+        serde_json::json!({"status": "OK", "upstream": "ok"})
+    );
     let preflight = hyper::Request::builder()
         .method("OPTIONS")
         .uri(proxy.url("/api/v1/chat/completions"))

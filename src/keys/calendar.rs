@@ -4,7 +4,7 @@
 //! choose their own midnight. The day is rolled lazily by whoever asks first
 //! after midnight, so no timer task is needed and `/key_status` is never stale.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
@@ -16,11 +16,26 @@ pub struct Day {
     pub end_ms: i64,
 }
 
+/// Bits of the packed word that hold the day's end in epoch seconds (enough until the year 4000).
+const END_BITS: u32 = 37;
+
 /// The current quota day, rolled over lazily.
 pub struct Calendar {
     tz: TimeZone,
-    date: AtomicU32,
-    end_ms: AtomicI64,
+    /// `(yyyymmdd << END_BITS) | end in epoch seconds`: one word, so a reader never pairs
+    /// one day's date with another day's end. Day ends are whole seconds (local midnights).
+    day: AtomicU64,
+}
+
+fn pack(day: Day) -> u64 {
+    (u64::from(day.date) << END_BITS) | (day.end_ms.max(0) / 1000) as u64
+}
+
+fn unpack(word: u64) -> Day {
+    Day {
+        date: (word >> END_BITS) as u32,
+        end_ms: (word & ((1 << END_BITS) - 1)) as i64 * 1000,
+    }
 }
 
 impl Calendar {
@@ -29,25 +44,20 @@ impl Calendar {
         // end 0 makes the first `today` call compute the real day.
         Calendar {
             tz,
-            date: AtomicU32::new(0),
-            end_ms: AtomicI64::new(0),
+            day: AtomicU64::new(0),
         }
     }
 
-    /// The day `now_ms` falls in. Cheap (two atomic loads) except once per day.
+    /// The day `now_ms` falls in. Cheap (one atomic load) except once per day.
     pub fn today(&self, now_ms: i64) -> Day {
-        // Relaxed: two threads rolling at once compute and store the same values;
-        // a reader that briefly pairs an old date with a new end only delays its roll.
-        let end_ms = self.end_ms.load(Ordering::Relaxed);
-        if now_ms < end_ms {
-            return Day {
-                date: self.date.load(Ordering::Relaxed),
-                end_ms,
-            };
+        // Relaxed: the word is self-contained; nothing else is published through it.
+        let stored = unpack(self.day.load(Relaxed));
+        if now_ms < stored.end_ms {
+            return stored;
         }
         let day = day_containing(&self.tz, now_ms);
-        self.date.store(day.date, Ordering::Relaxed);
-        self.end_ms.store(day.end_ms, Ordering::Relaxed);
+        // Only ever forwards: a caller with an older `now_ms` never moves the day back.
+        self.day.fetch_max(pack(day), Relaxed);
         day
     }
 
@@ -141,6 +151,15 @@ mod tests {
         let tz = TimeZone::get("America/Santiago").unwrap();
         let day = day_containing(&tz, ms("2026-09-05T15:00:00Z"));
         assert_eq!(rfc3339(&tz, day.end_ms), "2026-09-06T01:00:00-03:00");
+    }
+
+    #[test]
+    fn a_late_caller_never_moves_the_stored_day_backwards() {
+        let cal = Calendar::new(TimeZone::UTC);
+        let tomorrow = cal.today(ms("2026-11-25T00:00:01Z"));
+        // A caller whose clock reading is from just before midnight is counted in the new day.
+        assert_eq!(cal.today(ms("2026-11-24T23:59:59Z")), tomorrow);
+        assert_eq!(cal.today(ms("2026-11-25T10:00:00Z")), tomorrow);
     }
 
     #[test]

@@ -6,24 +6,19 @@
 //! admits it now; other requests go to the least recently used unblocked key.
 
 mod calendar;
+mod gcra;
 mod probed;
 mod slot;
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::Quota;
-
 pub use calendar::{day_containing, rfc3339, Calendar, Day};
+pub use gcra::Gcra;
 pub use probed::{ProbeOutcome, ProbeReport, ProbeState};
 pub use slot::{Block, BlockReason, KeySlot, Outcome};
 
 use crate::config::Config;
-
-/// A key slot with the production limiter clock.
-pub type Key = KeySlot<DefaultClock>;
 
 /// The wall clock in epoch milliseconds.
 #[must_use]
@@ -60,27 +55,35 @@ pub struct Unavailable {
     pub reason: Shortage,
 }
 
+/// A key picked for one attempt, and what the pick took from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    pub index: usize,
+    /// The quota day a free-model pick was charged to (`None` for other requests).
+    pub charged: Option<u32>,
+}
+
 /// All configured keys.
-pub struct KeyPool<C: Clock = DefaultClock> {
-    keys: Box<[KeySlot<C>]>,
+pub struct KeyPool {
+    keys: Box<[KeySlot]>,
     calendar: Calendar,
     picks: AtomicU64,
 }
 
-impl KeyPool<DefaultClock> {
-    /// Builds the pool from the validated configuration.
-    #[must_use]
-    pub fn from_config(config: &Config) -> Self {
-        KeyPool::with_clock(config, &DefaultClock::default())
-    }
-
+impl KeyPool {
     /// Picks a key, waiting up to `max_wait` for a limiter or block to let one through.
-    pub async fn acquire(&self, demand: Demand, max_wait: Duration) -> Result<usize, Unavailable> {
-        let deadline = now_ms() + max_wait.as_millis() as i64;
+    /// Keys in `exclude` are not considered (this request already learned they cannot serve it).
+    pub async fn acquire(
+        &self,
+        demand: Demand,
+        max_wait: Duration,
+        exclude: &[usize],
+    ) -> Result<Pick, Unavailable> {
+        let deadline = now_ms().saturating_add(max_wait.as_millis() as i64);
         loop {
             let now = now_ms();
-            match self.pick(demand, now) {
-                Ok(index) => return Ok(index),
+            match self.pick(demand, now, exclude) {
+                Ok(pick) => return Ok(pick),
                 Err(unavailable) if unavailable.until_ms <= deadline => {
                     let wait = (unavailable.until_ms - now).max(1);
                     tokio::time::sleep(Duration::from_millis(wait as u64)).await;
@@ -89,24 +92,18 @@ impl KeyPool<DefaultClock> {
             }
         }
     }
-}
 
-impl<C: Clock + Clone> KeyPool<C> {
-    /// Builds the pool with a given limiter clock (tests use governor's fake clock).
+    /// Builds the pool from the validated configuration.
     ///
     /// # Panics
     /// If a key is not a valid header value, which configuration parsing rules out.
     #[must_use]
-    pub fn with_clock(config: &Config, clock: &C) -> Self {
-        let rpm = NonZeroU32::new(config.free_rpm).expect("FREE_RPM is validated to be at least 1");
-        let burst =
-            NonZeroU32::new(config.free_burst).expect("FREE_BURST is validated to be at least 1");
-        let quota = Quota::per_minute(rpm).allow_burst(burst);
+    pub fn from_config(config: &Config) -> Self {
         let keys = config
             .keys
             .iter()
             .map(|spec| {
-                KeySlot::new(spec, quota, clock.clone())
+                KeySlot::new(spec, config.free_rpm, config.free_burst)
                     .expect("keys are validated as header values")
             })
             .collect();
@@ -119,7 +116,7 @@ impl<C: Clock + Clone> KeyPool<C> {
 
     /// The keys in configuration order.
     #[must_use]
-    pub fn keys(&self) -> &[KeySlot<C>] {
+    pub fn keys(&self) -> &[KeySlot] {
         &self.keys
     }
 
@@ -128,27 +125,49 @@ impl<C: Clock + Clone> KeyPool<C> {
         &self.calendar
     }
 
-    /// Picks the best key for `demand` at `now_ms`, taking its limiter token and
-    /// quota unit, or says when the soonest key frees up.
-    pub fn pick(&self, demand: Demand, now_ms: i64) -> Result<usize, Unavailable> {
+    /// Picks the best key for `demand` at `now_ms` (never one in `exclude`), taking its
+    /// limiter slot and quota unit, or says when the soonest key frees up.
+    pub fn pick(
+        &self,
+        demand: Demand,
+        now_ms: i64,
+        exclude: &[usize],
+    ) -> Result<Pick, Unavailable> {
         let day = self.calendar.today(now_ms);
         // Each round either claims a key or learns that its best candidate is
         // throttled or out of quota (and skips it next round), so it ends.
         for _ in 0..=self.keys.len() {
             let index = self
-                .best_candidate(demand, day, now_ms)
-                .ok_or_else(|| self.shortage(demand, day, now_ms))?;
-            if self.claim(index, demand, day, now_ms) {
-                return Ok(index);
+                .best_candidate(demand, day, now_ms, exclude)
+                .ok_or_else(|| self.shortage(demand, day, now_ms, exclude))?;
+            if let Some(pick) = self.claim(index, demand, day, now_ms) {
+                return Ok(pick);
             }
         }
-        Err(self.shortage(demand, day, now_ms))
+        Err(self.shortage(demand, day, now_ms, exclude))
     }
 
-    fn best_candidate(&self, demand: Demand, day: Day, now_ms: i64) -> Option<usize> {
+    /// Gives back what `pick` took (its quota unit and limiter slot): its attempt never
+    /// reached OpenRouter, so OpenRouter counted nothing.
+    pub fn give_back(&self, pick: Pick) {
+        let key = &self.keys[pick.index];
+        if let Some(date) = pick.charged {
+            key.release_daily(date);
+            key.give_back_slot();
+        }
+    }
+
+    fn best_candidate(
+        &self,
+        demand: Demand,
+        day: Day,
+        now_ms: i64,
+        exclude: &[usize],
+    ) -> Option<usize> {
         let mut best: Option<(usize, u64, u64, u64)> = None; // (index, remaining, limit, last_pick)
         for (index, key) in self.keys.iter().enumerate() {
-            if Self::available_from(key, demand, day, now_ms).0 > now_ms {
+            if exclude.contains(&index) || Self::available_from(key, demand, day, now_ms).0 > now_ms
+            {
                 continue;
             }
             let limit = u64::from(key.daily_limit());
@@ -170,15 +189,19 @@ impl<C: Clock + Clone> KeyPool<C> {
     }
 
     /// When `key` can next serve `demand` (≤ `now_ms` means now), and what holds it back.
-    fn available_from(key: &KeySlot<C>, demand: Demand, day: Day, now_ms: i64) -> (i64, Shortage) {
+    fn available_from(key: &KeySlot, demand: Demand, day: Day, now_ms: i64) -> (i64, Shortage) {
         let mut from = (now_ms, Shortage::Throttled);
-        if let Some(block) = key.block_at(now_ms) {
-            if demand == Demand::Free || block.reason.blocks_paid() {
-                let reason = if block.reason == BlockReason::DailyLimit {
-                    Shortage::DailyLimit
-                } else {
-                    Shortage::Blocked
-                };
+        let free_block = key.free_block_at(now_ms).filter(|_| demand == Demand::Free);
+        for block in [key.paid_block_at(now_ms), free_block]
+            .into_iter()
+            .flatten()
+        {
+            let reason = if block.reason == BlockReason::DailyLimit {
+                Shortage::DailyLimit
+            } else {
+                Shortage::Blocked
+            };
+            if block.until_ms > from.0 {
                 from = (block.until_ms, reason);
             }
         }
@@ -193,34 +216,35 @@ impl<C: Clock + Clone> KeyPool<C> {
             if key.used_on(day.date) >= key.daily_limit() && day.end_ms > from.0 {
                 from = (day.end_ms, Shortage::DailyLimit);
             }
-            if key.throttled_until_ms() > from.0 {
-                from = (key.throttled_until_ms(), Shortage::Throttled);
+            let next_slot = key.next_free_slot_ms(now_ms);
+            if next_slot > from.0 {
+                from = (next_slot, Shortage::Throttled);
             }
         }
         from
     }
 
-    fn claim(&self, index: usize, demand: Demand, day: Day, now_ms: i64) -> bool {
+    fn claim(&self, index: usize, demand: Demand, day: Day, now_ms: i64) -> Option<Pick> {
         let key = &self.keys[index];
+        let mut charged = None;
         if demand == Demand::Free {
-            if !key.reserve_daily(day.date) {
-                return false;
+            let date = key.reserve_daily(day.date)?;
+            if key.take_slot(now_ms).is_err() {
+                key.release_daily(date);
+                return None;
             }
-            if let Err(wait) = key.take_token() {
-                key.release_daily(day.date);
-                // Round up so a sleeper never wakes a fraction of a millisecond early.
-                key.set_throttled_until(now_ms + wait.as_micros().div_ceil(1000) as i64);
-                return false;
-            }
+            charged = Some(date);
         }
         key.mark_used(now_ms, self.picks.fetch_add(1, Relaxed) + 1);
-        true
+        Some(Pick { index, charged })
     }
 
-    fn shortage(&self, demand: Demand, day: Day, now_ms: i64) -> Unavailable {
+    fn shortage(&self, demand: Demand, day: Day, now_ms: i64, exclude: &[usize]) -> Unavailable {
         self.keys
             .iter()
-            .map(|key| Self::available_from(key, demand, day, now_ms))
+            .enumerate()
+            .filter(|(index, _)| !exclude.contains(index))
+            .map(|(_, key)| Self::available_from(key, demand, day, now_ms))
             .min_by_key(|(until, _)| *until)
             .map_or(
                 Unavailable {
@@ -250,15 +274,8 @@ impl<C: Clock + Clone> KeyPool<C> {
     }
 
     /// Restores a key's remembered state (see `state.rs`).
-    pub fn restore(
-        &self,
-        index: usize,
-        date: u32,
-        used: u32,
-        block: Option<Block>,
-        totals: [u64; 4],
-    ) {
-        self.keys[index].restore(date, used, block, totals);
+    pub fn restore(&self, index: usize, date: u32, used: u32, blocks: &[Block], totals: &[u64]) {
+        self.keys[index].restore(date, used, blocks, totals);
     }
 
     /// Applies what OpenRouter's `/key` said about key `index`; `next_at_ms` is when it is asked again.
@@ -303,7 +320,7 @@ impl<C: Clock + Clone> KeyPool<C> {
             Some(b) if b.reason == BlockReason::DailyLimit => "daily_limit_reached",
             Some(_) => "blocked",
             None if key.used_on(day.date) >= key.daily_limit() => "daily_limit_reached",
-            None if key.throttled_until_ms() > now_ms => "throttled",
+            None if key.next_free_slot_ms(now_ms) > now_ms => "throttled",
             None => "active",
         }
     }

@@ -5,14 +5,10 @@
 //! `u64` (the day with its count; a block's end with its reason).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use hyper::header::HeaderValue;
 
+use super::gcra::Gcra;
 use super::probed::ProbeState;
 use crate::config::{KeySpec, DEFAULT_DAILY_LIMIT};
 use crate::mask::mask;
@@ -104,19 +100,25 @@ pub struct Totals {
     pub successes: AtomicU64,
     pub rate_limited: AtomicU64,
     pub errors: AtomicU64,
+    /// Attempts that never reached OpenRouter (connect, DNS or TLS failure): they cost no quota.
+    pub unreached: AtomicU64,
 }
 
 impl Totals {
-    /// requests, successes, rate_limited, errors.
-    #[must_use]
-    pub fn values(&self) -> [u64; 4] {
+    fn counters(&self) -> [&AtomicU64; 5] {
         [
             &self.requests,
             &self.successes,
             &self.rate_limited,
             &self.errors,
+            &self.unreached,
         ]
-        .map(|c| c.load(Relaxed))
+    }
+
+    /// requests, successes, rate_limited, errors, unreached.
+    #[must_use]
+    pub fn values(&self) -> [u64; 5] {
+        self.counters().map(|c| c.load(Relaxed))
     }
 }
 
@@ -126,6 +128,8 @@ pub enum Outcome {
     Success,
     RateLimited,
     Error,
+    /// The attempt never reached OpenRouter.
+    Unreached,
 }
 
 /// The first 16 bytes of the key's SHA-256, in hex.
@@ -140,10 +144,26 @@ fn fingerprint(secret: &str) -> String {
         })
 }
 
-type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// The date a packed usage word belongs to.
+fn date_of(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// The count of `date` in a usage word whose date is not newer than `date`.
+fn used_in(word: u64, date: u32) -> u64 {
+    if date_of(word) == date {
+        word & 0xFFFF_FFFF
+    } else {
+        0
+    }
+}
+
+fn usage_word(date: u32, used: u64) -> u64 {
+    (u64::from(date) << 32) | used.min(0xFFFF_FFFF)
+}
 
 /// One configured OpenRouter key.
-pub struct KeySlot<C: Clock> {
+pub struct KeySlot {
     /// The masked key: the only form of it that is ever shown.
     pub id: String,
     /// A SHA-256 prefix of the key: how the state file recognises it without storing it.
@@ -156,23 +176,26 @@ pub struct KeySlot<C: Clock> {
     limit_probed: AtomicBool,
     /// What OpenRouter's `/key` last said about this key.
     pub probe: ProbeState,
-    limiter: Limiter<C>,
+    limiter: Gcra,
     daily_limit: AtomicU32,
-    /// `(yyyymmdd << 32) | free requests used that day`.
+    /// `(yyyymmdd << 32) | free requests used that day`. The date never moves backwards.
     usage: AtomicU64,
-    /// Packed [`Block`]; 0 when never blocked.
+    /// Packed [`Block`] that stops every request (401, 402, 403 key limit); 0 when never blocked.
     block: AtomicU64,
-    /// Earliest instant (epoch ms) the limiter said it admits again, from its last refusal.
-    throttled_until_ms: AtomicI64,
+    /// Packed [`Block`] that stops free-model requests only (daily, per-minute), kept apart so
+    /// neither kind of block can hide the other.
+    free_block: AtomicU64,
     last_used_ms: AtomicI64,
     /// Pool-wide pick sequence of the last pick: ties go to the smallest (least recently used).
     pub(crate) last_pick: AtomicU64,
     pub totals: Totals,
 }
 
-impl<C: Clock> KeySlot<C> {
-    /// Builds a slot; `None` if the key cannot be an HTTP header value.
-    pub fn new(spec: &KeySpec, quota: Quota, clock: C) -> Option<Self> {
+impl KeySlot {
+    /// Builds a slot limited to `per_minute` free-model requests (bursts of `burst`);
+    /// `None` if the key cannot be an HTTP header value.
+    #[must_use]
+    pub fn new(spec: &KeySpec, per_minute: u32, burst: u32) -> Option<Self> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", spec.secret)).ok()?;
         authorization.set_sensitive(true);
         Some(KeySlot {
@@ -182,11 +205,11 @@ impl<C: Clock> KeySlot<C> {
             limit_configured: spec.daily_limit.is_some(),
             limit_probed: AtomicBool::new(false),
             probe: ProbeState::default(),
-            limiter: RateLimiter::direct_with_clock(quota, clock),
+            limiter: Gcra::new(per_minute, burst),
             daily_limit: AtomicU32::new(spec.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT)),
             usage: AtomicU64::new(0),
             block: AtomicU64::new(0),
-            throttled_until_ms: AtomicI64::new(0),
+            free_block: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(0),
             last_pick: AtomicU64::new(0),
             totals: Totals::default(),
@@ -210,14 +233,11 @@ impl<C: Clock> KeySlot<C> {
     }
 
     /// Raises `date`'s count to `used` if it is higher (another program shares the account).
+    /// A `date` older than the stored one changes nothing.
     pub(crate) fn raise_used(&self, date: u32, used: u32) {
         let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
-            let ours = if (word >> 32) as u32 == date {
-                word as u32
-            } else {
-                0
-            };
-            (used > ours).then_some((u64::from(date) << 32) | u64::from(used))
+            (date >= date_of(word) && u64::from(used) > used_in(word, date))
+                .then_some(usage_word(date, u64::from(used)))
         });
     }
 
@@ -226,80 +246,97 @@ impl<C: Clock> KeySlot<C> {
         self.daily_limit.load(Relaxed)
     }
 
-    /// Free-model requests used on the quota day `date`.
+    /// Free-model requests used on the quota day `date` (a newer stored day's count if
+    /// midnight has already passed for someone else).
     #[must_use]
     pub fn used_on(&self, date: u32) -> u32 {
         let word = self.usage.load(Relaxed);
-        if (word >> 32) as u32 == date {
-            word as u32
-        } else {
-            0
+        if date_of(word) > date {
+            return word as u32;
         }
+        used_in(word, date) as u32
     }
 
-    /// Takes one unit of `date`'s quota if any is left.
-    pub(crate) fn reserve_daily(&self, date: u32) -> bool {
+    /// Takes one unit of quota if any is left, and returns the day it was charged to:
+    /// `date`, or the stored day when that is newer (a pick that computed its date just
+    /// before midnight counts against the new day rather than wiping it).
+    pub(crate) fn reserve_daily(&self, date: u32) -> Option<u32> {
         let limit = u64::from(self.daily_limit());
+        let mut charged = date;
         self.usage
             .fetch_update(Relaxed, Relaxed, |word| {
-                let used = if (word >> 32) as u32 == date {
-                    word & 0xFFFF_FFFF
-                } else {
-                    0
-                };
-                (used < limit).then_some((u64::from(date) << 32) | (used + 1))
+                charged = date.max(date_of(word));
+                let used = used_in(word, charged);
+                (used < limit).then_some(usage_word(charged, used + 1))
             })
-            .is_ok()
+            .ok()
+            .map(|_| charged)
     }
 
-    /// Gives back a unit taken by [`Self::reserve_daily`] that was not used.
+    /// Gives back a unit that [`Self::reserve_daily`] charged to `date` and that was not used.
     pub(crate) fn release_daily(&self, date: u32) {
         let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
-            ((word >> 32) as u32 == date && word as u32 > 0).then_some(word - 1)
+            (date_of(word) == date && word as u32 > 0).then_some(word - 1)
         });
     }
 
-    /// Marks `date`'s quota as fully used (OpenRouter said so).
+    /// Marks `date`'s quota as fully used (OpenRouter said so); an older `date` changes nothing.
     pub(crate) fn exhaust_daily(&self, date: u32) {
         let limit = u64::from(self.daily_limit());
         let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
-            let used = if (word >> 32) as u32 == date {
-                word & 0xFFFF_FFFF
-            } else {
-                0
-            };
-            Some((u64::from(date) << 32) | used.max(limit))
+            (date >= date_of(word)).then(|| usage_word(date, used_in(word, date).max(limit)))
         });
     }
 
-    /// Takes a limiter token now, or returns how long until one is available.
-    pub(crate) fn take_token(&self) -> Result<(), Duration> {
-        self.limiter
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    /// Takes a limiter slot at `now_ms`, or returns when one is free (epoch ms).
+    pub(crate) fn take_slot(&self, now_ms: i64) -> Result<(), i64> {
+        self.limiter.take(now_ms)
     }
 
-    pub(crate) fn set_throttled_until(&self, until_ms: i64) {
-        self.throttled_until_ms.store(until_ms, Relaxed);
+    /// Gives back a limiter slot whose request never reached OpenRouter.
+    pub(crate) fn give_back_slot(&self) {
+        self.limiter.give_back();
     }
 
-    /// The limiter's last known "not before" instant (epoch ms).
+    /// When the limiter next admits a free-model request (epoch ms; ≤ `now_ms` means now).
     #[must_use]
-    pub fn throttled_until_ms(&self) -> i64 {
-        self.throttled_until_ms.load(Relaxed)
+    pub fn next_free_slot_ms(&self, now_ms: i64) -> i64 {
+        self.limiter.next_free_ms(now_ms)
     }
 
-    /// The block in force at `now_ms`, if any.
+    /// The block shown for the key at `now_ms`: one that stops every request, else a
+    /// free-model-only one.
     #[must_use]
     pub fn block_at(&self, now_ms: i64) -> Option<Block> {
+        self.paid_block_at(now_ms)
+            .or_else(|| self.free_block_at(now_ms))
+    }
+
+    /// The block in force at `now_ms` that stops every request (401, 402, 403 key limit).
+    #[must_use]
+    pub fn paid_block_at(&self, now_ms: i64) -> Option<Block> {
         unpack_block(self.block.load(Relaxed)).filter(|b| b.until_ms > now_ms)
     }
 
-    /// Blocks the key until `block.until_ms`; a longer block already in force is kept.
+    /// The block in force at `now_ms` that stops free-model requests only.
+    #[must_use]
+    pub fn free_block_at(&self, now_ms: i64) -> Option<Block> {
+        unpack_block(self.free_block.load(Relaxed)).filter(|b| b.until_ms > now_ms)
+    }
+
+    fn block_word(&self, reason: BlockReason) -> &AtomicU64 {
+        if reason.blocks_paid() {
+            &self.block
+        } else {
+            &self.free_block
+        }
+    }
+
+    /// Blocks the key until `block.until_ms`; a longer block of the same scope already in force is kept.
     pub(crate) fn block_until(&self, block: Block, now_ms: i64) {
         let new = pack_block(block);
         let _ = self
-            .block
+            .block_word(block.reason)
             .fetch_update(Relaxed, Relaxed, |word| match unpack_block(word) {
                 Some(old) if old.until_ms > now_ms && old.until_ms >= block.until_ms => None,
                 _ => Some(new),
@@ -317,27 +354,16 @@ impl<C: Clock> KeySlot<C> {
         self.last_used_ms.load(Relaxed)
     }
 
-    /// The block word as stored, in force or not (for the state file).
-    #[must_use]
-    pub fn last_block(&self) -> Option<Block> {
-        unpack_block(self.block.load(Relaxed))
-    }
-
-    /// Restores what the state file remembered: `date`'s count, a block, lifetime totals.
-    pub(crate) fn restore(&self, date: u32, used: u32, block: Option<Block>, totals: [u64; 4]) {
-        self.usage
-            .store((u64::from(date) << 32) | u64::from(used), Relaxed);
-        if let Some(block) = block {
-            self.block.store(pack_block(block), Relaxed);
+    /// Restores what the state file remembered: `date`'s count, blocks, lifetime totals
+    /// (requests, successes, rate_limited, errors, unreached; missing ones stay 0).
+    pub(crate) fn restore(&self, date: u32, used: u32, blocks: &[Block], totals: &[u64]) {
+        self.usage.store(usage_word(date, u64::from(used)), Relaxed);
+        for block in blocks {
+            self.block_word(block.reason)
+                .store(pack_block(*block), Relaxed);
         }
-        let counters = [
-            &self.totals.requests,
-            &self.totals.successes,
-            &self.totals.rate_limited,
-            &self.totals.errors,
-        ];
-        for (counter, value) in counters.into_iter().zip(totals) {
-            counter.store(value, Relaxed);
+        for (counter, value) in self.totals.counters().into_iter().zip(totals) {
+            counter.store(*value, Relaxed);
         }
     }
 
@@ -346,6 +372,7 @@ impl<C: Clock> KeySlot<C> {
             Outcome::Success => &self.totals.successes,
             Outcome::RateLimited => &self.totals.rate_limited,
             Outcome::Error => &self.totals.errors,
+            Outcome::Unreached => &self.totals.unreached,
         };
         counter.fetch_add(1, Relaxed);
     }

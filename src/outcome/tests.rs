@@ -111,8 +111,9 @@ fn model_level_429s_do_not_blame_the_key_and_carry_their_retry_hints() {
 
 #[test]
 fn credits_and_key_caps_are_the_key_s_problem_but_moderation_is_the_request_s() {
+    assert_eq!(verdict(402, &[], CREDITS), Verdict::CreditsForRequest);
     assert_eq!(
-        verdict(402, &[], CREDITS),
+        verdict(402, &[], CREDITS_SHORT),
         Verdict::Credits { retry_after: None }
     );
     assert_eq!(
