@@ -57,9 +57,10 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
                 return ExitCode::from(69);
             }
         };
+        // The bound address, not the configured one: with port 0 the OS picks it (tests read it here).
+        let bound = listener.local_addr().unwrap_or(config.listen);
         info!(
-            "listening on {} with {} keys, forwarding to {}://{}{}, daily reset at midnight {}",
-            config.listen,
+            "listening on {bound} with {} keys, forwarding to {}://{}{}, daily reset at midnight {}",
             config.keys.len(),
             config.upstream.scheme,
             config.upstream.authority,
@@ -78,10 +79,13 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
         });
         let (first_signal, shutdown) = tokio::sync::oneshot::channel::<()>();
         let signalled = Arc::clone(&app);
+        // Registered once, before the first signal: a second signal arriving while the
+        // first is handled is queued on the same streams, never missed.
+        let mut signals = TerminationSignals::new();
         tokio::spawn(async move {
-            termination_signal().await;
+            signals.recv().await;
             let _ = first_signal.send(());
-            termination_signal().await;
+            signals.recv().await;
             warn!("second signal: exiting now");
             if let Some(path) = &signalled.config.state_file {
                 let _ = state::write_atomic(path, &state::render(&signalled.keys));
@@ -102,13 +106,26 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGTERM and SIGINT, listened to for the life of the process.
+struct TerminationSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        TerminationSignals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
+        }
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
     }
 }

@@ -75,8 +75,12 @@ pub fn spawn(app: &Arc<App>) {
             for index in 0..app.keys.keys().len() {
                 let outcome = probe(&app, index).await;
                 let now = now_ms();
-                app.keys
-                    .apply_probe(index, &outcome, now, now + interval.as_millis() as i64);
+                app.keys.apply_probe(
+                    index,
+                    &outcome,
+                    now,
+                    now.saturating_add(interval.as_millis() as i64),
+                );
                 tokio::time::sleep(spacing).await;
             }
             tokio::time::sleep(interval.saturating_sub(spacing * app.keys.keys().len() as u32))

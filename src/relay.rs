@@ -146,6 +146,8 @@ impl SseRelay {
             Settled::Stream { key, response } => {
                 self.key = key;
                 self.upstream = Some(response.into_body());
+                // The idle clock restarts with the new stream: the retry's own wait is not silence.
+                self.last_frame = Instant::now();
                 Mode::Inspecting
             }
             Settled::Answer(response) => {
@@ -171,7 +173,13 @@ impl SseRelay {
             return false;
         };
         while sleep.as_mut().poll(cx).is_ready() {
-            let deadline = self.last_frame + self.app.config.stream_idle_timeout;
+            // Checked: a timeout too far ahead for the clock never expires.
+            let Some(deadline) = self
+                .last_frame
+                .checked_add(self.app.config.stream_idle_timeout)
+            else {
+                return false;
+            };
             if deadline <= Instant::now() {
                 return true;
             }

@@ -20,14 +20,10 @@ struct Running {
 }
 
 impl Running {
-    /// Starts the binary with the test defaults plus `vars`, and waits for /health.
+    /// Starts the binary with the test defaults plus `vars` on a port the proxy itself
+    /// binds (port 0, no race with other tests), and waits until it says where it listens.
     async fn start(upstream: &str, state_file: &Path, vars: &[(&str, &str)]) -> Running {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::env::temp_dir().join(format!("openrouter-proxy-test-{port}.log"));
+        let log = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
         command
             .env_clear()
@@ -35,7 +31,7 @@ impl Running {
             .env("OPENROUTER_KEYS", format!("{KEY_A}:10,{KEY_B}:10"))
             .env("OPENROUTER_BASE_URL", upstream)
             .env("UVICORN_HOST", "127.0.0.1")
-            .env("UVICORN_PORT", port.to_string())
+            .env("UVICORN_PORT", "0")
             .env("STATE_FILE", state_file)
             .env("RETRY_BACKOFF", "0")
             .env("KEY_PROBE_INTERVAL", "0")
@@ -43,12 +39,10 @@ impl Running {
             .envs(vars.iter().copied())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         let child = command.spawn().unwrap();
-        let running = Running { child, port, log };
-        let healthy = eventually(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
-        assert!(healthy, "the proxy did not start: {}", running.log_text());
+        let mut running = Running { child, port: 0, log };
+        running.port = listening_port(&running.log)
+            .await
+            .unwrap_or_else(|| panic!("the proxy did not start: {}", running.log_text()));
         running
     }
 
@@ -325,6 +319,25 @@ async fn a_second_signal_exits_at_once_after_writing_the_state() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["keys"][0]["daily_used"], 1, "{saved}");
+}
+
+#[tokio::test]
+async fn two_signals_back_to_back_exit_at_once_and_neither_is_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, chunks) = Upstream::with_stream().await;
+    let vars = [("SHUTDOWN_GRACE", "60")];
+    let mut proxy = Running::start(&upstream.base_url(), &dir.path().join("s.json"), &vars).await;
+    let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
+    chunks
+        .send(Bytes::from_static(b"data: {}\n\n"))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    // No pause between them: the second lands while the first is being handled.
+    proxy.signal("TERM");
+    proxy.signal("TERM");
+    let status = proxy.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", proxy.log_text());
 }
 
 #[tokio::test]

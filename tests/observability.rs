@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -186,8 +185,12 @@ async fn the_status_page_is_one_self_contained_html_page() {
     assert!(upstream.requests().is_empty());
 }
 
-/// The binary at TRACE level with JSON logs, its stderr captured.
-fn spawn_traced(base_url: &str, port: u16, state: &std::path::Path) -> std::process::Child {
+/// The binary at TRACE level with JSON logs, its stderr written to `log`.
+fn spawn_traced(
+    base_url: &str,
+    state: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"))
         .env_clear()
         .envs(HashMap::from([
@@ -195,13 +198,13 @@ fn spawn_traced(base_url: &str, port: u16, state: &std::path::Path) -> std::proc
             ("OPENROUTER_KEYS", format!("{KEY_A},{KEY_B}")),
             ("OPENROUTER_BASE_URL", base_url.to_owned()),
             ("UVICORN_HOST", "127.0.0.1".to_owned()),
-            ("UVICORN_PORT", port.to_string()),
+            ("UVICORN_PORT", "0".to_owned()),
             ("UVICORN_LOG_LEVEL", "trace".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("KEY_PROBE_INTERVAL", "0".to_owned()),
             ("STATE_FILE", state.display().to_string()),
         ]))
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap()
 }
@@ -209,21 +212,14 @@ fn spawn_traced(base_url: &str, port: u16, state: &std::path::Path) -> std::proc
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_and_trace_never_shows_a_key() {
     let upstream = Upstream::script(vec![daily_429()]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
-    let child = spawn_traced(&upstream.base_url(), port, &dir.path().join("state.json"));
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await
+    let log_path = dir.path().join("proxy.log");
+    let mut child = spawn_traced(
+        &upstream.base_url(),
+        &dir.path().join("state.json"),
+        &log_path,
     );
+    let port = listening_port(&log_path).await.expect("the proxy starts");
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let body = format!(r#"{{"model":"{FREE}","messages":[{{"role":"user","content":"hi"}}]}}"#);
     let chat = request("POST", &url("/api/v1/chat/completions"))
@@ -257,8 +253,8 @@ async fn json_logs_are_one_object_per_line_and_trace_never_shows_a_key() {
         .status()
         .unwrap()
         .success());
-    let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8(output.stderr).unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
 
     let lines: Vec<serde_json::Value> = log

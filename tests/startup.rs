@@ -23,7 +23,7 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
         "PROXY_API_KEY: required",
-        "daily limit \"lots\"",
+        "daily limit (…) is not a positive integer",
         "TIMEZONE",
         "UVICORN_PORT",
     ] {
@@ -36,6 +36,81 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
         !stderr.contains("secretsecretsecret"),
         "a key leaked:\n{stderr}"
     );
+}
+
+/// Runs the binary with `OPENROUTER_KEYS=keys` and one more variable; returns (exit code, stderr).
+fn start_with_keys(keys: &str, extra: (&str, &str)) -> (Option<i32>, String) {
+    let output = proxy()
+        .env("PROXY_API_KEY", "proxy-key-0123456789")
+        .env("OPENROUTER_KEYS", keys)
+        .env("UVICORN_PORT", "0")
+        .env("STATE_FILE", "")
+        .env(extra.0, extra.1)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_colon_typed_for_a_comma_never_prints_the_second_key() {
+    let first = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1111";
+    let second = "sk-or-v1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2222";
+    let (code, stderr) = start_with_keys(&format!("{first}:{second}"), ("TIMEZONE", "UTC"));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("is not a positive integer"), "{stderr}");
+    assert!(
+        !stderr.contains("aaaaaaaaaaaa") && !stderr.contains("bbbbbbbbbbbb"),
+        "a key leaked:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_key_with_a_control_byte_is_a_configuration_error_not_a_panic() {
+    let (code, stderr) = start_with_keys(
+        "sk-or-v1-cccccccccccccccccccccccc\u{1}cccccccccccccccc3333",
+        ("TIMEZONE", "UTC"),
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("which no OpenRouter key contains"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("cccccccccccc"), "a key leaked:\n{stderr}");
+}
+
+#[test]
+fn typos_in_the_key_list_are_refused_with_a_hint() {
+    for (keys, hint) in [
+        ("sk-or-v1-a1:50;sk-or-v1-b2", "separate keys with ','"),
+        ("sk-or-v1-a1=50,sk-or-v1-b2", "key:limit"),
+        ("\"sk-or-v1-a1\"", "no quotes"),
+        ("sk-or-v1 a1", "no spaces"),
+    ] {
+        let (code, stderr) = start_with_keys(keys, ("TIMEZONE", "UTC"));
+        assert_eq!(code, Some(64), "{keys}: {stderr}");
+        assert!(stderr.contains(hint), "{keys}: {stderr}");
+    }
+}
+
+#[test]
+fn absurd_durations_are_refused_instead_of_overflowing_a_deadline() {
+    for name in [
+        "STREAM_IDLE_TIMEOUT",
+        "MAX_WAIT",
+        "UPSTREAM_TIMEOUT",
+        "SHUTDOWN_GRACE",
+    ] {
+        let (code, stderr) = start_with_keys("sk-or-v1-a1", (name, "18446744073709551"));
+        assert_eq!(code, Some(64), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}: 18446744073709551 is more than the limit")),
+            "{name}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -82,8 +82,17 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             })
     }
 
-    pub(super) fn seconds(&mut self, name: &'static str, default: u64) -> Duration {
-        Duration::from_secs(self.parsed(&[name], default, "a whole number of seconds"))
+    /// Whole seconds from 0 to `max`: a bound keeps every deadline computed from it far
+    /// inside what an `Instant` can hold.
+    pub(super) fn seconds(&mut self, name: &'static str, default: u64, max: u64) -> Duration {
+        let value = self.parsed(&[name], default, "a whole number of seconds");
+        if value > max {
+            self.problems.push(format!(
+                "{name}: {value} is more than the limit of {max} seconds"
+            ));
+            return Duration::from_secs(default);
+        }
+        Duration::from_secs(value)
     }
 
     pub(super) fn positive(&mut self, name: &'static str, default: u32) -> u32 {
@@ -103,14 +112,24 @@ pub(super) fn parse_keys(raw: &str, problems: &mut Vec<String>) -> Vec<KeySpec> 
     }
     for (index, entry) in raw.split(',').map(str::trim).enumerate() {
         let position = index + 1;
+        // Checked on the whole entry first: a typo such as `;` for `,` must not be read as
+        // a strange daily limit.
+        if let Some(problem) = key_character_problem(entry) {
+            problems.push(format!(
+                "OPENROUTER_KEYS: entry {position} ({}) {problem}",
+                mask(entry)
+            ));
+            continue;
+        }
         let (secret, daily_limit) = match entry.rsplit_once(':') {
             None => (entry, None),
             Some((secret, limit)) => match limit.trim().parse::<u32>() {
                 Ok(n) if n > 0 => (secret.trim(), Some(n)),
                 _ => {
                     problems.push(format!(
-                        "OPENROUTER_KEYS: entry {position} ({}): daily limit {limit:?} is not a positive integer",
-                        mask(secret)
+                        "OPENROUTER_KEYS: entry {position} ({}): daily limit {} is not a positive integer",
+                        mask(secret),
+                        shown_limit(limit)
                     ));
                     continue;
                 }
@@ -133,6 +152,40 @@ pub(super) fn parse_keys(raw: &str, problems: &mut Vec<String>) -> Vec<KeySpec> 
         }
     }
     keys
+}
+
+/// How a daily limit that did not parse is shown: digits as they are (a number out of
+/// range is no secret), anything else masked, since it may be a key typed after a `:`.
+fn shown_limit(limit: &str) -> String {
+    let limit = limit.trim();
+    if !limit.is_empty() && limit.len() <= 20 && limit.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{limit:?}")
+    } else {
+        format!("({})", mask(limit))
+    }
+}
+
+/// Why `secret` cannot be an OpenRouter key: a character no key contains, which is either a
+/// typo in the list (`;` or `=` for `,` or `:`, quotes, spaces) or cannot be sent in a header.
+fn key_character_problem(secret: &str) -> Option<String> {
+    let bad = secret
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, ';' | '=' | '"' | '\'' | '`' | ','))?;
+    let hint = match bad {
+        ';' => " (separate keys with ',')",
+        '=' => " (give a daily limit as key:limit)",
+        '"' | '\'' | '`' => " (no quotes inside the list)",
+        c if c.is_whitespace() => " (no spaces inside a key)",
+        _ => "",
+    };
+    Some(format!(
+        "contains {}, which no OpenRouter key contains{hint}",
+        if bad.is_ascii_graphic() {
+            format!("'{bad}'")
+        } else {
+            format!("the character {:?}", bad.escape_default().to_string())
+        }
+    ))
 }
 
 pub(super) fn parse_host<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> IpAddr {

@@ -58,22 +58,22 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["UPSTREAM_TIMEOUT"],
         default: "300",
-        help: "seconds to wait for upstream response headers before answering 504",
+        help: "seconds to wait for upstream response headers before answering 504; at most 3600",
     },
     Variable {
         names: &["STREAM_IDLE_TIMEOUT"],
         default: "300",
-        help: "seconds an event stream may go without a byte from OpenRouter before it is ended (0 = never)",
+        help: "seconds an event stream may go without a byte from OpenRouter before it is ended (0 = never); at most 86400",
     },
     Variable {
         names: &["HEADER_READ_TIMEOUT"],
         default: "30",
-        help: "seconds a client has, from connecting, to send its first request head, and then each next one (0 = no limit)",
+        help: "seconds a client has, from connecting, to send its first request head, and then each next one (0 = no limit); at most 3600",
     },
     Variable {
         names: &["REQUEST_BODY_TIMEOUT"],
         default: "30",
-        help: "seconds a client may pause while sending a request body before it gets a 408 (0 = no limit)",
+        help: "seconds a client may pause while sending a request body before it gets a 408 (0 = no limit); at most 3600",
     },
     Variable {
         names: &["FREE_RPM"],
@@ -88,7 +88,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["MAX_WAIT"],
         default: "30",
-        help: "seconds a free-model request may wait for a key to free up before 429",
+        help: "seconds a free-model request may wait for a key to free up before 429; at most 3600",
     },
     Variable {
         names: &["MAX_RETRIES"],
@@ -98,18 +98,18 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["MAX_RETRY_TIME"],
         default: "120",
-        help: "seconds one request may spend retrying and waiting in all",
+        help: "seconds one request may spend retrying and waiting in all; at most 86400",
     },
     Variable {
         names: &["RETRY_BACKOFF"],
         default: "1",
-        help: "seconds of the first backoff; doubles per retry, with jitter, up to 30 s",
+        help: "seconds of the first backoff; doubles per retry, with jitter, up to 30 s; at most 300",
     },
     Variable {
         names: &["KEY_PROBE_INTERVAL"],
         default: "300",
         help:
-            "seconds between asking OpenRouter's /key about each key's limits and usage (0 = never)",
+            "seconds between asking OpenRouter's /key about each key's limits and usage (0 = never); at most 86400",
     },
     Variable {
         names: &["METRICS_PUBLIC"],
@@ -129,11 +129,11 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["STATE_FLUSH_INTERVAL"],
         default: "1",
-        help: "seconds between state file writes when something changed (0 = only at shutdown)",
+        help: "seconds between state file writes when something changed (0 = only at shutdown); at most 3600",
     },
     Variable {
         names: &["SHUTDOWN_GRACE"],
         default: "30",
-        help: "seconds in-flight requests get to finish after SIGTERM/SIGINT",
+        help: "seconds in-flight requests get to finish after SIGTERM/SIGINT; at most 3600",
     },
 ];

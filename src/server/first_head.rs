@@ -55,7 +55,10 @@ pub enum FirstHead {
 /// Reads until the first head is complete (or refused). `limit` bounds the whole head
 /// from accept, which is what stops a client dribbling headers; zero means no limit.
 pub async fn read(stream: &mut TcpStream, limit: Duration) -> FirstHead {
-    let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
+    // Checked: a limit too far ahead for the clock is no limit.
+    let deadline = (!limit.is_zero())
+        .then(|| Instant::now().checked_add(limit))
+        .flatten();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let room = MAX_HEAD_BYTES - buf.len();

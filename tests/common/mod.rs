@@ -389,6 +389,23 @@ pub async fn get(proxy: &Proxy, path: &str) -> Answer {
     .await
 }
 
+/// Waits until the proxy binary whose stderr goes to `log` says where it listens (it was
+/// started with `UVICORN_PORT=0`, so the port is its own pick: no race with other tests).
+pub async fn listening_port(log: &std::path::Path) -> Option<u16> {
+    let mut port = None;
+    eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text
+            .split("listening on 127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok());
+        port.is_some()
+    })
+    .await;
+    port
+}
+
 /// A base URL where nothing listens.
 pub async fn closed_base_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
