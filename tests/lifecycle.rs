@@ -355,3 +355,32 @@ async fn connections_that_never_sent_a_request_do_not_hold_up_shutdown() {
     assert!(proxy.wait(Duration::from_secs(10)).success());
     drop((silent, half_sent));
 }
+
+#[tokio::test]
+async fn an_idle_proxy_does_not_rewrite_its_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let upstream = Upstream::ok().await;
+    let proxy = Running::start(&upstream.base_url(), &state, &[("STATE_FLUSH_INTERVAL", "1")]).await;
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    let written = eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"daily_used\": 1"))
+    })
+    .await;
+    assert!(written, "the state was never written: {}", proxy.log_text());
+    // Each write replaces the file (a new inode); several idle intervals must leave it alone.
+    let identity = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.ino(), meta.mtime_nsec(), meta.mtime())
+    };
+    let before = identity(&state);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(identity(&state), before, "an idle proxy rewrote its state file");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != "state.json")
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

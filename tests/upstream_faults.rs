@@ -227,3 +227,92 @@ async fn a_body_that_never_ends_is_piped_without_buffering() {
     drop(body);
     assert_gauges_at_rest(&proxy).await;
 }
+
+#[tokio::test]
+async fn an_unreachable_openrouter_costs_no_quota_and_fails_fast_once_it_is_known_down() {
+    let proxy = Proxy::start(
+        &closed_base_url().await,
+        &[("FREE_BURST", "1"), ("MAX_RETRIES", "10")],
+    )
+    .await;
+    chat(&proxy, "a/b:free").await.assert_error(502);
+    let status = get(&proxy, "/key_status").await.json();
+    let attempts = |status: &serde_json::Value| -> u64 {
+        (0..2)
+            .map(|i| status["keys"][i]["totals"]["requests"].as_u64().unwrap())
+            .sum()
+    };
+    let first = attempts(&status);
+    // Retried until the breaker opened (three in a row), not ten times.
+    assert_eq!(first, 3, "{status}");
+    for key in status["keys"].as_array().unwrap() {
+        assert_eq!(key["daily_used"], 0, "quota spent on an outage: {key}");
+        assert_eq!(key["next_free_slot_in_ms"], 0, "limiter slot kept: {key}");
+        assert_eq!(key["status"], "active", "{key}");
+    }
+    let unreached: u64 = (0..2)
+        .map(|i| status["keys"][i]["totals"]["unreached"].as_u64().unwrap())
+        .sum();
+    assert_eq!(unreached, first);
+    let health = get(&proxy, "/health?format=json").await.json();
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "degraded", "upstream": "unreachable"})
+    );
+    // Known down: the next request makes its one attempt and is not retried.
+    chat(&proxy, "a/b:free").await.assert_error(502);
+    let status = get(&proxy, "/key_status").await.json();
+    assert_eq!(attempts(&status), first + 1);
+}
+
+#[tokio::test]
+async fn one_answer_from_openrouter_closes_the_breaker() {
+    // Refuses connections until `open` is set, then answers like OpenRouter.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let proxy = Proxy::start(&format!("http://{addr}/api/v1"), &[]).await;
+    for _ in 0..2 {
+        chat(&proxy, "a/b").await.assert_error(502);
+    }
+    assert!(proxy.app.breaker.is_open());
+    let upstream = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            read_head(&mut stream).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                .await;
+        }
+    });
+    assert_eq!(chat(&proxy, "a/b").await.status, 200);
+    assert!(!proxy.app.breaker.is_open());
+    let health = get(&proxy, "/health?format=json").await.json();
+    assert_eq!(health["status"], "OK");
+}
+
+#[tokio::test]
+async fn a_connection_that_breaks_after_the_request_was_sent_is_not_retried_for_a_generation() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        // Received, then gone without a word: OpenRouter may be generating already.
+        drop(s);
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{addr}/api/v1"), &[]).await;
+    let answer = chat(&proxy, "a/b").await;
+    answer.assert_error(502);
+    assert!(answer.text().contains("not retried"), "{}", answer.text());
+    let status = get(&proxy, "/key_status").await.json();
+    let attempts: u64 = (0..2)
+        .map(|i| status["keys"][i]["totals"]["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(attempts, 1, "a POST that may have run was sent again");
+    // A GET cannot generate anything: it is retried as before.
+    get(&proxy, "/api/v1/models").await.assert_error(502);
+    let status = get(&proxy, "/key_status").await.json();
+    let attempts: u64 = (0..2)
+        .map(|i| status["keys"][i]["totals"]["requests"].as_u64().unwrap())
+        .sum();
+    assert!(attempts > 2, "the GET was not retried: {status}");
+}

@@ -295,3 +295,59 @@ async fn a_client_that_leaves_during_a_backoff_stops_the_retries() {
         "retries went on after the client left"
     );
 }
+
+#[tokio::test]
+async fn a_401_after_a_daily_limit_block_still_stops_paid_requests_on_that_key() {
+    let upstream = Upstream::script(vec![daily_429(), Reply::json(401, USER_NOT_FOUND)]).await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", KEY_A)]).await;
+    // The free-model request exhausts the key for the day (until 2100 here)...
+    chat(&proxy, FREE).await.assert_error(429);
+    // ...and a paid request then gets a 401: that block must not hide behind the longer daily one.
+    chat(&proxy, PAID).await.assert_error(401);
+    let status = get(&proxy, "/key_status").await.json();
+    assert_eq!(key_state(&status, 0), ("blocked".into(), "unauthorized".into()));
+    chat(&proxy, PAID).await.assert_error(429);
+    assert_eq!(upstream.requests().len(), 2, "a blocked key was used again");
+}
+
+#[tokio::test]
+async fn a_402_for_a_request_too_large_for_the_balance_tries_another_key_and_parks_none() {
+    const TOO_LARGE: &str = r#"{"error":{"message":"This request requires more credits, or fewer max_tokens. You requested up to 64000 tokens, but can only afford 2666. To increase, visit https://openrouter.ai/settings/credits and upgrade to a paid account","code":402,"metadata":{"provider_name":null}},"user_id":"user_2abc"}"#;
+    let upstream = Upstream::script(vec![Reply::json(402, TOO_LARGE)]).await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    assert_eq!(chat(&proxy, PAID).await.status, 200);
+    // Key A served nothing but is not parked: a smaller request may fit its balance.
+    let status = get(&proxy, "/key_status").await.json();
+    assert_eq!(key_state(&status, 0), ("active".into(), "-".into()));
+    assert_eq!(chat(&proxy, PAID).await.status, 200);
+    let keys: Vec<_> = upstream.requests().iter().map(Seen::key).collect();
+    assert_eq!(keys, [KEY_A, KEY_B, KEY_A]);
+}
+
+#[tokio::test]
+async fn a_request_too_large_for_every_key_ends_with_openrouter_s_402_after_each_key_once() {
+    const TOO_LARGE: &str = r#"{"error":{"message":"This request requires more credits, or fewer max_tokens. You requested up to 64000 tokens, but can only afford 2666.","code":402}}"#;
+    let upstream = Upstream::start(|_| Reply::json(402, TOO_LARGE)).await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let answer = chat(&proxy, PAID).await;
+    assert_eq!(answer.status, 402);
+    assert!(answer.text().contains("can only afford"), "{}", answer.text());
+    assert_eq!(upstream.requests().len(), 2, "each key is tried once, not ten times");
+}
+
+#[tokio::test]
+async fn a_retry_that_waits_longer_than_the_idle_timeout_does_not_end_the_new_stream() {
+    // The error event asks for a 2 s wait; the idle timeout is 1 s.
+    const SLOW_RETRY: &str = "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\",\"metadata\":{\"retry_after_seconds\":2}},\"choices\":[]}\n\n";
+    let upstream = Upstream::script(vec![
+        Reply::sse(&[SLOW_RETRY]),
+        Reply::sse(&[PROCESSING, CONTENT, DONE]),
+    ])
+    .await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("STREAM_IDLE_TIMEOUT", "1")]).await;
+    let answer = stream_chat(&proxy, FREE).await;
+    let text = answer.text();
+    assert!(text.contains("Hello"), "{text}");
+    assert!(!text.contains("STREAM_IDLE_TIMEOUT"), "{text}");
+    assert_eq!(upstream.requests().len(), 2);
+}
