@@ -261,3 +261,51 @@ impl Persistence {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_planted_beside_the_state_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let state = dir.path().join("state.json");
+        // The temporary name older versions used.
+        std::os::unix::fs::symlink(&victim, with_suffix(&state, ".tmp")).unwrap();
+        write_atomic(&state, "{}").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(fs::read_to_string(&state).unwrap(), "{}");
+    }
+
+    #[test]
+    fn overlapping_writers_never_leave_a_torn_file_or_a_temporary_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let writers: Vec<_> = (0..8)
+            .map(|writer| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    for round in 0..25 {
+                        let contents = format!(
+                            "{{\"writer\":{writer},\"round\":{round},\"pad\":\"{}\"}}",
+                            "x".repeat(4096 * writer)
+                        );
+                        write_atomic(&state, &contents).unwrap();
+                        let seen = fs::read_to_string(&state).unwrap();
+                        serde_json::from_str::<serde_json::Value>(&seen).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+    }
+}

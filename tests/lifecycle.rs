@@ -4,108 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 
 const FREE: &str = "qwen/qwen3-coder:free";
-
-struct Running {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Running {
-    /// Starts the binary with the test defaults plus `vars` on a port the proxy itself
-    /// binds (port 0, no race with other tests), and waits until it says where it listens.
-    async fn start(upstream: &str, state_file: &Path, vars: &[(&str, &str)]) -> Running {
-        let log = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
-        command
-            .env_clear()
-            .env("PROXY_API_KEY", PROXY_KEY)
-            .env("OPENROUTER_KEYS", format!("{KEY_A}:10,{KEY_B}:10"))
-            .env("OPENROUTER_BASE_URL", upstream)
-            .env("UVICORN_HOST", "127.0.0.1")
-            .env("UVICORN_PORT", "0")
-            .env("STATE_FILE", state_file)
-            .env("RETRY_BACKOFF", "0")
-            .env("KEY_PROBE_INTERVAL", "0")
-            .env("FREE_BURST", "100")
-            .envs(vars.iter().copied())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-        let child = command.spawn().unwrap();
-        let mut running = Running { child, port: 0, log };
-        running.port = listening_port(&running.log)
-            .await
-            .unwrap_or_else(|| panic!("the proxy did not start: {}", running.log_text()));
-        running
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn chat(&self, model: &str) -> Answer {
-        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
-        send(
-            request("POST", &self.url("/api/v1/chat/completions"))
-                .body(Full::new(Bytes::from(body)))
-                .unwrap(),
-        )
-        .await
-    }
-
-    async fn key_status(&self) -> serde_json::Value {
-        send(
-            request("GET", &self.url("/key_status"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .json()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the proxy did not exit: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// The per-key parts of /key_status that must survive a restart.
 fn remembered(status: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -361,7 +266,12 @@ async fn an_idle_proxy_does_not_rewrite_its_state_file() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let upstream = Upstream::ok().await;
-    let proxy = Running::start(&upstream.base_url(), &state, &[("STATE_FLUSH_INTERVAL", "1")]).await;
+    let proxy = Running::start(
+        &upstream.base_url(),
+        &state,
+        &[("STATE_FLUSH_INTERVAL", "1")],
+    )
+    .await;
     assert_eq!(proxy.chat(FREE).await.status, 200);
     let written = eventually(Duration::from_secs(5), || {
         std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"daily_used\": 1"))
@@ -376,7 +286,11 @@ async fn an_idle_proxy_does_not_rewrite_its_state_file() {
     };
     let before = identity(&state);
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    assert_eq!(identity(&state), before, "an idle proxy rewrote its state file");
+    assert_eq!(
+        identity(&state),
+        before,
+        "an idle proxy rewrote its state file"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

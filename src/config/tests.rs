@@ -69,7 +69,7 @@ fn every_bad_variable_is_reported_at_once_with_keys_masked() {
     let text = err.to_string();
     for expected in [
         "PROXY_API_KEY: required",
-        "entry 1 (sk-or-v1-01…cdef): daily limit \"abc\"",
+        "entry 1 (sk-or-v1-01…cdef): daily limit (…) is not",
         "entry 2 has an empty key",
         "entry 4 (…) duplicates",
         "entry 5 (…): daily limit \"0\"",

@@ -23,6 +23,10 @@ use openrouter_proxy::proxy::App;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod process;
+#[allow(unused_imports)] // only the process-level test files use it
+pub use process::Running;
+
 pub const PROXY_KEY: &str = "proxy-key-0123456789";
 pub const KEY_A: &str = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0001";
 pub const KEY_B: &str = "sk-or-v1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0002";
