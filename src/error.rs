@@ -4,7 +4,7 @@
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
-use crate::body::ProxyBody;
+use bytes::Bytes;
 
 /// Every way a request can fail inside the proxy.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl ProxyError {
 
     /// Renders the error as the response the client sees.
     #[must_use]
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub fn into_response(self) -> Response<Bytes> {
         let status = self.status();
         let mut response = error_response(status, &self.message());
         if let ProxyError::NoKey {
@@ -95,8 +95,8 @@ impl ProxyError {
 
 /// An OpenRouter-shaped JSON error response.
 #[must_use]
-pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(error_body(status, message)));
+pub fn error_response(status: StatusCode, message: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(error_body(status, message)));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -2,28 +2,17 @@
 //!
 //! The binary (`main.rs`) only parses configuration and runs [`server::serve`];
 //! everything else lives here so tests and benches can run the proxy in-process.
+//! The folders follow one request: `server` accepts it, `ingress` reads and
+//! routes it, `forward` sends it to OpenRouter with a key from `keys`, and
+//! `stream` carries the answer back; `observe` shows what happened.
 
-pub mod attempts;
-pub mod auth;
-pub mod body;
-pub mod breaker;
-pub mod cli;
+pub mod app;
 pub mod config;
-pub mod env_file;
 pub mod error;
+pub mod forward;
+pub mod ingress;
 pub mod keys;
-pub mod logging;
 pub mod mask;
-pub mod metrics;
-pub mod model;
-pub mod outcome;
-pub mod probe;
-pub mod proxy;
-pub mod reaction;
-pub mod relay;
-pub mod router;
+pub mod observe;
 pub mod server;
-pub mod sse;
-pub mod state;
-pub mod status;
-pub mod upstream;
+pub mod stream;

@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::{error, info, warn};
-use openrouter_proxy::cli::{self, Command};
+use openrouter_proxy::app::App;
+use openrouter_proxy::config::cli::{self, Command};
+use openrouter_proxy::config::env_file;
 use openrouter_proxy::config::Config;
-use openrouter_proxy::state::{self, Persistence};
-use openrouter_proxy::{env_file, logging, proxy::App, server};
+use openrouter_proxy::keys::state::{self, Persistence};
+use openrouter_proxy::observe::logging;
+use openrouter_proxy::server;
 
 fn main() -> ExitCode {
     let env = env_file::merged_environment(std::path::Path::new("."));
@@ -72,7 +75,7 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
         if let Some(path) = &state_file {
             state::load(path, &app.keys);
         }
-        openrouter_proxy::probe::spawn(&app);
+        openrouter_proxy::keys::probe::spawn(&app);
         let flusher = state_file.clone().map(|path| {
             let (app, interval) = (Arc::clone(&app), app.config.state_flush_interval);
             tokio::spawn(async move { Persistence::new(app, path).run(interval).await })

@@ -4,8 +4,8 @@
 
 use std::io::BufRead;
 
+use openrouter_proxy::app::App;
 use openrouter_proxy::config::Config;
-use openrouter_proxy::proxy::App;
 
 pub fn run(stats: impl Fn() -> (usize, usize, usize) + Send + 'static) {
     let runtime = tokio::runtime::Builder::new_multi_thread()

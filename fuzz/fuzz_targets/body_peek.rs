@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use openrouter_proxy::model::{read, MAX_MODEL_LEN};
+use openrouter_proxy::ingress::model::{read, MAX_MODEL_LEN};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = read(data) {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use openrouter_proxy::outcome::{classify, error_object};
-use openrouter_proxy::sse::{classify_event, event_len};
+use openrouter_proxy::forward::outcome::{classify, error_object};
+use openrouter_proxy::stream::sse::{classify_event, event_len};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&status, body)) = data.split_first() else { return };

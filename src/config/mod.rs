@@ -8,7 +8,9 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::http::uri::{Authority, Scheme};
+use bytes::{BufMut, BytesMut};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::Uri;
 use jiff::tz::TimeZone;
 
 use crate::mask::mask;
@@ -16,6 +18,8 @@ use crate::mask::mask;
 /// The default daily free-model limit of a key given without `:limit` (OpenRouter's 50/day tier).
 pub const DEFAULT_DAILY_LIMIT: u32 = 50;
 
+pub mod cli;
+pub mod env_file;
 mod read;
 mod variables;
 
@@ -46,6 +50,29 @@ pub struct UpstreamBase {
     pub authority: Authority,
     /// Path prefix without a trailing slash, e.g. `/api/v1`.
     pub path: String,
+}
+
+impl UpstreamBase {
+    /// `{base path}{path}?{query}` on the upstream host, the query forwarded byte for byte.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, hyper::http::Error> {
+        let query_len = query.map_or(0, |q| q.len() + 1);
+        let mut buf = BytesMut::with_capacity(self.path.len() + path.len() + query_len);
+        buf.put_slice(self.path.as_bytes());
+        buf.put_slice(path.as_bytes());
+        if buf.is_empty() {
+            buf.put_u8(b'/');
+        }
+        if let Some(q) = query {
+            buf.put_u8(b'?');
+            buf.put_slice(q.as_bytes());
+        }
+        let path_and_query = PathAndQuery::from_maybe_shared(buf.freeze())?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
 }
 
 /// The validated configuration.
@@ -188,6 +215,20 @@ impl Config {
         }
         out
     }
+}
+
+/// A level by the names the original proxy (uvicorn) and `log` use.
+#[must_use]
+pub fn level_named(name: &str) -> Option<log::LevelFilter> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "trace" => log::LevelFilter::Trace,
+        "debug" => log::LevelFilter::Debug,
+        "info" => log::LevelFilter::Info,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "error" | "critical" => log::LevelFilter::Error,
+        "off" => log::LevelFilter::Off,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

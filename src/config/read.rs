@@ -208,7 +208,7 @@ pub(super) fn parse_log_level<F: Fn(&str) -> Option<String>>(
     let Some((name, level)) = r.raw(&["UVICORN_LOG_LEVEL", "LOG_LEVEL"]) else {
         return log::LevelFilter::Info;
     };
-    crate::logging::level_named(&level).unwrap_or_else(|| {
+    super::level_named(&level).unwrap_or_else(|| {
         r.problems.push(format!(
             "{name}: {level:?} is not one of trace, debug, info, warning, error, critical"
         ));

@@ -7,8 +7,10 @@
 
 mod calendar;
 mod gcra;
+pub mod probe;
 mod probed;
 mod slot;
+pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -18,8 +18,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use openrouter_proxy::app::App;
 use openrouter_proxy::config::Config;
-use openrouter_proxy::proxy::App;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -279,7 +279,7 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let app = App::new(config(base_url, vars));
         let (stop, stopped) = oneshot::channel::<()>();
-        openrouter_proxy::probe::spawn(&app);
+        openrouter_proxy::keys::probe::spawn(&app);
         let served = Arc::clone(&app);
         tokio::spawn(openrouter_proxy::server::serve(listener, served, async {
             let _ = stopped.await;

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::outcome::error_object;
+use crate::forward::outcome::error_object;
 
 /// What one complete event is.
 #[derive(Debug, PartialEq)]

@@ -14,9 +14,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
 use tokio::net::TcpListener;
 
-use crate::metrics::Route;
-use crate::proxy::App;
-use crate::router;
+use crate::app::App;
+use crate::ingress::router;
+use crate::observe::metrics::Route;
 
 pub mod first_head;
 mod replay;

@@ -13,13 +13,13 @@ use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, Uri};
 use log::warn;
 
-use crate::body::{hold, ProxyBody};
+use crate::app::App;
 use crate::error::ProxyError;
+use crate::forward::held::{hold, Held};
+use crate::forward::outcome::{classify, error_object, Verdict};
+use crate::forward::reaction::{reaction, Retry};
+use crate::forward::upstream::strip_hop_by_hop;
 use crate::keys::{now_ms, Demand, Outcome, Pick, Shortage, Unavailable};
-use crate::outcome::{classify, error_object, Verdict};
-use crate::proxy::App;
-use crate::reaction::{reaction, Retry};
-use crate::upstream::strip_hop_by_hop;
 
 /// The most of an upstream body held back to look for an error before committing to it.
 pub const INSPECT_LIMIT: usize = 64 * 1024;
@@ -56,7 +56,7 @@ pub enum Settled {
         response: Response<Incoming>,
     },
     /// An upstream answer to hand over as it is (a success, a refusal, or the last error once retries ran out).
-    Answer(Response<ProxyBody>),
+    Answer(Response<Held>),
     /// The proxy's own error: no key in time, upstream unreachable or silent.
     Failed(ProxyError),
 }
@@ -105,7 +105,7 @@ impl Journey {
 
     /// Runs attempts until one can be handed to the client, or retries run out.
     pub async fn settle(&mut self) -> Settled {
-        let mut last_answer: Option<Response<ProxyBody>> = None;
+        let mut last_answer: Option<Response<Held>> = None;
         loop {
             let key = match self.acquire().await {
                 Ok(pick) => {
@@ -228,7 +228,10 @@ impl Journey {
             self.app.keys.record(key, Outcome::Success);
             return Inspected::Done(Settled::Answer(Response::from_parts(
                 head,
-                ProxyBody::upstream(None, body),
+                Held {
+                    bytes: Bytes::new(),
+                    rest: Some(body),
+                },
             )));
         }
         // A success body may take as long as the generation; an error body is bounded by UPSTREAM_TIMEOUT.
@@ -255,7 +258,7 @@ impl Journey {
             None
         };
         let verdict = classify(status.as_u16(), &head.headers, error.as_ref());
-        let answer = Response::from_parts(head, start.into_body());
+        let answer = Response::from_parts(head, start);
         match verdict {
             Verdict::Success => {
                 self.app.keys.record(key, Outcome::Success);
@@ -263,7 +266,7 @@ impl Journey {
             }
             Verdict::Rejected => {
                 self.app.keys.record(key, Outcome::Error);
-                self.app.metrics.count_error(verdict);
+                self.app.metrics.count_error(verdict.class());
                 Inspected::Done(Settled::Answer(answer))
             }
             _ => Inspected::Failed(verdict, Some(answer)),
@@ -277,7 +280,7 @@ impl Journey {
         let now = now_ms();
         let react = reaction(verdict, now);
         self.app.keys.record(key, react.outcome);
-        self.app.metrics.count_error(verdict);
+        self.app.metrics.count_error(verdict.class());
         if react.give_back {
             if let Some(pick) = self.last_pick.take() {
                 self.app.keys.give_back(pick);
@@ -355,7 +358,7 @@ fn failure_of(verdict: Verdict) -> ProxyError {
 enum Inspected {
     Done(Settled),
     /// A failed attempt: its verdict, and the upstream answer to return if retries run out.
-    Failed(Verdict, Option<Response<ProxyBody>>),
+    Failed(Verdict, Option<Response<Held>>),
 }
 
 fn log_reaction(

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::app::App;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool};
-use crate::proxy::App;
 
 const VERSION: u32 = 1;
 const WRITE_WARNING_EVERY: Duration = Duration::from_secs(60);

@@ -9,44 +9,16 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use log::{info, log_enabled, Level};
 
-use crate::attempts::{Journey, Outgoing, Settled};
-use crate::auth::authenticate;
-use crate::body::{read_capped, ProxyBody, ReadError};
-use crate::breaker::Breaker;
-use crate::config::Config;
+use crate::app::App;
 use crate::error::ProxyError;
-use crate::keys::{Demand, KeyPool};
-use crate::metrics::Metrics;
-use crate::model;
-use crate::relay::SseRelay;
-use crate::upstream::{
-    build_client, has_dot_segment, sanitize_request_headers, upstream_uri, UpstreamClient,
-};
-
-/// Everything a request needs, built once at startup and shared.
-pub struct App {
-    pub config: Config,
-    pub keys: KeyPool,
-    pub metrics: Metrics,
-    /// Whether OpenRouter is reachable at all (fail fast while it is not).
-    pub breaker: Breaker,
-    pub(crate) client: UpstreamClient,
-}
-
-impl App {
-    #[must_use]
-    pub fn new(config: Config) -> Arc<App> {
-        let keys = KeyPool::from_config(&config);
-        let client = build_client(config.upstream_http2);
-        Arc::new(App {
-            config,
-            keys,
-            metrics: Metrics::default(),
-            breaker: Breaker::default(),
-            client,
-        })
-    }
-}
+use crate::forward::attempts::{Journey, Outgoing, Settled};
+use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstream_uri};
+use crate::ingress::auth::authenticate;
+use crate::ingress::model;
+use crate::ingress::request_body::{read_capped, ReadError};
+use crate::keys::Demand;
+use crate::stream::body::ProxyBody;
+use crate::stream::relay::SseRelay;
 
 /// Proxies one request to OpenRouter with the best key and pipes the answer back.
 pub async fn forward(
@@ -140,7 +112,7 @@ pub async fn forward(
                 ProxyBody::Relay(Box::new(SseRelay::new(upstream, key, journey))),
             ))
         }
-        Settled::Answer(response) => Ok(response),
+        Settled::Answer(response) => Ok(response.map(ProxyBody::from)),
         Settled::Failed(err) => Err(err),
     }
 }

@@ -4,15 +4,15 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 use serde_json::{json, Value};
 
-use crate::body::ProxyBody;
+use crate::app::App;
 use crate::keys::now_ms;
-use crate::proxy::App;
+use bytes::Bytes;
 
 /// `GET /health`: `OK` (the process serves), or with `?format=json` also whether
 /// OpenRouter is reachable: `{"status":"OK","upstream":"ok"}`, or `degraded` and
 /// `unreachable` while the circuit breaker is open.
 #[must_use]
-pub fn health(app: &App, query: Option<&str>) -> Response<ProxyBody> {
+pub fn health(app: &App, query: Option<&str>) -> Response<Bytes> {
     let json = query.is_some_and(|q| q.split('&').any(|pair| pair == "format=json"));
     let (body, content_type) = if json {
         let body = if app.breaker.is_open() {
@@ -24,7 +24,7 @@ pub fn health(app: &App, query: Option<&str>) -> Response<ProxyBody> {
     } else {
         ("OK", "text/plain; charset=utf-8")
     };
-    let mut response = Response::new(ProxyBody::full(body));
+    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -33,7 +33,7 @@ pub fn health(app: &App, query: Option<&str>) -> Response<ProxyBody> {
 
 /// `GET /key_status`: every key's state, read from atomics only.
 #[must_use]
-pub fn key_status(app: &App) -> Response<ProxyBody> {
+pub fn key_status(app: &App) -> Response<Bytes> {
     let now = now_ms();
     let pool = &app.keys;
     let calendar = pool.calendar();
@@ -79,7 +79,7 @@ pub fn key_status(app: &App) -> Response<ProxyBody> {
         "keys": keys,
         "upstream_errors": app.metrics.errors_by_class().iter().map(|(class, n)| ((*class).to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
     });
-    let mut response = Response::new(ProxyBody::full(body.to_string()));
+    let mut response = Response::new(Bytes::from(body.to_string()));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -88,8 +88,8 @@ pub fn key_status(app: &App) -> Response<ProxyBody> {
 
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 #[must_use]
-pub fn metrics(app: &App) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(app.metrics.render(&app.keys)));
+pub fn metrics(app: &App) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(app.metrics.render(&app.keys)));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -99,8 +99,8 @@ pub fn metrics(app: &App) -> Response<ProxyBody> {
 
 /// The status page: one self-contained HTML page, embedded in the binary.
 #[must_use]
-pub fn page() -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(&include_bytes!("status_page.html")[..]));
+pub fn page() -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(include_bytes!("status_page.html")));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use crate::forward::outcome::Verdict;
 use crate::keys::{BlockReason, Outcome};
-use crate::outcome::Verdict;
 
 /// How long a key is parked after a 401 (not forever: OpenRouter has 401'd everyone during incidents).
 const UNAUTHORIZED_BLOCK_MS: i64 = 5 * 60_000;

@@ -4,12 +4,9 @@
 //! original proxy's `APIKEY: <key>`, and Anthropic-style `x-api-key: <key>`.
 //! Compared in constant time; a header sent twice is refused as ambiguous.
 
-use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use hyper::header::{HeaderMap, AUTHORIZATION};
 
-/// The original proxy's header.
-pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
-/// Anthropic-style clients' header.
-pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+use crate::forward::upstream::{APIKEY, X_API_KEY};
 
 /// Checks the client's credentials against the proxy key.
 pub fn authenticate(headers: &HeaderMap, proxy_key: &[u8]) -> Result<(), &'static str> {
@@ -49,7 +46,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
+    use hyper::header::{HeaderName, HeaderValue};
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

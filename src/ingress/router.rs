@@ -11,12 +11,15 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::authenticate;
-use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::metrics::Route;
-use crate::proxy::{forward, App};
-use crate::status;
+use crate::ingress::auth::authenticate;
+use crate::observe::metrics::Route;
+use crate::stream::body::ProxyBody;
+use bytes::Bytes;
+
+use crate::app::App;
+use crate::ingress::proxied::forward;
+use crate::observe::status;
 
 /// Keeps the in-flight gauge right however the handler ends (a client that
 /// leaves drops the handler future mid-way).
@@ -47,25 +50,25 @@ pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Proxy
     };
     let (kind, mut response) = match (request.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => {
-            (Route::Own, status::health(app, request.uri().query()))
+            (Route::Own, own(status::health(app, request.uri().query())))
         }
         (&Method::OPTIONS, _) => (Route::Own, preflight(&request)),
         (_, "/key_status" | "/key-status") => (
             Route::Own,
-            own_endpoint(app, &request, || status::key_status(app)),
+            own(authorized(app, &request, || status::key_status(app))),
         ),
-        (_, "/metrics") if app.config.metrics_public => (Route::Own, status::metrics(app)),
+        (_, "/metrics") if app.config.metrics_public => (Route::Own, own(status::metrics(app))),
         (_, "/metrics") => (
             Route::Own,
-            own_endpoint(app, &request, || status::metrics(app)),
+            own(authorized(app, &request, || status::metrics(app))),
         ),
-        (&Method::GET, "/status") => (Route::Own, status::page()),
-        (&Method::GET, "/") if accepts_html(&request) => (Route::Own, status::page()),
+        (&Method::GET, "/status") => (Route::Own, own(status::page())),
+        (&Method::GET, "/") if accepts_html(&request) => (Route::Own, own(status::page())),
         _ => (
             kind,
             forward(app, request, arrived)
                 .await
-                .unwrap_or_else(ProxyError::into_response),
+                .unwrap_or_else(|err| own(err.into_response())),
         ),
     };
     app.metrics.count_request(kind, response.status().as_u16());
@@ -75,11 +78,17 @@ pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Proxy
     response
 }
 
-fn own_endpoint(
+/// One of the proxy's own answers (an endpoint, or an error) as a response body.
+fn own(response: Response<Bytes>) -> Response<ProxyBody> {
+    response.map(ProxyBody::from)
+}
+
+/// Runs `handler` only for a request carrying the proxy key.
+fn authorized(
     app: &App,
     request: &Request<Incoming>,
-    handler: impl FnOnce() -> Response<ProxyBody>,
-) -> Response<ProxyBody> {
+    handler: impl FnOnce() -> Response<Bytes>,
+) -> Response<Bytes> {
     match authenticate(request.headers(), app.config.proxy_api_key.as_bytes()) {
         Ok(()) => handler(),
         Err(why) => ProxyError::Unauthorized(why).into_response(),

@@ -11,9 +11,8 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
+use crate::app::App;
 use crate::keys::{now_ms, ProbeOutcome, ProbeReport};
-use crate::proxy::App;
-use crate::upstream::upstream_uri;
 
 /// The most of a `/key` answer that is read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -91,7 +90,7 @@ pub fn spawn(app: &Arc<App>) {
 
 /// Asks OpenRouter about key `index`.
 async fn probe(app: &App, index: usize) -> ProbeOutcome {
-    let Ok(uri) = upstream_uri(&app.config.upstream, "/key", None) else {
+    let Ok(uri) = app.config.upstream.uri("/key", None) else {
         return ProbeOutcome::Failed(0);
     };
     let mut request = Request::new(Full::new(Bytes::new()));

@@ -11,7 +11,7 @@ pub fn init(env: &HashMap<String, String>) {
     let level = ["UVICORN_LOG_LEVEL", "LOG_LEVEL"]
         .iter()
         .find_map(|name| env.get(*name))
-        .and_then(|level| level_named(level))
+        .and_then(|level| crate::config::level_named(level))
         .unwrap_or(log::LevelFilter::Info);
     builder.filter_level(level);
     // Dependencies' debug chatter (connection pools, TLS) stays out unless RUST_LOG asks for it.
@@ -54,18 +54,4 @@ pub fn init(env: &HashMap<String, String>) {
         });
     }
     let _ = builder.try_init();
-}
-
-/// A level by the names the original proxy (uvicorn) and `log` use.
-#[must_use]
-pub fn level_named(name: &str) -> Option<log::LevelFilter> {
-    Some(match name.trim().to_ascii_lowercase().as_str() {
-        "trace" => log::LevelFilter::Trace,
-        "debug" => log::LevelFilter::Debug,
-        "info" => log::LevelFilter::Info,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "error" | "critical" => log::LevelFilter::Error,
-        "off" => log::LevelFilter::Off,
-        _ => return None,
-    })
 }

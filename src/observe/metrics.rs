@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::keys::{now_ms, KeyPool, KeySlot};
-use crate::outcome::Verdict;
 
 // Every figure is an independent counter or gauge: `Relaxed` throughout.
 
@@ -26,7 +25,7 @@ pub enum Route {
 
 const ROUTES: [&str; 4] = ["chat_completions", "other_proxied", "own", "malformed_head"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Classified upstream errors, as named by [`Verdict::class`].
+/// Classified upstream errors, as named by `Verdict::class`.
 pub const ERROR_CLASSES: [&str; 10] = [
     "free-daily",
     "free-per-minute",
@@ -104,9 +103,9 @@ impl Metrics {
         self.requests[route as usize][class].fetch_add(1, Relaxed);
     }
 
-    /// Counts a classified upstream error.
-    pub fn count_error(&self, verdict: Verdict) {
-        if let Some(index) = ERROR_CLASSES.iter().position(|c| *c == verdict.class()) {
+    /// Counts a classified upstream error by its class (one of [`ERROR_CLASSES`]).
+    pub fn count_error(&self, class: &str) {
+        if let Some(index) = ERROR_CLASSES.iter().position(|c| *c == class) {
             self.upstream_errors[index].fetch_add(1, Relaxed);
         }
     }

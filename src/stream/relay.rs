@@ -17,12 +17,11 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::header::HeaderMap;
 use serde_json::{json, Value};
 
-use crate::attempts::{Journey, Settled};
-use crate::body::ProxyBody;
+use crate::app::App;
+use crate::forward::attempts::{Journey, Settled};
+use crate::forward::outcome::{classify, error_object, Verdict};
 use crate::keys::Outcome;
-use crate::outcome::{classify, error_object, Verdict};
-use crate::proxy::App;
-use crate::sse::{classify_event, event_len, Event};
+use crate::stream::sse::{classify_event, event_len, Event};
 
 type Retry = Pin<Box<dyn Future<Output = (Journey, Settled)> + Send>>;
 
@@ -152,9 +151,12 @@ impl SseRelay {
             }
             Settled::Answer(response) => {
                 let status = response.status().as_u16();
-                let body = match response.into_body() {
-                    ProxyBody::Full(Some(bytes)) => bytes,
-                    _ => Bytes::new(),
+                // Only a whole (held) body can carry an error object worth passing on.
+                let held = response.into_body();
+                let body = if held.rest.is_none() {
+                    held.bytes
+                } else {
+                    Bytes::new()
                 };
                 let error = error_object(&body).unwrap_or_else(|| json!({"code": status, "message": "OpenRouter answered the retry without a stream"}));
                 Mode::Last(error_event(&error))

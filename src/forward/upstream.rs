@@ -2,17 +2,21 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderName};
-use hyper::http::uri::{PathAndQuery, Uri};
+use hyper::http::uri::Uri;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::auth::{APIKEY, X_API_KEY};
 use crate::config::UpstreamBase;
+
+/// The original proxy's header.
+pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
+/// Anthropic-style clients' header.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Idle keep-alive connections kept per upstream host.
 pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
@@ -97,24 +101,7 @@ pub fn upstream_uri(
     path: &str,
     query: Option<&str>,
 ) -> Result<Uri, hyper::http::Error> {
-    let mapped = upstream_path(path);
-    let query_len = query.map_or(0, |q| q.len() + 1);
-    let mut buf = BytesMut::with_capacity(base.path.len() + mapped.len() + query_len);
-    buf.put_slice(base.path.as_bytes());
-    buf.put_slice(mapped.as_bytes());
-    if buf.is_empty() {
-        buf.put_u8(b'/');
-    }
-    if let Some(q) = query {
-        buf.put_u8(b'?');
-        buf.put_slice(q.as_bytes());
-    }
-    let path_and_query = PathAndQuery::from_maybe_shared(buf.freeze())?;
-    Uri::builder()
-        .scheme(base.scheme.clone())
-        .authority(base.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    base.uri(upstream_path(path), query)
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones that must not cross a proxy.
