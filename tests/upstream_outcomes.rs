@@ -348,11 +348,23 @@ async fn a_request_too_large_for_every_key_ends_with_openrouter_s_402_after_each
 async fn a_retry_that_waits_longer_than_the_idle_timeout_does_not_end_the_new_stream() {
     // The error event asks for a 2 s wait; the idle timeout is 1 s.
     const SLOW_RETRY: &str = "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\",\"metadata\":{\"retry_after_seconds\":2}},\"choices\":[]}\n\n";
-    let upstream = Upstream::script(vec![
-        Reply::sse(&[SLOW_RETRY]),
-        Reply::sse(&[PROCESSING, CONTENT, DONE]),
-    ])
-    .await;
+    let (chunks, second) = tokio::sync::mpsc::channel(4);
+    let upstream = Upstream::script(vec![Reply::sse(&[SLOW_RETRY]), Reply::Stream(second)]).await;
+    let seen = std::sync::Arc::clone(&upstream.seen);
+    // The retried stream starts quiet, so the relay waits on it (and checks its idle clock)
+    // before the content arrives.
+    tokio::spawn(async move {
+        while seen.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for event in [CONTENT, DONE] {
+            chunks
+                .send(Bytes::from_static(event.as_bytes()))
+                .await
+                .unwrap();
+        }
+    });
     let proxy = Proxy::start(&upstream.base_url(), &[("STREAM_IDLE_TIMEOUT", "1")]).await;
     let answer = stream_chat(&proxy, FREE).await;
     let text = answer.text();
