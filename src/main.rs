@@ -7,16 +7,16 @@ use std::sync::Arc;
 use log::{error, info, warn};
 use openrouter_proxy::app::App;
 use openrouter_proxy::config::cli::{self, Command};
-use openrouter_proxy::config::env_file;
+use openrouter_proxy::config::env_file::{self, EnvFileReport};
 use openrouter_proxy::config::Config;
 use openrouter_proxy::keys::state::{self, Persistence};
 use openrouter_proxy::observe::logging;
 use openrouter_proxy::server;
 
 fn main() -> ExitCode {
-    let env = env_file::merged_environment(std::path::Path::new("."));
+    let (env, env_file) = env_file::merged_environment(std::path::Path::new("."));
     match cli::parse(std::env::args().skip(1)) {
-        Command::Run => run(&env),
+        Command::Run => run(&env, &env_file),
         Command::Help => {
             print!("{}", cli::help());
             ExitCode::SUCCESS
@@ -39,8 +39,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
+fn run(env: &std::collections::HashMap<String, String>, env_file: &EnvFileReport) -> ExitCode {
     logging::init(env);
+    env_file.log();
     let config = match Config::from_lookup(|name| env.get(name).cloned()) {
         Ok(config) => config,
         Err(errors) => {
@@ -52,61 +53,76 @@ fn run(env: &std::collections::HashMap<String, String>) -> ExitCode {
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
-            Err(err) => {
-                error!("cannot listen on {}: {err}", config.listen);
-                return ExitCode::from(69);
-            }
-        };
-        // The bound address, not the configured one: with port 0 the OS picks it (tests read it here).
-        let bound = listener.local_addr().unwrap_or(config.listen);
-        info!(
-            "listening on {bound} with {} keys, forwarding to {}://{}{}, daily reset at midnight {}",
-            config.keys.len(),
-            config.upstream.scheme,
-            config.upstream.authority,
-            config.upstream.path,
-            config.timezone_name
-        );
-        let app = App::new(config);
-        let state_file = app.config.state_file.clone();
-        if let Some(path) = &state_file {
-            state::load(path, &app.keys);
+    runtime.block_on(serve(config))
+}
+
+/// Binds, serves until a signal, then drains and writes the state one last time.
+async fn serve(config: Config) -> ExitCode {
+    let Some(listener) = bind(&config).await else {
+        return ExitCode::from(69);
+    };
+    let app = App::new(config);
+    let state_file = app.config.state_file.clone();
+    if let Some(path) = &state_file {
+        state::load(path, &app.keys);
+    }
+    openrouter_proxy::keys::probe::spawn(&app);
+    let flusher = state_file.clone().map(|path| {
+        let (app, interval) = (Arc::clone(&app), app.config.state_flush_interval);
+        tokio::spawn(async move { Persistence::new(app, path).run(interval).await })
+    });
+    server::serve(listener, Arc::clone(&app), first_signal(&app)).await;
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    if let Some(path) = state_file {
+        Persistence::new(app, path).flush().await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The listening socket, announced with where it forwards; `None` (logged) if it cannot be bound.
+async fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            error!("cannot listen on {}: {err}", config.listen);
+            return None;
         }
-        openrouter_proxy::keys::probe::spawn(&app);
-        let flusher = state_file.clone().map(|path| {
-            let (app, interval) = (Arc::clone(&app), app.config.state_flush_interval);
-            tokio::spawn(async move { Persistence::new(app, path).run(interval).await })
-        });
-        let (first_signal, shutdown) = tokio::sync::oneshot::channel::<()>();
-        let signalled = Arc::clone(&app);
-        // Registered once, before the first signal: a second signal arriving while the
-        // first is handled is queued on the same streams, never missed.
-        let mut signals = TerminationSignals::new();
-        tokio::spawn(async move {
-            signals.recv().await;
-            let _ = first_signal.send(());
-            signals.recv().await;
-            warn!("second signal: exiting now");
-            if let Some(path) = &signalled.config.state_file {
-                let _ = state::write_atomic(path, &state::render(&signalled.keys));
-            }
-            std::process::exit(1);
-        });
-        server::serve(listener, Arc::clone(&app), async {
-            let _ = shutdown.await;
-        })
-        .await;
-        if let Some(flusher) = flusher {
-            flusher.abort();
+    };
+    // The bound address, not the configured one: with port 0 the OS picks it (tests read it here).
+    let bound = listener.local_addr().unwrap_or(config.listen);
+    info!(
+        "listening on {bound} with {} keys, forwarding to {}://{}{}, daily reset at midnight {}",
+        config.keys.len(),
+        config.upstream.scheme,
+        config.upstream.authority,
+        config.upstream.path,
+        config.timezone_name
+    );
+    Some(listener)
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one writes the state and exits 1 at once.
+fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
+    let (first, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let app = Arc::clone(app);
+    // Registered once, before the first signal: a second signal arriving while the
+    // first is handled is queued on the same streams, never missed.
+    let mut signals = TerminationSignals::new();
+    tokio::spawn(async move {
+        signals.recv().await;
+        let _ = first.send(());
+        signals.recv().await;
+        warn!("second signal: exiting now");
+        if let Some(path) = &app.config.state_file {
+            let _ = state::write_atomic(path, &state::render(&app.keys));
         }
-        if let Some(path) = state_file {
-            Persistence::new(app, path).flush().await;
-        }
-        ExitCode::SUCCESS
-    })
+        std::process::exit(1);
+    });
+    async {
+        let _ = shutdown.await;
+    }
 }
 
 /// SIGTERM and SIGINT, listened to for the life of the process.

@@ -114,6 +114,27 @@ fn absurd_durations_are_refused_instead_of_overflowing_a_deadline() {
 }
 
 #[test]
+fn env_file_mistakes_are_logged_and_a_byte_order_mark_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "\u{feff}PROXY_API_KEY=proxy-key-0123456789\nOPENROUTER_KEYS=sk-or-v1-a1\n\
+         OPENROUTER_KEY=sk-or-v1-typotypotypotypo\nthis is not a variable sk-or-v1-leak\n\
+         TIMEZONE=Mars/Olympus\n",
+    )
+    .unwrap();
+    let output = proxy().current_dir(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Stopped by the bad zone, after the file was read: the BOM did not cost PROXY_API_KEY.
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(!stderr.contains("PROXY_API_KEY: required"), "{stderr}");
+    assert!(stderr.contains("read ./.env"), "{stderr}");
+    assert!(stderr.contains("sets OPENROUTER_KEY,"), "{stderr}");
+    assert!(stderr.contains("line 4 is not NAME=value"), "{stderr}");
+    assert!(!stderr.contains("typotypo") && !stderr.contains("leak"), "{stderr}");
+}
+
+#[test]
 fn help_lists_every_variable_with_its_default_and_version_prints() {
     let help = proxy().arg("--help").output().unwrap();
     assert!(help.status.success());

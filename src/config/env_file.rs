@@ -1,64 +1,124 @@
 //! The `.env` file the original proxy read through python-dotenv.
 //!
-//! Supported: `KEY=value`, `export KEY=value`, `#` comments, blank lines,
-//! single- or double-quoted values, and trailing ` # comments` after unquoted values.
-//! Variables already set in the process environment win over the file, as with dotenv.
+//! Parsed by `dotenvy`, which follows the conventions people bring from docker
+//! compose and python-dotenv: `export`, `#` comments, single quotes (literal),
+//! double quotes (escapes, `$VAR` expansion), values over several lines. A
+//! UTF-8 byte-order mark (Windows Notepad) is dropped first. Variables already
+//! set in the process environment win over the file, as with dotenv.
+//!
+//! Logging is set up from the merged environment, so what is worth saying
+//! about the file (which one was read, lines that do not parse, names the
+//! proxy does not know) is collected here and logged by the caller afterwards.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-/// Parses `.env` text into name/value pairs; malformed lines are skipped.
-#[must_use]
-pub fn parse(text: &str) -> Vec<(String, String)> {
-    text.lines().filter_map(parse_line).collect()
+use super::VARIABLES;
+
+/// Names read from the environment that are not in the variable table.
+const ALSO_KNOWN: [&str; 1] = ["RUST_LOG"];
+
+/// What reading the `.env` file found, for the log once logging is set up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EnvFileReport {
+    /// The file read, or `None` when there is none.
+    pub path: Option<PathBuf>,
+    /// 1-based numbers of lines that do not parse (never their text: it may hold a key).
+    pub unparsable_lines: Vec<usize>,
+    /// Names in the file that the proxy does not read (typos such as `OPENROUTER_KEY`), once each.
+    pub unknown_names: Vec<String>,
 }
 
-fn parse_line(line: &str) -> Option<(String, String)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let line = line.strip_prefix("export ").unwrap_or(line);
-    let (name, raw) = line.split_once('=')?;
-    let name = name.trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return None;
-    }
-    Some((name.to_owned(), unquote(raw.trim())))
-}
-
-fn unquote(raw: &str) -> String {
-    for quote in ['"', '\''] {
-        if let Some(inner) = raw.strip_prefix(quote) {
-            if let Some(end) = inner.find(quote) {
-                return inner[..end].to_owned();
-            }
+impl EnvFileReport {
+    /// Logs what was found: where the variables came from, and each problem once.
+    pub fn log(&self) {
+        let Some(path) = &self.path else {
+            log::info!("no .env file in the working directory; using the process environment");
+            return;
+        };
+        log::info!("read {}", path.display());
+        for line in &self.unparsable_lines {
+            log::warn!(
+                "{} line {line} is not NAME=value and was ignored",
+                path.display()
+            );
+        }
+        for name in &self.unknown_names {
+            log::warn!(
+                "{} sets {name}, which openrouter-proxy does not read (a typo?); see --help",
+                path.display()
+            );
         }
     }
-    match raw.find(" #") {
-        Some(comment) => raw[..comment].trim_end().to_owned(),
-        None => raw.to_owned(),
-    }
 }
 
-/// The process environment merged over the `.env` file in `dir`, if there is one.
+/// Parses `.env` text into name/value pairs (a BOM dropped), with what was wrong with it.
 #[must_use]
-pub fn merged_environment(dir: &std::path::Path) -> HashMap<String, String> {
-    let mut vars: HashMap<String, String> = std::fs::read_to_string(dir.join(".env"))
-        .map(|text| parse(&text).into_iter().collect())
-        .unwrap_or_default();
-    vars.extend(std::env::vars());
-    vars
+pub fn parse(text: &str) -> (Vec<(String, String)>, EnvFileReport) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut vars = Vec::new();
+    let mut report = EnvFileReport::default();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok(pair) => vars.push(pair),
+            Err(dotenvy::Error::LineParse(line, _)) => {
+                report.unparsable_lines.push(line_number(text, &line));
+            }
+            Err(_) => report.unparsable_lines.push(0),
+        }
+    }
+    for (name, _) in &vars {
+        if !is_known(name) && !report.unknown_names.contains(name) {
+            report.unknown_names.push(name.clone());
+        }
+    }
+    (vars, report)
+}
+
+fn is_known(name: &str) -> bool {
+    ALSO_KNOWN.contains(&name) || VARIABLES.iter().any(|v| v.names.contains(&name))
+}
+
+/// The 1-based line where `line` (as dotenvy quotes it back) starts in `text`.
+fn line_number(text: &str, line: &str) -> usize {
+    let first = line.lines().next().unwrap_or("").trim();
+    text.lines()
+        .position(|l| !first.is_empty() && l.trim() == first)
+        .map_or(0, |index| index + 1)
+}
+
+/// The process environment merged over the `.env` file in `dir`, if there is one,
+/// and what reading the file found.
+#[must_use]
+pub fn merged_environment(dir: &Path) -> (HashMap<String, String>, EnvFileReport) {
+    let path = dir.join(".env");
+    let (file_vars, mut report) = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (vars, mut report) = parse(&text);
+            report.path = Some(path);
+            (vars, report)
+        }
+        Err(_) => (Vec::new(), EnvFileReport::default()),
+    };
+    let mut vars: HashMap<String, String> = file_vars.into_iter().collect();
+    let process: HashMap<String, String> = std::env::vars().collect();
+    // A name the process environment sets is not the file's typo to warn about.
+    report
+        .unknown_names
+        .retain(|name| !process.contains_key(name));
+    vars.extend(process);
+    (vars, report)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::*;
 
     #[test]
     fn parses_the_forms_dotenv_accepts() {
         let text = "# comment\n\nPROXY_API_KEY=abc\nexport TIMEZONE=Europe/Moscow\n\
-                    OPENROUTER_KEYS=\"k1:50,k2\"\nUVICORN_PORT='8080'\nLOG = debug # noisy\nnot a line\n";
-        let vars = parse(text);
+                    OPENROUTER_KEYS=\"k1:50,k2\"\nUVICORN_PORT='8080'\nLOG_LEVEL=debug # noisy\n";
+        let (vars, report) = parse(text);
         assert_eq!(
             vars,
             vec![
@@ -66,8 +126,28 @@ mod tests {
                 ("TIMEZONE".into(), "Europe/Moscow".into()),
                 ("OPENROUTER_KEYS".into(), "k1:50,k2".into()),
                 ("UVICORN_PORT".into(), "8080".into()),
-                ("LOG".into(), "debug".into()),
+                ("LOG_LEVEL".into(), "debug".into()),
             ]
         );
+        assert_eq!(report, EnvFileReport::default());
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_hide_the_first_variable() {
+        let (vars, report) = parse("\u{feff}PROXY_API_KEY=abc\nOPENROUTER_KEYS=k1\n");
+        assert_eq!(vars[0], ("PROXY_API_KEY".into(), "abc".into()));
+        assert!(report.unknown_names.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn unparsable_lines_and_unknown_names_are_reported_without_their_values() {
+        let text =
+            "PROXY_API_KEY=abc\nOPENROUTER_KEY=sk-or-v1-secret\nnot a line sk-or-v1-secret\n\
+                    MAX_RETRY=3\nMAX_RETRY=4\n";
+        let (vars, report) = parse(text);
+        assert_eq!(vars.len(), 4);
+        assert_eq!(report.unparsable_lines, [3]);
+        assert_eq!(report.unknown_names, ["OPENROUTER_KEY", "MAX_RETRY"]);
+        assert!(!format!("{report:?}").contains("secret"));
     }
 }

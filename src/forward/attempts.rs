@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::http::response::Parts;
 use hyper::{Method, Request, Response, Uri};
 use log::warn;
 
@@ -234,6 +235,13 @@ impl Journey {
                 },
             )));
         }
+        self.inspect_held(key, head, body).await
+    }
+
+    /// Holds the start of a JSON or error body (at most [`INSPECT_LIMIT`]) and classifies it,
+    /// including an error object inside a 200.
+    async fn inspect_held(&self, key: usize, head: Parts, body: Incoming) -> Inspected {
+        let status = head.status;
         // A success body may take as long as the generation; an error body is bounded by UPSTREAM_TIMEOUT.
         let start = if status.is_success() || self.app.config.upstream_timeout.is_zero() {
             hold(body, INSPECT_LIMIT).await.ok()

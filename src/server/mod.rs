@@ -10,9 +10,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use log::{debug, info, warn};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::ingress::router;
@@ -24,9 +24,8 @@ mod replay;
 use first_head::{FirstHead, MAX_HEAD_BYTES};
 use replay::Replay;
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish for up to `SHUTDOWN_GRACE`.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// The HTTP/1 and HTTP/2 connection settings, built once.
+fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -36,13 +35,52 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         // Bounds the request head (431 above it); bodies are read in pieces of at most this size.
         .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// One accepted connection: its first head is checked, then hyper serves it until it
+/// ends or graceful shutdown closes it.
+async fn connection(
+    mut stream: TcpStream,
+    app: Arc<App>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    mut closing: tokio::sync::watch::Receiver<()>,
+) {
+    let first_head = tokio::select! {
+        head = first_head::read(&mut stream, app.config.header_read_timeout) => head,
+        _ = closing.changed() => return,
+    };
+    let head = match first_head {
+        FirstHead::Serve(head) => head,
+        FirstHead::Refused(status) => {
+            app.metrics
+                .count_request(Route::MalformedHead, status.as_u16());
+            return;
+        }
+        FirstHead::Gone => return,
+    };
+    let service = service_fn(move |request| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(router::route(&app, request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(Replay::new(head, stream)), service);
+    if let Err(err) = watcher.watch(connection.into_owned()).await {
+        debug!("connection ended with an error: {err}");
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish for up to `SHUTDOWN_GRACE`.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let builder = connection_builder(&app);
     let graceful = GracefulShutdown::new();
     // Connections still sending their first head have no request to finish: dropping this
     // sender ends them as shutdown begins, instead of holding it up for HEADER_READ_TIMEOUT.
     let (closing, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let mut stream = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
@@ -55,33 +93,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        let mut closing = closing.subscribe();
-        tokio::spawn(async move {
-            let first_head = tokio::select! {
-                head = first_head::read(&mut stream, app.config.header_read_timeout) => head,
-                _ = closing.changed() => return,
-            };
-            let head = match first_head {
-                FirstHead::Serve(head) => head,
-                FirstHead::Refused(status) => {
-                    app.metrics
-                        .count_request(Route::MalformedHead, status.as_u16());
-                    return;
-                }
-                FirstHead::Gone => return,
-            };
-            let service = service_fn(move |request| {
-                let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(router::route(&app, request).await) }
-            });
-            let connection =
-                builder.serve_connection(TokioIo::new(Replay::new(head, stream)), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                debug!("connection ended with an error: {err}");
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            Arc::clone(&app),
+            builder.clone(),
+            graceful.watcher(),
+            closing.subscribe(),
+        ));
     }
     drop((listener, closing));
     info!(

@@ -15,9 +15,11 @@ use tokio::time::{Instant, Sleep};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::HeaderMap;
+use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::error::error_body;
 use crate::forward::attempts::{Journey, Settled};
 use crate::forward::outcome::{classify, error_object, Verdict};
 use crate::keys::Outcome;
@@ -150,25 +152,77 @@ impl SseRelay {
                 Mode::Inspecting
             }
             Settled::Answer(response) => {
-                let status = response.status().as_u16();
+                let status = response.status();
                 // Only a whole (held) body can carry an error object worth passing on.
                 let held = response.into_body();
-                let body = if held.rest.is_none() {
-                    held.bytes
-                } else {
-                    Bytes::new()
-                };
-                let error = error_object(&body).unwrap_or_else(|| json!({"code": status, "message": "OpenRouter answered the retry without a stream"}));
-                Mode::Last(error_event(&error))
+                let error = held
+                    .rest
+                    .is_none()
+                    .then(|| error_object(&held.bytes))
+                    .flatten();
+                Mode::Last(error.map_or_else(
+                    || error_event(status, "OpenRouter answered the retry without a stream"),
+                    |error| upstream_error_event(&error),
+                ))
             }
-            Settled::Failed(err) => Mode::Last(error_event(
-                &json!({"code": err.status().as_u16(), "message": err.message()}),
-            )),
+            Settled::Failed(err) => Mode::Last(error_event(err.status(), &err.message())),
         };
     }
 }
 
+/// What one poll of the relay yields to hyper.
+type Polled = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+
 impl SseRelay {
+    /// Polls the upstream stream once: `Some` is what to hand to hyper, `None` means the
+    /// mode changed (or a pre-content frame was held back) and the relay polls again.
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Option<Polled> {
+        let Some(upstream) = self.upstream.as_mut() else {
+            self.mode = Mode::Done;
+            return None;
+        };
+        let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else {
+            if !self.idle_expired(cx) {
+                return Some(Poll::Pending);
+            }
+            let after = self.app.config.stream_idle_timeout.as_secs();
+            let message = format!("OpenRouter sent nothing for {after} s (STREAM_IDLE_TIMEOUT)");
+            self.upstream = None;
+            self.mode = Mode::Last(error_event(StatusCode::GATEWAY_TIMEOUT, &message));
+            return None;
+        };
+        self.last_frame = Instant::now();
+        let inspecting = matches!(self.mode, Mode::Inspecting);
+        match frame {
+            Some(Ok(frame)) if !inspecting => return Some(Poll::Ready(Some(Ok(frame)))),
+            Some(Ok(frame)) => {
+                let out = frame
+                    .into_data()
+                    .ok()
+                    .and_then(|data| self.inspect(&data))?;
+                return Some(Poll::Ready(Some(Ok(Frame::data(out)))));
+            }
+            Some(Err(_))
+                if inspecting
+                    && self.retry(Verdict::Broken {
+                        nothing_generated: true,
+                    }) => {}
+            Some(Err(_)) => {
+                let message = "the OpenRouter stream broke off";
+                self.mode = Mode::Last(error_event(StatusCode::BAD_GATEWAY, message));
+            }
+            None => {
+                let rest = self.pending.split().freeze();
+                self.mode = if rest.is_empty() {
+                    Mode::Done
+                } else {
+                    Mode::Last(rest)
+                };
+            }
+        }
+        None
+    }
+
     /// True once `STREAM_IDLE_TIMEOUT` has passed since the last upstream frame.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(sleep) = self.idle.as_mut() else {
@@ -195,8 +249,13 @@ fn non_empty(bytes: Bytes) -> Option<Bytes> {
     (!bytes.is_empty()).then_some(bytes)
 }
 
-/// One SSE event carrying an OpenRouter-shaped error, so clients' SSE parsers report it.
-fn error_event(error: &Value) -> Bytes {
+/// One SSE event carrying the proxy's own error in OpenRouter's shape, so clients' SSE parsers report it.
+fn error_event(status: StatusCode, message: &str) -> Bytes {
+    format!("data: {}\n\n", error_body(status, message)).into()
+}
+
+/// One SSE event carrying an error object OpenRouter sent, passed on as it came.
+fn upstream_error_event(error: &Value) -> Bytes {
     format!("data: {}\n\n", json!({ "error": error })).into()
 }
 
@@ -225,52 +284,8 @@ impl Body for SseRelay {
                     this.resume(settled);
                 }
                 Mode::Piping | Mode::Inspecting => {
-                    let Some(upstream) = this.upstream.as_mut() else {
-                        this.mode = Mode::Done;
-                        continue;
-                    };
-                    let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else {
-                        if this.idle_expired(cx) {
-                            let after = this.app.config.stream_idle_timeout.as_secs();
-                            let message = format!(
-                                "OpenRouter sent nothing for {after} s (STREAM_IDLE_TIMEOUT)"
-                            );
-                            this.upstream = None;
-                            this.mode =
-                                Mode::Last(error_event(&json!({"code": 504, "message": message})));
-                            continue;
-                        }
-                        return Poll::Pending;
-                    };
-                    this.last_frame = Instant::now();
-                    let inspecting = matches!(this.mode, Mode::Inspecting);
-                    match frame {
-                        Some(Ok(frame)) if !inspecting => return Poll::Ready(Some(Ok(frame))),
-                        Some(Ok(frame)) => {
-                            if let Some(out) =
-                                frame.into_data().ok().and_then(|data| this.inspect(&data))
-                            {
-                                return Poll::Ready(Some(Ok(Frame::data(out))));
-                            }
-                        }
-                        Some(Err(_))
-                            if inspecting
-                                && this.retry(Verdict::Broken {
-                                    nothing_generated: true,
-                                }) => {}
-                        Some(Err(_)) => {
-                            let error =
-                                json!({"code": 502, "message": "the OpenRouter stream broke off"});
-                            this.mode = Mode::Last(error_event(&error));
-                        }
-                        None => {
-                            let rest = this.pending.split().freeze();
-                            this.mode = if rest.is_empty() {
-                                Mode::Done
-                            } else {
-                                Mode::Last(rest)
-                            };
-                        }
+                    if let Some(ready) = this.poll_upstream(cx) {
+                        return ready;
                     }
                 }
             }
