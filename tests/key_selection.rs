@@ -13,6 +13,18 @@ fn keys_seen(upstream: &Upstream) -> Vec<String> {
     upstream.requests().iter().map(Seen::key).collect()
 }
 
+/// One key whose limiter admits `rpm` free-model requests a minute, one at a time,
+/// with requests waiting up to `max_wait` seconds for it.
+async fn one_limited_key(upstream: &Upstream, rpm: &str, max_wait: &str) -> Proxy {
+    let vars = [
+        ("OPENROUTER_KEYS", KEY_A),
+        ("FREE_RPM", rpm),
+        ("FREE_BURST", "1"),
+        ("MAX_WAIT", max_wait),
+    ];
+    Proxy::start(&upstream.base_url(), &vars).await
+}
+
 #[tokio::test]
 async fn free_requests_rotate_by_remaining_share_of_the_daily_quota() {
     let upstream = Upstream::ok().await;
@@ -41,13 +53,7 @@ async fn a_key_at_its_daily_limit_is_skipped() {
 async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_failing() {
     let upstream = Upstream::ok().await;
     // 600/min with burst 1: one request per 100 ms on the single key.
-    let vars = [
-        ("OPENROUTER_KEYS", KEY_A),
-        ("FREE_RPM", "600"),
-        ("FREE_BURST", "1"),
-        ("MAX_WAIT", "10"),
-    ];
-    let proxy = Proxy::start(&upstream.base_url(), &vars).await;
+    let proxy = one_limited_key(&upstream, "600", "10").await;
     let answers = futures_join(&proxy, 4).await;
     assert!(answers.iter().all(|&status| status == 200), "{answers:?}");
     let mut times: Vec<_> = upstream.requests().iter().map(|s| s.at).collect();
@@ -112,11 +118,7 @@ async fn when_every_key_is_at_its_daily_limit_the_client_gets_429_with_retry_aft
     chat(&proxy, FREE).await;
     let answer = chat(&proxy, FREE).await;
     answer.assert_error(429);
-    let retry_after: u64 = answer.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = answer.retry_after();
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
     assert!(
         answer.text().contains("daily free-model limit"),
@@ -135,21 +137,11 @@ async fn when_every_key_is_at_its_daily_limit_the_client_gets_429_with_retry_aft
 #[tokio::test]
 async fn a_throttled_key_past_max_wait_gives_429_naming_the_throttle() {
     let upstream = Upstream::ok().await;
-    let vars = [
-        ("OPENROUTER_KEYS", KEY_A),
-        ("FREE_RPM", "1"),
-        ("FREE_BURST", "1"),
-        ("MAX_WAIT", "1"),
-    ];
-    let proxy = Proxy::start(&upstream.base_url(), &vars).await;
+    let proxy = one_limited_key(&upstream, "1", "1").await;
     assert_eq!(chat(&proxy, FREE).await.status, 200);
     let answer = chat(&proxy, FREE).await;
     answer.assert_error(429);
-    let retry_after: u64 = answer.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = answer.retry_after();
     assert!((55..=60).contains(&retry_after), "{retry_after}");
     assert!(answer.text().contains("throttled"), "{}", answer.text());
 }

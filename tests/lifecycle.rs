@@ -157,14 +157,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_refuses_new_connections() {
     )
     .await;
     let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
-    chunks
-        .send(Bytes::from_static(b"data: {\"n\":1}\n\n"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body.frame().await.unwrap().unwrap().into_data().unwrap(),
-        "data: {\"n\":1}\n\n"
-    );
+    relay_one(&chunks, &mut body, "data: {\"n\":1}\n\n").await;
 
     proxy.signal("TERM");
     let refused = eventually(Duration::from_secs(5), || {
@@ -211,11 +204,7 @@ async fn a_second_signal_exits_at_once_after_writing_the_state() {
         )))
         .unwrap();
     let mut body = client().request(req).await.unwrap().into_body();
-    chunks
-        .send(Bytes::from_static(b"data: {}\n\n"))
-        .await
-        .unwrap();
-    body.frame().await.unwrap().unwrap();
+    relay_one(&chunks, &mut body, "data: {}\n\n").await;
     proxy.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal("INT");
@@ -233,11 +222,7 @@ async fn two_signals_back_to_back_exit_at_once_and_neither_is_missed() {
     let vars = [("SHUTDOWN_GRACE", "60")];
     let mut proxy = Running::start(&upstream.base_url(), &dir.path().join("s.json"), &vars).await;
     let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
-    chunks
-        .send(Bytes::from_static(b"data: {}\n\n"))
-        .await
-        .unwrap();
-    body.frame().await.unwrap().unwrap();
+    relay_one(&chunks, &mut body, "data: {}\n\n").await;
     // No pause between them: the second lands while the first is being handled.
     proxy.signal("TERM");
     proxy.signal("TERM");

@@ -190,11 +190,7 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
     let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[]).await;
     let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
-    chunks
-        .send(Bytes::from_static(b"data: {}\n\n"))
-        .await
-        .unwrap();
-    body.frame().await.unwrap().unwrap();
+    relay_one(&chunks, &mut body, "data: {}\n\n").await;
     drop(body); // the client goes away
     let closed = tokio::time::timeout(Duration::from_secs(5), chunks.closed()).await;
     assert!(
@@ -221,7 +217,7 @@ async fn bodies_over_the_cap_get_413_declared_or_not_and_are_not_forwarded() {
     });
     let req = hyper::Request::post(&url)
         .header("authorization", format!("Bearer {PROXY_KEY}"))
-        .body(MockBody::Channel(rx))
+        .body(http_body_util::Either::Right(ChannelBody::new(rx)))
         .unwrap();
     let response =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -330,12 +326,7 @@ async fn zero_durations_mean_no_limit_rather_than_an_instant_timeout() {
     let proxy = Proxy::start(&streaming.base_url(), &vars).await;
     let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    chunks
-        .send(Bytes::from_static(b"data: {\"choices\":[]}\n\n"))
-        .await
-        .unwrap();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "data: {\"choices\":[]}\n\n");
+    relay_one(&chunks, &mut body, "data: {\"choices\":[]}\n\n").await;
 }
 
 #[tokio::test]
@@ -343,14 +334,7 @@ async fn upstream_http2_speaks_h2c_to_a_plain_http_gateway_streams_included() {
     let (upstream, chunks) = Upstream::with_stream().await;
     let proxy = Proxy::start(&upstream.base_url(), &[("UPSTREAM_HTTP2", "true")]).await;
     let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
-    chunks
-        .send(Bytes::from_static(b"data: {}\n\n"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body.frame().await.unwrap().unwrap().into_data().unwrap(),
-        "data: {}\n\n"
-    );
+    relay_one(&chunks, &mut body, "data: {}\n\n").await;
     drop(chunks);
     assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
     assert!(upstream

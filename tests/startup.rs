@@ -131,7 +131,10 @@ fn env_file_mistakes_are_logged_and_a_byte_order_mark_is_harmless() {
     assert!(stderr.contains("read ./.env"), "{stderr}");
     assert!(stderr.contains("sets OPENROUTER_KEY,"), "{stderr}");
     assert!(stderr.contains("line 4 is not NAME=value"), "{stderr}");
-    assert!(!stderr.contains("typotypo") && !stderr.contains("leak"), "{stderr}");
+    assert!(
+        !stderr.contains("typotypo") && !stderr.contains("leak"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -120,16 +120,16 @@ fn respond(shape: Shape) -> Response<MockBody> {
         return Response::builder()
             .status(shape.status)
             .header("content-type", "application/json")
-            .body(MockBody::Json(Some(Bytes::from_static(body))))
+            .body(Either::Left(Full::new(Bytes::from_static(body))))
             .expect("valid response");
     }
     if shape.stream {
-        let body = MockBody::Stream {
+        let body = Either::Right(TimedChunks {
             left: shape.chunks,
             interval: shape.interval,
             next: None,
             done: false,
-        };
+        });
         Response::builder()
             .header("content-type", "text/event-stream")
             .body(body)
@@ -137,20 +137,20 @@ fn respond(shape: Shape) -> Response<MockBody> {
     } else {
         Response::builder()
             .header("content-type", "application/json")
-            .body(MockBody::Json(Some(Bytes::from_static(COMPLETION))))
+            .body(Either::Left(Full::new(Bytes::from_static(COMPLETION))))
             .expect("valid response")
     }
 }
 
 /// A JSON body, or an SSE stream of timestamped chunks then `[DONE]`.
-pub enum MockBody {
-    Json(Option<Bytes>),
-    Stream {
-        left: u32,
-        interval: Duration,
-        next: Option<Pin<Box<Sleep>>>,
-        done: bool,
-    },
+pub type MockBody = Either<Full<Bytes>, TimedChunks>;
+
+/// `left` timestamped chunks, one every `interval` (the first at once), then `[DONE]`.
+pub struct TimedChunks {
+    left: u32,
+    interval: Duration,
+    next: Option<Pin<Box<Sleep>>>,
+    done: bool,
 }
 
 fn chunk() -> Bytes {
@@ -158,7 +158,7 @@ fn chunk() -> Bytes {
     format!("data: {{\"t\":{nanos},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token \"}}}}]}}\n\n").into()
 }
 
-impl Body for MockBody {
+impl Body for TimedChunks {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -166,36 +166,27 @@ impl Body for MockBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            MockBody::Json(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Stream {
-                left,
-                interval,
-                next,
-                done,
-            } => {
-                if *done {
-                    return Poll::Ready(None);
-                }
-                if let Some(sleep) = next.as_mut() {
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    let deadline = sleep.deadline() + *interval;
-                    sleep.as_mut().reset(deadline);
-                } else {
-                    // The first chunk goes out at once: time to first byte is the proxy's alone.
-                    *next = Some(Box::pin(tokio::time::sleep(*interval)));
-                }
-                if *left == 0 {
-                    *done = true;
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                        b"data: [DONE]\n\n",
-                    )))));
-                }
-                *left -= 1;
-                Poll::Ready(Some(Ok(Frame::data(chunk()))))
-            }
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
+        if let Some(sleep) = this.next.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = sleep.deadline() + this.interval;
+            sleep.as_mut().reset(deadline);
+        } else {
+            // The first chunk goes out at once: time to first byte is the proxy's alone.
+            this.next = Some(Box::pin(tokio::time::sleep(this.interval)));
+        }
+        if this.left == 0 {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b"data: [DONE]\n\n",
+            )))));
+        }
+        this.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(chunk()))))
     }
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -195,7 +195,7 @@ impl Upstream {
 async fn render(reply: Reply) -> Response<MockBody> {
     match reply {
         Reply::Full(status, headers, body) => {
-            let mut response = Response::new(MockBody::Full(Some(body)));
+            let mut response = Response::new(Either::Left(Full::new(body)));
             *response.status_mut() = StatusCode::from_u16(status).unwrap();
             for (name, value) in headers {
                 response.headers_mut().append(
@@ -206,7 +206,7 @@ async fn render(reply: Reply) -> Response<MockBody> {
             response
         }
         Reply::Stream(chunks) => {
-            let mut response = Response::new(MockBody::Channel(chunks));
+            let mut response = Response::new(Either::Right(ChannelBody(chunks)));
             response.headers_mut().insert(
                 "content-type",
                 HeaderValue::from_static("text/event-stream"),
@@ -218,12 +218,18 @@ async fn render(reply: Reply) -> Response<MockBody> {
 }
 
 /// The mock's response body: whole, or chunks as the test sends them.
-pub enum MockBody {
-    Full(Option<Bytes>),
-    Channel(mpsc::Receiver<Bytes>),
+pub type MockBody = Either<Full<Bytes>, ChannelBody>;
+
+/// A body of the chunks a test sends, ended when the test drops its sender.
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl ChannelBody {
+    pub fn new(chunks: mpsc::Receiver<Bytes>) -> Self {
+        ChannelBody(chunks)
+    }
 }
 
-impl Body for MockBody {
+impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -231,12 +237,10 @@ impl Body for MockBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Channel(rx) => rx
-                .poll_recv(cx)
-                .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
-        }
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -315,6 +319,15 @@ impl Answer {
     }
 
     /// Asserts the OpenRouter error shape with this code.
+    /// The `Retry-After` header in seconds.
+    pub fn retry_after(&self) -> u64 {
+        self.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     pub fn assert_error(&self, code: u16) {
         assert_eq!(self.status, code, "{}", self.text());
         assert_error_shape(&self.json(), code);
@@ -371,6 +384,20 @@ pub async fn open_stream(url: &str) -> hyper::body::Incoming {
         .await
         .expect("the proxy answers")
         .into_body()
+}
+
+/// Sends `event` from the mock upstream and asserts the client receives exactly it, at once.
+pub async fn relay_one(
+    chunks: &mpsc::Sender<Bytes>,
+    body: &mut hyper::body::Incoming,
+    event: &'static str,
+) {
+    chunks
+        .send(Bytes::from_static(event.as_bytes()))
+        .await
+        .unwrap();
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(frame, event);
 }
 
 /// POSTs a chat completion for `model` with the proxy key.
