@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::forward::breaker::Breaker;
 use crate::forward::upstream::{build_client, UpstreamClient};
+use crate::ingress::auth::RefusalLog;
 use crate::keys::KeyPool;
 use crate::observe::metrics::Metrics;
 
@@ -15,6 +16,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Whether OpenRouter is reachable at all (fail fast while it is not).
     pub breaker: Breaker,
+    /// Rate-limits the WARN lines about refused proxy keys.
+    pub refusals: RefusalLog,
     pub(crate) client: UpstreamClient,
 }
 
@@ -28,6 +31,7 @@ impl App {
             keys,
             metrics: Metrics::default(),
             breaker: Breaker::default(),
+            refusals: RefusalLog::default(),
             client,
         })
     }

@@ -62,6 +62,7 @@ async fn serve(config: Config) -> ExitCode {
         return ExitCode::from(69);
     };
     let app = App::new(config);
+    log_keys(&app);
     let state_file = app.config.state_file.clone();
     if let Some(path) = &state_file {
         state::load(path, &app.keys);
@@ -79,6 +80,25 @@ async fn serve(config: Config) -> ExitCode {
         Persistence::new(app, path).flush().await;
     }
     ExitCode::SUCCESS
+}
+
+/// One line per key, so a list split the wrong way is visible at once; a key that does
+/// not look like an OpenRouter key is worth a warning, not a refusal.
+fn log_keys(app: &App) {
+    for (spec, key) in app.config.keys.iter().zip(app.keys.keys()) {
+        info!(
+            "key {}: daily free-model limit {} ({})",
+            key.id,
+            key.daily_limit(),
+            key.limit_source()
+        );
+        if !spec.secret.starts_with("sk-or-") {
+            warn!(
+                "key {} does not start with sk-or-, as OpenRouter keys do; is it the right value?",
+                key.id
+            );
+        }
+    }
 }
 
 /// The listening socket, announced with where it forwards; `None` (logged) if it cannot be bound.

@@ -180,7 +180,7 @@ async fn key_status_needs_auth_and_shows_masked_keys_only() {
         "{status}"
     );
     let first = &status["keys"][0];
-    assert_eq!(first["id"], "sk-or-v1-aa…0001");
+    assert_eq!(first["id"], "#1 sk-or-v1-aa…0001");
     assert_eq!(first["daily_used"], 1);
     assert_eq!(first["daily_limit"], 1000);
     assert_eq!(first["daily_remaining"], 999);

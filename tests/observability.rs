@@ -112,14 +112,14 @@ async fn metrics_count_requests_errors_and_key_state_in_prometheus_format() {
         ),
         0.0
     );
-    let a = [("key", "sk-or-v1-aa…0001")];
+    let a = [("key", "#1 sk-or-v1-aa…0001")];
     assert_eq!(value(&m, "openrouter_proxy_key_blocked", &a), 1.0);
     assert!(value(&m, "openrouter_proxy_key_blocked_seconds", &a) > 1e9);
     assert_eq!(
         value(
             &m,
             "openrouter_proxy_key_free_requests_today",
-            &[("key", "sk-or-v1-bb…0002")]
+            &[("key", "#2 sk-or-v1-bb…0002")]
         ),
         3.0
     );
@@ -298,4 +298,84 @@ async fn json_logs_are_one_object_per_line_and_trace_never_shows_a_key() {
             assert!(!text.contains(secret), "{secret} appears in the {name}");
         }
     }
+}
+
+#[tokio::test]
+async fn short_keys_get_unique_ids_and_metrics_have_no_duplicate_series() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("OPENROUTER_KEYS", "k1,k2,k3")]).await;
+    let status = get(&proxy, "/key_status").await.json();
+    let ids: Vec<&str> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["#1 …", "#2 …", "#3 …"]);
+    let metrics = get(&proxy, "/metrics").await.text();
+    let mut series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name))
+        .collect();
+    let total = series.len();
+    series.sort_unstable();
+    series.dedup();
+    assert_eq!(series.len(), total, "duplicate series in:\n{metrics}");
+}
+
+#[tokio::test]
+async fn refused_proxy_keys_are_logged_without_the_key_and_rate_limited() {
+    let upstream = Upstream::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Running::start(&upstream.base_url(), &dir.path().join("s.json"), &[]).await;
+    for _ in 0..20 {
+        let refused = send(
+            hyper::Request::post(proxy.url("/api/v1/chat/completions"))
+                .header("authorization", "Bearer wrong-key-wrong-key-wrong")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+        .await;
+        refused.assert_error(401);
+    }
+    let log = proxy.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a request"))
+        .collect();
+    assert!(!lines.is_empty(), "no refusal logged:\n{log}");
+    assert!(lines.len() <= 3, "a scanner floods the log:\n{log}");
+    assert!(
+        lines[0].contains("/api/v1/chat/completions")
+            && lines[0].contains("127.0.0.1:")
+            && lines[0].contains("authorization"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong-key"),
+        "a presented key was logged:\n{log}"
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn each_key_is_announced_at_startup_and_an_odd_one_is_warned_about() {
+    let upstream = Upstream::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!("{KEY_A}:10,notanopenrouterkey");
+    let proxy = Running::start(
+        &upstream.base_url(),
+        &dir.path().join("s.json"),
+        &[("OPENROUTER_KEYS", &keys)],
+    )
+    .await;
+    let log = proxy.log_text();
+    assert!(
+        log.contains("key #1 sk-or-v1-aa…0001: daily free-model limit 10 (configured)"),
+        "{log}"
+    );
+    assert!(log.contains("key #2 no…ey: daily free-model limit 50 (default)"), "{log}");
+    assert!(log.contains("key #2 no…ey does not start with sk-or-"), "{log}");
+    assert!(!log.contains("notanopenrouterkey"), "{log}");
 }

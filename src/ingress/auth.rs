@@ -4,6 +4,9 @@
 //! original proxy's `APIKEY: <key>`, and Anthropic-style `x-api-key: <key>`.
 //! Compared in constant time; a header sent twice is refused as ambiguous.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
 use hyper::header::{HeaderMap, AUTHORIZATION};
 
 use crate::forward::upstream::{APIKEY, X_API_KEY};
@@ -30,6 +33,57 @@ pub fn authenticate(headers: &HeaderMap, proxy_key: &[u8]) -> Result<(), &'stati
         (_, true) => Ok(()),
         (false, false) => Err("missing proxy API key: send Authorization: Bearer <PROXY_API_KEY>"),
         (true, false) => Err("invalid proxy API key"),
+    }
+}
+
+/// The headers that carried a credential, for the log (never the credential itself).
+#[must_use]
+pub fn presented_in(headers: &HeaderMap) -> &'static str {
+    match (
+        headers.contains_key(AUTHORIZATION),
+        headers.contains_key(APIKEY),
+        headers.contains_key(X_API_KEY),
+    ) {
+        (false, false, false) => "no key header",
+        (true, false, false) => "authorization",
+        (false, true, false) => "apikey",
+        (false, false, true) => "x-api-key",
+        _ => "several key headers",
+    }
+}
+
+/// At most one WARN line a second about refused proxy keys, so a scanner cannot flood
+/// the log; the refusals left out are counted into the next line.
+#[derive(Default)]
+pub struct RefusalLog {
+    // Relaxed: a rate limit for log lines; a lost race prints one line more or less.
+    last_logged_ms: AtomicI64,
+    left_out: AtomicU64,
+}
+
+impl RefusalLog {
+    /// Logs a refused request to `path` from `peer`, unless a line went out in the last second.
+    pub fn refused(&self, path: &str, headers: &HeaderMap, peer: SocketAddr, now_ms: i64) {
+        let last = self.last_logged_ms.load(Relaxed);
+        if now_ms - last < 1_000
+            || self
+                .last_logged_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            self.left_out.fetch_add(1, Relaxed);
+            return;
+        }
+        let left_out = self.left_out.swap(0, Relaxed);
+        let more = if left_out > 0 {
+            format!(" ({left_out} more refused since the last line)")
+        } else {
+            String::new()
+        };
+        log::warn!(
+            "refused a request to {path} from {peer}: wrong or missing proxy key ({}){more}",
+            presented_in(headers)
+        );
     }
 }
 

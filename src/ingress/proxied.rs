@@ -1,5 +1,5 @@
-//! One proxied request's journey, as named steps:
-//! authenticate → read body → pick key → send → classify → retry or stream back.
+//! One proxied request's journey, as named steps (the router has checked the proxy key):
+//! check the target → read body → pick key → send → classify → retry or stream back.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +15,6 @@ use crate::app::App;
 use crate::error::ProxyError;
 use crate::forward::attempts::{Journey, Outgoing, Settled};
 use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstream_uri};
-use crate::ingress::auth::authenticate;
 use crate::ingress::model;
 use crate::ingress::request_body::{read_capped, ReadError};
 use crate::keys::Demand;
@@ -29,8 +28,6 @@ pub async fn forward(
     started: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    authenticate(&parts.headers, app.config.proxy_api_key.as_bytes())
-        .map_err(ProxyError::Unauthorized)?;
     let uri = target(app, &parts)?;
     let body = read_body(app, body).await?;
     let model = model_of(&parts.headers, &body)?;

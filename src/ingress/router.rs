@@ -15,10 +15,13 @@ use crate::error::ProxyError;
 use crate::ingress::auth::authenticate;
 use crate::observe::metrics::Route;
 use crate::stream::body::ProxyBody;
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 
 use crate::app::App;
 use crate::ingress::proxied::forward;
+use crate::keys::now_ms;
 use crate::observe::status;
 
 /// Keeps the in-flight gauge right however the handler ends (a client that
@@ -38,8 +41,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Answers one request; every failure is already a response here.
-pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
+/// Answers one request from `peer`; every failure is already a response here.
+pub async fn route(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let arrived = Instant::now();
     let _in_flight = InFlight::enter(&app.metrics.in_flight);
     let path = request.uri().path();
@@ -55,21 +62,26 @@ pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Proxy
         (&Method::OPTIONS, _) => (Route::Own, preflight(&request)),
         (_, "/key_status" | "/key-status") => (
             Route::Own,
-            own(authorized(app, &request, || status::key_status(app))),
+            own(authorized(app, &request, peer)
+                .map_or_else(|refused| refused, |()| status::key_status(app))),
         ),
         (_, "/metrics") if app.config.metrics_public => (Route::Own, own(status::metrics(app))),
         (_, "/metrics") => (
             Route::Own,
-            own(authorized(app, &request, || status::metrics(app))),
+            own(authorized(app, &request, peer)
+                .map_or_else(|refused| refused, |()| status::metrics(app))),
         ),
         (&Method::GET, "/status") => (Route::Own, own(status::page())),
         (&Method::GET, "/") if accepts_html(&request) => (Route::Own, own(status::page())),
-        _ => (
-            kind,
-            forward(app, request, arrived)
-                .await
-                .unwrap_or_else(|err| own(err.into_response())),
-        ),
+        _ => match authorized(app, &request, peer) {
+            Ok(()) => (
+                kind,
+                forward(app, request, arrived)
+                    .await
+                    .unwrap_or_else(|err| own(err.into_response())),
+            ),
+            Err(refused) => (kind, own(refused)),
+        },
     };
     app.metrics.count_request(kind, response.status().as_u16());
     response
@@ -83,16 +95,18 @@ fn own(response: Response<Bytes>) -> Response<ProxyBody> {
     response.map(ProxyBody::from)
 }
 
-/// Runs `handler` only for a request carrying the proxy key.
+/// Whether the request carries the proxy key; the 401 to send (and one rate-limited WARN
+/// line, without the key) when it does not.
 fn authorized(
     app: &App,
     request: &Request<Incoming>,
-    handler: impl FnOnce() -> Response<Bytes>,
-) -> Response<Bytes> {
-    match authenticate(request.headers(), app.config.proxy_api_key.as_bytes()) {
-        Ok(()) => handler(),
-        Err(why) => ProxyError::Unauthorized(why).into_response(),
-    }
+    peer: SocketAddr,
+) -> Result<(), Response<Bytes>> {
+    authenticate(request.headers(), app.config.proxy_api_key.as_bytes()).map_err(|why| {
+        app.refusals
+            .refused(request.uri().path(), request.headers(), peer, now_ms());
+        ProxyError::Unauthorized(why).into_response()
+    })
 }
 
 /// CORS preflight, answered here so browsers can call the proxy; nothing is forwarded.

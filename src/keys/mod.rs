@@ -104,8 +104,9 @@ impl KeyPool {
         let keys = config
             .keys
             .iter()
-            .map(|spec| {
-                KeySlot::new(spec, config.free_rpm, config.free_burst)
+            .enumerate()
+            .map(|(index, spec)| {
+                KeySlot::new(spec, index + 1, config.free_rpm, config.free_burst)
                     .expect("keys are validated as header values")
             })
             .collect();

@@ -164,7 +164,8 @@ fn usage_word(date: u32, used: u64) -> u64 {
 
 /// One configured OpenRouter key.
 pub struct KeySlot {
-    /// The masked key: the only form of it that is ever shown.
+    /// `#<position> <masked key>`: the only form of it that is ever shown, unique even for
+    /// short keys that all mask to `…`.
     pub id: String,
     /// A SHA-256 prefix of the key: how the state file recognises it without storing it.
     pub fingerprint: String,
@@ -192,14 +193,14 @@ pub struct KeySlot {
 }
 
 impl KeySlot {
-    /// Builds a slot limited to `per_minute` free-model requests (bursts of `burst`);
-    /// `None` if the key cannot be an HTTP header value.
+    /// Builds the slot of the `number`th configured key (from 1), limited to `per_minute`
+    /// free-model requests (bursts of `burst`); `None` if the key cannot be an HTTP header value.
     #[must_use]
-    pub fn new(spec: &KeySpec, per_minute: u32, burst: u32) -> Option<Self> {
+    pub fn new(spec: &KeySpec, number: usize, per_minute: u32, burst: u32) -> Option<Self> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", spec.secret)).ok()?;
         authorization.set_sensitive(true);
         Some(KeySlot {
-            id: mask(&spec.secret),
+            id: format!("#{number} {}", mask(&spec.secret)),
             fingerprint: fingerprint(&spec.secret),
             authorization,
             limit_configured: spec.daily_limit.is_some(),

@@ -60,9 +60,13 @@ async fn connection(
         }
         FirstHead::Gone => return,
     };
+    // Only for the log line about a refused proxy key; unknown is rare (the peer already left).
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let service = service_fn(move |request| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(router::route(&app, request).await) }
+        async move { Ok::<_, Infallible>(router::route(&app, request, peer).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(Replay::new(head, stream)), service);
     if let Err(err) = watcher.watch(connection.into_owned()).await {

@@ -53,8 +53,8 @@ passed=0
 check() { if grep -q -- "$2" "$work/dom.html"; then passed=$((passed + 1)); else echo "FAIL: $1"; failed=1; fi; }
 failed=0
 check "three key rows" 'data-key="sk-or-v1-ac…0003"'
-check "the blocked key row" 'data-key="sk-or-v1-pe…0001"'
-check "the daily-limited key row" 'data-key="sk-or-v1-pe…0002"'
+check "the blocked key row" 'data-key="#1 sk-or-v1-pe…0001"'
+check "the daily-limited key row" 'data-key="#2 sk-or-v1-pe…0002"'
 check "the blocked key's countdown" 'unblocks in [0-9]*m [0-9]*s · per minute limit'
 check "the daily limit badge" 'badge daily_limit_reached'
 check "the active badge" 'badge active'

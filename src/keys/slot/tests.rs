@@ -6,7 +6,7 @@ fn slot(limit: u32) -> KeySlot {
         secret: "sk-or-v1-0123456789abcdef".into(),
         daily_limit: Some(limit),
     };
-    KeySlot::new(&spec, 20, 1).unwrap()
+    KeySlot::new(&spec, 1, 20, 1).unwrap()
 }
 
 #[test]
@@ -108,5 +108,5 @@ fn a_free_model_block_never_hides_a_block_of_every_request() {
 fn the_bearer_header_is_sensitive_and_the_id_masked() {
     let s = slot(50);
     assert!(s.authorization.is_sensitive());
-    assert_eq!(s.id, "sk-or-v1-01…cdef");
+    assert_eq!(s.id, "#1 sk-or-v1-01…cdef");
 }
