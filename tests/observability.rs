@@ -375,7 +375,13 @@ async fn each_key_is_announced_at_startup_and_an_odd_one_is_warned_about() {
         log.contains("key #1 sk-or-v1-aa…0001: daily free-model limit 10 (configured)"),
         "{log}"
     );
-    assert!(log.contains("key #2 no…ey: daily free-model limit 50 (default)"), "{log}");
-    assert!(log.contains("key #2 no…ey does not start with sk-or-"), "{log}");
+    assert!(
+        log.contains("key #2 no…ey: daily free-model limit 50 (default)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("key #2 no…ey does not start with sk-or-"),
+        "{log}"
+    );
     assert!(!log.contains("notanopenrouterkey"), "{log}");
 }

@@ -63,13 +63,13 @@ pub async fn route(
         (_, "/key_status" | "/key-status") => (
             Route::Own,
             own(authorized(app, &request, peer)
-                .map_or_else(|refused| refused, |()| status::key_status(app))),
+                .map_or_else(ProxyError::into_response, |()| status::key_status(app))),
         ),
         (_, "/metrics") if app.config.metrics_public => (Route::Own, own(status::metrics(app))),
         (_, "/metrics") => (
             Route::Own,
             own(authorized(app, &request, peer)
-                .map_or_else(|refused| refused, |()| status::metrics(app))),
+                .map_or_else(ProxyError::into_response, |()| status::metrics(app))),
         ),
         (&Method::GET, "/status") => (Route::Own, own(status::page())),
         (&Method::GET, "/") if accepts_html(&request) => (Route::Own, own(status::page())),
@@ -80,7 +80,7 @@ pub async fn route(
                     .await
                     .unwrap_or_else(|err| own(err.into_response())),
             ),
-            Err(refused) => (kind, own(refused)),
+            Err(refused) => (kind, own(refused.into_response())),
         },
     };
     app.metrics.count_request(kind, response.status().as_u16());
@@ -97,15 +97,11 @@ fn own(response: Response<Bytes>) -> Response<ProxyBody> {
 
 /// Whether the request carries the proxy key; the 401 to send (and one rate-limited WARN
 /// line, without the key) when it does not.
-fn authorized(
-    app: &App,
-    request: &Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<(), Response<Bytes>> {
+fn authorized(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Result<(), ProxyError> {
     authenticate(request.headers(), app.config.proxy_api_key.as_bytes()).map_err(|why| {
         app.refusals
             .refused(request.uri().path(), request.headers(), peer, now_ms());
-        ProxyError::Unauthorized(why).into_response()
+        ProxyError::Unauthorized(why)
     })
 }
 
