@@ -28,7 +28,8 @@ proxy_key=browser-proxy-key-5678
 blocked=sk-or-v1-permin00000000000000000000000000000001
 daily=sk-or-v1-perday00000000000000000000000000000002
 active=sk-or-v1-active00000000000000000000000000000003
-env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
+one_a_day=sk-or-v1-oneday00000000000000000000000000000004
+env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000,$one_a_day:1" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
   "$bin" 2>"$work/proxy.log" &
 pids+=($!)
@@ -37,14 +38,17 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# One free-model request walks through all three keys: per-minute 429, daily 429, success.
+# The first free-model request walks through three keys: per-minute 429, daily 429, success;
+# the second goes to the key with the largest share left, the one-a-day key, which then
+# reaches its configured daily limit without any block from OpenRouter.
 python3 - "$proxy_port" "$proxy_key" <<'PY'
 import json, sys, urllib.request
 port, key = sys.argv[1], sys.argv[2]
-req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/chat/completions",
-    data=json.dumps({"model": "qwen/qwen3-coder:free", "messages": []}).encode(),
-    headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-assert urllib.request.urlopen(req, timeout=10).status == 200
+for _ in range(2):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/chat/completions",
+        data=json.dumps({"model": "qwen/qwen3-coder:free", "messages": []}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert urllib.request.urlopen(req, timeout=10).status == 200
 PY
 
 url="http://127.0.0.1:$proxy_port/status#key=$proxy_key"
@@ -52,15 +56,20 @@ chrome --dump-dom "$url" > "$work/dom.html"
 passed=0
 check() { if grep -q -- "$2" "$work/dom.html"; then passed=$((passed + 1)); else echo "FAIL: $1"; failed=1; fi; }
 failed=0
-check "three key rows" 'data-key="sk-or-v1-ac…0003"'
+check "the active key row" 'data-key="#3 sk-or-v1-ac…0003"'
+check "the one-a-day key row" 'data-key="#4 sk-or-v1-on…0004"'
+check "the countdown of a key at its configured limit" 'resets in [0-9]*h [0-9]*m · daily limit reached\|resets in [0-9]*m [0-9]*s · daily limit reached'
 check "the blocked key row" 'data-key="#1 sk-or-v1-pe…0001"'
 check "the daily-limited key row" 'data-key="#2 sk-or-v1-pe…0002"'
 check "the blocked key's countdown" 'unblocks in [0-9]*m [0-9]*s · per minute limit'
 check "the daily limit badge" 'badge daily_limit_reached'
-check "the active badge" 'badge active'
-for secret in "$blocked" "$daily" "$active" "$proxy_key"; do
+check "the active key's badge" 'badge active\|badge throttled'
+for secret in "$blocked" "$daily" "$active" "$one_a_day" "$proxy_key"; do
   if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
 done
+chrome --dump-dom "http://127.0.0.1:$proxy_port/status" > "$work/login.html"
+if grep -q "Waiting for the proxy key" "$work/login.html" && ! grep -q "Loading" "$work/login.html"; then
+  passed=$((passed + 1)); else echo "FAIL: the page without a key does not say it waits for one"; failed=1; fi
 if [ -n "$shot" ]; then
   chrome --screenshot="$work/shot.png" --window-size=1000,760 "$url"
   cp "$work/shot.png" "$shot"
