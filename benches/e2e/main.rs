@@ -275,6 +275,7 @@ fn plan_summary(plan: &Plan) -> report::Summary {
     report::Summary {
         rounds: plan.rounds,
         many_streams: plan.many_streams,
+        smoke: !plan.full,
     }
 }
 
