@@ -85,12 +85,14 @@ async fn serve(config: Config) -> ExitCode {
 /// One line per key, so a list split the wrong way is visible at once; a key that does
 /// not look like an OpenRouter key is worth a warning, not a refusal.
 fn log_keys(app: &App) {
-    for (spec, key) in app.config.keys.iter().zip(app.keys.keys()) {
+    for (index, (spec, key)) in app.config.keys.iter().zip(app.keys.keys()).enumerate() {
+        let account = app.keys.account_of(index);
         info!(
-            "key {}: daily free-model limit {} ({})",
+            "key {}: account {}, daily free-model limit {} ({})",
             key.id,
-            key.daily_limit(),
-            key.limit_source()
+            app.keys.account_id(key.account()),
+            account.daily_limit(),
+            account.limit_source()
         );
         if !spec.secret.starts_with("sk-or-") {
             warn!(

@@ -87,8 +87,8 @@ async fn counts_from_an_earlier_day_are_dropped_but_blocks_in_force_and_totals_a
     proxy.wait(Duration::from_secs(10));
     let mut document: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    for key in document["keys"].as_array_mut().unwrap() {
-        key["day"] = 20_000_101.into();
+    for account in document["accounts"].as_array_mut().unwrap() {
+        account["day"] = 20_000_101.into();
     }
     std::fs::write(&state, document.to_string()).unwrap();
     let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
@@ -212,7 +212,7 @@ async fn a_second_signal_exits_at_once_after_writing_the_state() {
     assert_eq!(status.code(), Some(1));
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    assert_eq!(saved["keys"][0]["daily_used"], 1, "{saved}");
+    assert_eq!(saved["accounts"][0]["daily_used"], 1, "{saved}");
 }
 
 #[tokio::test]
@@ -282,4 +282,41 @@ async fn an_idle_proxy_does_not_rewrite_its_state_file() {
         .filter(|name| name != "state.json")
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[tokio::test]
+async fn a_state_file_of_the_per_key_format_is_still_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let upstream = Upstream::ok().await;
+    // Write today's file with the real fingerprints, then turn it into the version 1 shape.
+    let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    let today = proxy.key_status().await["now"].as_str().unwrap()[..10].replace('-', "");
+    let mut proxy = proxy;
+    proxy.signal("TERM");
+    proxy.wait(Duration::from_secs(10));
+    let current: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let fingerprint = |i: usize| current["keys"][i]["key"].clone();
+    let old = serde_json::json!({
+        "version": 1,
+        "saved_at": "2026-11-24T10:00:00+00:00",
+        "keys": [
+            {"key": fingerprint(0), "day": today.parse::<u32>().unwrap(), "daily_used": 7,
+             "block": {"until_ms": 4_102_444_800_000_i64, "reason": "unauthorized"},
+             "totals": [9, 7, 1, 1]},
+            {"key": fingerprint(1), "day": today.parse::<u32>().unwrap(), "daily_used": 3,
+             "block": {"until_ms": 4_102_444_800_000_i64, "reason": "daily_limit"},
+             "totals": [3, 3, 0, 0]},
+        ],
+    });
+    std::fs::write(&state, old.to_string()).unwrap();
+    let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    let status = proxy.key_status().await;
+    let key = |i: usize| &status["keys"][i];
+    assert_eq!(key(0)["daily_used"], 7, "{status}");
+    assert_eq!(key(0)["block_reason"], "unauthorized", "{status}");
+    assert_eq!(key(0)["totals"]["requests"], 9, "{status}");
+    assert_eq!(key(1)["daily_used"], 3, "{status}");
+    assert_eq!(key(1)["status"], "daily_limit_reached", "{status}");
 }

@@ -64,30 +64,18 @@ async fn metrics_count_requests_errors_and_key_state_in_prometheus_format() {
     let text = answer.text();
     assert!(!text.contains(KEY_A) && !text.contains(KEY_B) && !text.contains(PROXY_KEY));
     let m = scrape(&text);
-    assert_eq!(
-        value(
-            &m,
-            "openrouter_proxy_requests_total",
-            &[("route", "chat_completions"), ("status", "2xx")]
-        ),
-        4.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            "openrouter_proxy_requests_total",
-            &[("route", "other_proxied"), ("status", "2xx")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            "openrouter_proxy_requests_total",
-            &[("route", "own"), ("status", "2xx")]
-        ),
-        1.0
-    );
+    for (route, count) in [
+        ("chat_completions", 4.0),
+        ("other_proxied", 1.0),
+        ("own", 1.0),
+    ] {
+        let labels = [("route", route), ("status", "2xx")];
+        assert_eq!(
+            value(&m, "openrouter_proxy_requests_total", &labels),
+            count,
+            "{route}"
+        );
+    }
     assert_eq!(
         value(&m, "openrouter_proxy_upstream_attempts_total", &[]),
         6.0
@@ -115,15 +103,23 @@ async fn metrics_count_requests_errors_and_key_state_in_prometheus_format() {
     let a = [("key", "#1 sk-or-v1-aa…0001")];
     assert_eq!(value(&m, "openrouter_proxy_key_blocked", &a), 1.0);
     assert!(value(&m, "openrouter_proxy_key_blocked_seconds", &a) > 1e9);
+    // Quota series are per account (each key here is an account of its own).
+    let (account_a, account_b) = (
+        [("account", "#1 sk-or-v1-aa…0001")],
+        [("account", "#2 sk-or-v1-bb…0002")],
+    );
     assert_eq!(
         value(
             &m,
-            "openrouter_proxy_key_free_requests_today",
-            &[("key", "#2 sk-or-v1-bb…0002")]
+            "openrouter_proxy_account_free_requests_today",
+            &account_b
         ),
         3.0
     );
-    assert_eq!(value(&m, "openrouter_proxy_key_daily_limit", &a), 50.0);
+    assert_eq!(
+        value(&m, "openrouter_proxy_account_daily_limit", &account_a),
+        50.0
+    );
     assert_eq!(value(&m, "openrouter_proxy_open_streams", &[]), 0.0);
     assert_eq!(
         value(&m, "openrouter_proxy_in_flight_requests", &[]),
@@ -372,11 +368,13 @@ async fn each_key_is_announced_at_startup_and_an_odd_one_is_warned_about() {
     .await;
     let log = proxy.log_text();
     assert!(
-        log.contains("key #1 sk-or-v1-aa…0001: daily free-model limit 10 (configured)"),
+        log.contains(
+            "key #1 sk-or-v1-aa…0001: account #1 sk-or-v1-aa…0001, daily free-model limit 10 (configured)"
+        ),
         "{log}"
     );
     assert!(
-        log.contains("key #2 no…ey: daily free-model limit 50 (default)"),
+        log.contains("key #2 no…ey: account #2 no…ey, daily free-model limit 50 (default)"),
         "{log}"
     );
     assert!(

@@ -27,11 +27,14 @@ pub use variables::{Variable, VARIABLES};
 
 use read::{parse_base_url, parse_host, parse_keys, parse_log_level, Reader};
 
-/// An OpenRouter key as configured: the secret and its explicit daily limit, if any.
+/// An OpenRouter key as configured: the secret, its explicit daily limit and account, if any.
 #[derive(Clone)]
 pub struct KeySpec {
     pub secret: String,
+    /// The account's daily limit, when this entry gives one.
     pub daily_limit: Option<u32>,
+    /// The `@account` name; keys without one are accounts of their own.
+    pub account: Option<String>,
 }
 
 impl fmt::Debug for KeySpec {
@@ -39,9 +42,13 @@ impl fmt::Debug for KeySpec {
         f.debug_struct("KeySpec")
             .field("secret", &mask(&self.secret))
             .field("daily_limit", &self.daily_limit)
+            .field("account", &self.account)
             .finish()
     }
 }
+
+/// The most bytes an account name may have.
+pub const MAX_ACCOUNT_NAME: usize = 64;
 
 /// The upstream base URL split into the parts every request reuses.
 #[derive(Clone, Debug)]

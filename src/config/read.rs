@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::http::uri::{Authority, Scheme};
 use hyper::Uri;
 
-use super::{KeySpec, UpstreamBase};
+use super::{KeySpec, UpstreamBase, MAX_ACCOUNT_NAME};
 use crate::mask::mask;
 
 /// Reads variables through `lookup`, collecting every problem before failing.
@@ -112,46 +112,91 @@ pub(super) fn parse_keys(raw: &str, problems: &mut Vec<String>) -> Vec<KeySpec> 
     }
     for (index, entry) in raw.split(',').map(str::trim).enumerate() {
         let position = index + 1;
-        // Checked on the whole entry first: a typo such as `;` for `,` must not be read as
-        // a strange daily limit.
-        if let Some(problem) = key_character_problem(entry) {
-            problems.push(format!(
-                "OPENROUTER_KEYS: entry {position} ({}) {problem}",
-                mask(entry)
-            ));
-            continue;
-        }
-        let (secret, daily_limit) = match entry.rsplit_once(':') {
-            None => (entry, None),
-            Some((secret, limit)) => match limit.trim().parse::<u32>() {
-                Ok(n) if n > 0 => (secret.trim(), Some(n)),
-                _ => {
-                    problems.push(format!(
-                        "OPENROUTER_KEYS: entry {position} ({}): daily limit {} is not a positive integer",
-                        mask(secret),
-                        shown_limit(limit)
-                    ));
-                    continue;
-                }
-            },
-        };
-        if secret.is_empty() {
-            problems.push(format!(
-                "OPENROUTER_KEYS: entry {position} has an empty key"
-            ));
-        } else if keys.iter().any(|k| k.secret == secret) {
-            problems.push(format!(
+        match parse_entry(entry) {
+            Ok(spec) if keys.iter().any(|k| k.secret == spec.secret) => problems.push(format!(
                 "OPENROUTER_KEYS: entry {position} ({}) duplicates an earlier key",
-                mask(secret)
-            ));
-        } else {
-            keys.push(KeySpec {
-                secret: secret.to_owned(),
-                daily_limit,
-            });
+                mask(&spec.secret)
+            )),
+            Ok(spec) => keys.push(spec),
+            Err(problem) => problems.push(format!("OPENROUTER_KEYS: entry {position}{problem}")),
         }
     }
+    check_account_limits(&keys, problems);
     keys
+}
+
+/// One `key[:daily_limit][@account]` entry, or what is wrong with it (after "entry N").
+fn parse_entry(entry: &str) -> Result<KeySpec, String> {
+    // Checked on the whole entry first: a typo such as `;` for `,` must not be read as
+    // a strange daily limit or account.
+    if let Some(problem) = key_character_problem(entry) {
+        return Err(format!(" ({}) {problem}", mask(entry)));
+    }
+    let (rest, account) = match entry.rsplit_once('@') {
+        None => (entry, None),
+        Some((rest, name)) => (rest, Some(name)),
+    };
+    let (secret, daily_limit) = match rest.rsplit_once(':') {
+        None => (rest, None),
+        Some((secret, limit)) => match limit.parse::<u32>() {
+            Ok(n) if n > 0 => (secret, Some(n)),
+            _ => {
+                return Err(format!(
+                    " ({}): daily limit {} is not a positive integer",
+                    mask(secret),
+                    shown_limit(limit)
+                ))
+            }
+        },
+    };
+    if secret.is_empty() {
+        return Err(" has an empty key".to_owned());
+    }
+    if let Some(name) = account {
+        if let Some(problem) = account_name_problem(name) {
+            return Err(format!(" ({}): account {problem}", mask(secret)));
+        }
+    }
+    Ok(KeySpec {
+        secret: secret.to_owned(),
+        daily_limit,
+        account: account.map(str::to_owned),
+    })
+}
+
+/// Why `name` cannot name an account: short words of `[A-Za-z0-9_.-]` only.
+fn account_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("name after '@' is empty".to_owned());
+    }
+    if name.len() > MAX_ACCOUNT_NAME {
+        return Some(format!("name is longer than {MAX_ACCOUNT_NAME} bytes"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    // The name may be a key pasted after '@' by mistake: never show more than a masked form.
+    (!name.chars().all(allowed)).then(|| {
+        format!(
+            "name ({}) may only use letters, digits, '_', '.' and '-'",
+            mask(name)
+        )
+    })
+}
+
+/// Two different limits given for one account are a startup error naming the account.
+fn check_account_limits(keys: &[KeySpec], problems: &mut Vec<String>) {
+    let mut seen: Vec<(&str, u32)> = Vec::new();
+    for key in keys {
+        let (Some(account), Some(limit)) = (key.account.as_deref(), key.daily_limit) else {
+            continue;
+        };
+        match seen.iter().find(|(name, _)| *name == account) {
+            Some((_, first)) if *first != limit => problems.push(format!(
+                "OPENROUTER_KEYS: account {account} is given two daily limits, {first} and {limit}; an account has one"
+            )),
+            Some(_) => {}
+            None => seen.push((account, limit)),
+        }
+    }
 }
 
 /// How a daily limit that did not parse is shown: digits as they are (a number out of

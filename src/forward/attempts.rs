@@ -17,7 +17,7 @@ use log::warn;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::forward::held::{hold, Held};
-use crate::forward::outcome::{classify, error_object, Verdict};
+use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::upstream::strip_hop_by_hop;
 use crate::keys::{now_ms, Demand, Outcome, Pick, Shortage, Unavailable};
@@ -260,11 +260,15 @@ impl Journey {
                 None,
             );
         };
-        let error = if start.rest.is_none() {
-            error_object(&start.bytes)
+        let (error, user) = if start.rest.is_none() {
+            error_and_user(&start.bytes)
         } else {
-            None
+            (None, None)
         };
+        // An error answer names the account behind the key: keys of one account share its quota.
+        if let (Some(_), Some(user)) = (&error, &user) {
+            self.app.keys.learn_user(key, user, now_ms());
+        }
         let verdict = classify(status.as_u16(), &head.headers, error.as_ref());
         let answer = Response::from_parts(head, start);
         match verdict {

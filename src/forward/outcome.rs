@@ -172,14 +172,25 @@ fn metadata_header(metadata: &Value, name: &str) -> Option<String> {
 /// The `error` object of a JSON body, if the body is a JSON object with one.
 #[must_use]
 pub fn error_object(body: &[u8]) -> Option<Value> {
+    error_and_user(body).0
+}
+
+/// The `error` object of a JSON body and the top-level `user_id` OpenRouter adds to error
+/// answers (which names the account behind the key), read in one pass.
+#[must_use]
+pub fn error_and_user(body: &[u8]) -> (Option<Value>, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Envelope {
         error: Option<Value>,
+        user_id: Option<String>,
     }
-    serde_json::from_slice::<Envelope>(body)
-        .ok()?
-        .error
-        .filter(Value::is_object)
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => (
+            envelope.error.filter(Value::is_object),
+            envelope.user_id.filter(|u| !u.is_empty() && u.len() <= 128),
+        ),
+        Err(_) => (None, None),
+    }
 }
 
 #[cfg(test)]

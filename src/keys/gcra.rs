@@ -66,6 +66,12 @@ impl Gcra {
         });
     }
 
+    /// Takes over `other`'s state when two limiters turn out to guard one account: the later
+    /// arrival time wins, so neither's spacing is lost.
+    pub fn absorb(&self, other: &Gcra) {
+        self.arrival.fetch_max(other.arrival.load(Relaxed), Relaxed);
+    }
+
     /// When a request is next admitted (epoch ms, ≤ `now_ms` means now), without taking a slot.
     #[must_use]
     pub fn next_free_ms(&self, now_ms: i64) -> i64 {

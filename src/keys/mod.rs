@@ -1,24 +1,34 @@
 //! The key manager: which OpenRouter key serves a request.
 //!
-//! Each key has a GCRA limiter (free-model requests per minute) and a daily
-//! free-model quota counted in lock-free atomics. A free-model request goes to
-//! the key with the largest remaining share of its daily quota whose limiter
-//! admits it now; other requests go to the least recently used unblocked key.
+//! OpenRouter's free-model limits belong to the account, not the key: an
+//! [`Account`] holds the daily quota, the per-minute GCRA limiter and the
+//! account's blocks, shared by all its keys; a [`KeySlot`] holds what belongs
+//! to one key (its 401 and key-limit blocks, totals, probe). Keys configured
+//! as `key@name` share the account `name`; others are accounts of their own
+//! until OpenRouter's answers show two of them carry one user id (`merge.rs`).
+//! Selection (`select.rs`) works on accounts, then on the account's keys.
 
+mod account;
+mod block;
 mod calendar;
 mod gcra;
+mod merge;
 pub mod probe;
 mod probed;
+mod select;
 mod slot;
 pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use account::Account;
+pub use block::{Block, BlockReason, Scope};
 pub use calendar::{day_containing, rfc3339, Calendar, Day};
 pub use gcra::Gcra;
 pub use probed::{ProbeOutcome, ProbeReport, ProbeState};
-pub use slot::{Block, BlockReason, KeySlot, Outcome};
+pub use slot::{KeySlot, Outcome, Totals};
 
 use crate::config::Config;
 
@@ -33,7 +43,7 @@ pub fn now_ms() -> i64 {
 /// What a request needs from a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Demand {
-    /// A `:free` model: takes a limiter token and a unit of daily quota.
+    /// A free model: takes a limiter slot and a unit of the account's daily quota.
     Free,
     /// A paid model or a metadata endpoint: only needs an unblocked key.
     Other,
@@ -42,11 +52,11 @@ pub enum Demand {
 /// Why no key can serve right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shortage {
-    /// Every key's limiter is spacing requests out.
+    /// Every account's limiter is spacing requests out.
     Throttled,
-    /// Every key has used its free-model quota for today.
+    /// Every account has used its free-model quota for today.
     DailyLimit,
-    /// Every key is blocked after an upstream refusal.
+    /// Every key or account is blocked after an upstream refusal.
     Blocked,
 }
 
@@ -57,63 +67,66 @@ pub struct Unavailable {
     pub reason: Shortage,
 }
 
-/// A key picked for one attempt, and what the pick took from it.
+/// A key picked for one attempt, and what the pick took from its account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pick {
     pub index: usize,
-    /// The quota day a free-model pick was charged to (`None` for other requests).
-    pub charged: Option<u32>,
+    /// The account charged and the quota day, for a free-model pick (`None` for others).
+    pub charged: Option<(usize, u32)>,
 }
 
-/// All configured keys.
+/// All configured keys and their accounts.
 pub struct KeyPool {
     keys: Box<[KeySlot]>,
+    accounts: Box<[Account]>,
     calendar: Calendar,
     picks: AtomicU64,
+    /// Serialises account merges (rare; never on the request path).
+    merging: Mutex<()>,
 }
 
 impl KeyPool {
-    /// Picks a key, waiting up to `max_wait` for a limiter or block to let one through.
-    /// Keys in `exclude` are not considered (this request already learned they cannot serve it).
-    pub async fn acquire(
-        &self,
-        demand: Demand,
-        max_wait: Duration,
-        exclude: &[usize],
-    ) -> Result<Pick, Unavailable> {
-        let deadline = now_ms().saturating_add(max_wait.as_millis() as i64);
-        loop {
-            let now = now_ms();
-            match self.pick(demand, now, exclude) {
-                Ok(pick) => return Ok(pick),
-                Err(unavailable) if unavailable.until_ms <= deadline => {
-                    let wait = (unavailable.until_ms - now).max(1);
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-                }
-                Err(unavailable) => return Err(unavailable),
-            }
-        }
-    }
-
-    /// Builds the pool from the validated configuration.
+    /// Builds the pool from the validated configuration: one account per `@name`, and one
+    /// for each key without a name.
     ///
     /// # Panics
     /// If a key is not a valid header value, which configuration parsing rules out.
     #[must_use]
     pub fn from_config(config: &Config) -> Self {
-        let keys = config
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(index, spec)| {
-                KeySlot::new(spec, index + 1, config.free_rpm, config.free_burst)
-                    .expect("keys are validated as header values")
-            })
-            .collect();
+        let mut accounts: Vec<Account> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        let mut keys = Vec::with_capacity(config.keys.len());
+        for (index, spec) in config.keys.iter().enumerate() {
+            let account_name = spec.account.as_deref();
+            let existing = account_name.and_then(|name| names.iter().position(|n| *n == name));
+            let account = existing.unwrap_or_else(|| {
+                // An account's limit is the one any of its entries gives (parsing checked they agree).
+                let limit = config
+                    .keys
+                    .iter()
+                    .filter(|k| account_name.is_some() && k.account.as_deref() == account_name)
+                    .find_map(|k| k.daily_limit)
+                    .or(spec.daily_limit);
+                accounts.push(Account::new(
+                    account_name.map(str::to_owned),
+                    limit,
+                    config.free_rpm,
+                    config.free_burst,
+                ));
+                names.push(account_name.unwrap_or(""));
+                accounts.len() - 1
+            });
+            keys.push(
+                KeySlot::new(spec, index + 1, account)
+                    .expect("keys are validated as header values"),
+            );
+        }
         KeyPool {
-            keys,
+            keys: keys.into(),
+            accounts: accounts.into(),
             calendar: Calendar::new(config.timezone.clone()),
             picks: AtomicU64::new(0),
+            merging: Mutex::new(()),
         }
     }
 
@@ -123,187 +136,106 @@ impl KeyPool {
         &self.keys
     }
 
+    /// Every account ever made, including ones whose keys have since merged into another
+    /// (those have no keys: see [`Self::live_accounts`]).
+    #[must_use]
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    /// The accounts that have keys, each with the indices of its keys.
+    #[must_use]
+    pub fn live_accounts(&self) -> Vec<(usize, Vec<usize>)> {
+        let mut live: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (index, key) in self.keys.iter().enumerate() {
+            let account = key.account();
+            match live.iter_mut().find(|(a, _)| *a == account) {
+                Some((_, members)) => members.push(index),
+                None => live.push((account, vec![index])),
+            }
+        }
+        live
+    }
+
+    /// The account key `index` belongs to.
+    #[must_use]
+    pub fn account_of(&self, index: usize) -> &Account {
+        &self.accounts[self.keys[index].account()]
+    }
+
+    /// How account `index` is shown: its configured name, the user id OpenRouter named, or
+    /// the id of its first key for an account of its own.
+    #[must_use]
+    pub fn account_id(&self, index: usize) -> String {
+        let account = &self.accounts[index];
+        if let Some(name) = &account.name {
+            return name.clone();
+        }
+        if let Some(user) = account.user_id.get() {
+            return user.clone();
+        }
+        self.keys
+            .iter()
+            .find(|k| k.account() == index)
+            .map_or_else(|| format!("#{index}"), |k| k.id.clone())
+    }
+
     #[must_use]
     pub fn calendar(&self) -> &Calendar {
         &self.calendar
     }
 
-    /// Picks the best key for `demand` at `now_ms` (never one in `exclude`), taking its
-    /// limiter slot and quota unit, or says when the soonest key frees up.
-    pub fn pick(
-        &self,
-        demand: Demand,
-        now_ms: i64,
-        exclude: &[usize],
-    ) -> Result<Pick, Unavailable> {
-        let day = self.calendar.today(now_ms);
-        // Each round either claims a key or learns that its best candidate is
-        // throttled or out of quota (and skips it next round), so it ends.
-        for _ in 0..=self.keys.len() {
-            let index = self
-                .best_candidate(demand, day, now_ms, exclude)
-                .ok_or_else(|| self.shortage(demand, day, now_ms, exclude))?;
-            if let Some(pick) = self.claim(index, demand, day, now_ms) {
-                return Ok(pick);
-            }
-        }
-        Err(self.shortage(demand, day, now_ms, exclude))
-    }
-
-    /// Gives back what `pick` took (its quota unit and limiter slot): its attempt never
-    /// reached OpenRouter, so OpenRouter counted nothing.
-    pub fn give_back(&self, pick: Pick) {
-        let key = &self.keys[pick.index];
-        if let Some(date) = pick.charged {
-            key.release_daily(date);
-            key.give_back_slot();
-        }
-    }
-
-    fn best_candidate(
-        &self,
-        demand: Demand,
-        day: Day,
-        now_ms: i64,
-        exclude: &[usize],
-    ) -> Option<usize> {
-        let mut best: Option<(usize, u64, u64, u64)> = None; // (index, remaining, limit, last_pick)
-        for (index, key) in self.keys.iter().enumerate() {
-            if exclude.contains(&index) || Self::available_from(key, demand, day, now_ms).0 > now_ms
-            {
-                continue;
-            }
-            let limit = u64::from(key.daily_limit());
-            let remaining = match demand {
-                Demand::Free => limit.saturating_sub(u64::from(key.used_on(day.date))),
-                Demand::Other => 0,
-            };
-            let last = key.last_pick.load(Relaxed);
-            let better = best.is_none_or(|(_, b_rem, b_lim, b_last)| {
-                // remaining/limit compared without division: rem * b_lim vs b_rem * lim.
-                let (mine, theirs) = (remaining * b_lim, b_rem * limit);
-                mine > theirs || (mine == theirs && last < b_last)
-            });
-            if better {
-                best = Some((index, remaining, limit, last));
-            }
-        }
-        best.map(|(index, ..)| index)
-    }
-
-    /// When `key` can next serve `demand` (≤ `now_ms` means now), and what holds it back.
-    fn available_from(key: &KeySlot, demand: Demand, day: Day, now_ms: i64) -> (i64, Shortage) {
-        let mut from = (now_ms, Shortage::Throttled);
-        let free_block = key.free_block_at(now_ms).filter(|_| demand == Demand::Free);
-        for block in [key.paid_block_at(now_ms), free_block]
-            .into_iter()
-            .flatten()
-        {
-            let reason = if block.reason == BlockReason::DailyLimit {
-                Shortage::DailyLimit
-            } else {
-                Shortage::Blocked
-            };
-            if block.until_ms > from.0 {
-                from = (block.until_ms, reason);
-            }
-        }
-        // A key refused by its last probe, or out of credit for paid use, waits for the next probe.
-        let next_probe = key.probe.next_at_ms.load(Relaxed);
-        if (key.probe.invalid() || (demand == Demand::Other && key.probe.no_credit()))
-            && next_probe > from.0
-        {
-            from = (next_probe, Shortage::Blocked);
-        }
-        if demand == Demand::Free {
-            if key.used_on(day.date) >= key.daily_limit() && day.end_ms > from.0 {
-                from = (day.end_ms, Shortage::DailyLimit);
-            }
-            let next_slot = key.next_free_slot_ms(now_ms);
-            if next_slot > from.0 {
-                from = (next_slot, Shortage::Throttled);
-            }
-        }
-        from
-    }
-
-    fn claim(&self, index: usize, demand: Demand, day: Day, now_ms: i64) -> Option<Pick> {
-        let key = &self.keys[index];
-        let mut charged = None;
-        if demand == Demand::Free {
-            let date = key.reserve_daily(day.date)?;
-            if key.take_slot(now_ms).is_err() {
-                key.release_daily(date);
-                return None;
-            }
-            charged = Some(date);
-        }
-        key.mark_used(now_ms, self.picks.fetch_add(1, Relaxed) + 1);
-        Some(Pick { index, charged })
-    }
-
-    fn shortage(&self, demand: Demand, day: Day, now_ms: i64, exclude: &[usize]) -> Unavailable {
-        self.keys
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| !exclude.contains(index))
-            .map(|(_, key)| Self::available_from(key, demand, day, now_ms))
-            .min_by_key(|(until, _)| *until)
-            .map_or(
-                Unavailable {
-                    until_ms: day.end_ms,
-                    reason: Shortage::Blocked,
-                },
-                |(until_ms, reason)| Unavailable {
-                    until_ms: until_ms.max(now_ms),
-                    reason,
-                },
-            )
-    }
-
-    /// Blocks key `index` until `until_ms` for `reason` (a longer block is kept).
+    /// Blocks key `index` (or its account, by the reason's scope) until `until_ms`;
+    /// a longer block already in force is kept.
     pub fn block(&self, index: usize, until_ms: i64, reason: BlockReason, now_ms: i64) {
-        self.keys[index].block_until(Block { until_ms, reason }, now_ms);
+        let block = Block { until_ms, reason };
+        match reason.scope() {
+            Scope::Key => self.keys[index].block.extend(block, now_ms),
+            Scope::Account | Scope::AccountFree => {
+                self.account_of(index).block_until(block, now_ms);
+            }
+        }
     }
 
-    /// OpenRouter said the key's free-model quota is gone: mark it used up and
-    /// block free-model requests until `until_ms`, or the next daily reset.
+    /// OpenRouter said the account's free-model quota is gone: mark it used up and block
+    /// free-model requests until `until_ms` (OpenRouter's reset, when the count starts
+    /// again from 0) or else the next daily reset.
     pub fn exhaust_daily(&self, index: usize, until_ms: Option<i64>, now_ms: i64) -> i64 {
         let day = self.calendar.today(now_ms);
-        let until = until_ms.filter(|t| *t > now_ms).unwrap_or(day.end_ms);
-        self.keys[index].exhaust_daily(day.date);
+        let reset = until_ms.filter(|t| *t > now_ms);
+        let until = reset.unwrap_or(day.end_ms);
+        self.account_of(index).exhaust_daily(day.date, reset);
         self.block(index, until, BlockReason::DailyLimit, now_ms);
         until
-    }
-
-    /// Restores a key's remembered state (see `state.rs`).
-    pub fn restore(&self, index: usize, date: u32, used: u32, blocks: &[Block], totals: &[u64]) {
-        self.keys[index].restore(date, used, blocks, totals);
     }
 
     /// Applies what OpenRouter's `/key` said about key `index`; `next_at_ms` is when it is asked again.
     pub fn apply_probe(&self, index: usize, outcome: &ProbeOutcome, now_ms: i64, next_at_ms: i64) {
         let key = &self.keys[index];
         key.probe.record(outcome, now_ms, next_at_ms);
-        let ProbeOutcome::Report(ProbeReport {
-            free_daily: Some((limit, used, _)),
-            ..
-        }) = outcome
-        else {
+        let ProbeOutcome::Report(report) = outcome else {
             return;
         };
-        if key.limit_configured {
-            if *limit != key.daily_limit() && !key.probe.mismatch_logged.swap(true, Relaxed) {
+        if let Some(user) = &report.user_id {
+            self.learn_user(index, user, now_ms);
+        }
+        let Some((limit, used, _)) = report.free_daily else {
+            return;
+        };
+        let account = self.account_of(index);
+        if account.limit_configured {
+            if limit != account.daily_limit() && !account.mismatch_logged.swap(true, Relaxed) {
                 log::warn!(
                     "key {} is configured with a daily limit of {} but OpenRouter reports {limit}; keeping the configured one",
                     key.id,
-                    key.daily_limit()
+                    account.daily_limit()
                 );
             }
         } else {
-            key.set_probed_limit(*limit);
+            account.set_probed_limit(limit);
         }
-        key.raise_used(self.calendar.today(now_ms).date, *used);
+        // Keys of one account report the same counter: the larger of ours and theirs, never a sum.
+        account.raise_used(self.calendar.today(now_ms).date, used);
     }
 
     /// Counts how an attempt with key `index` ended.
@@ -311,21 +243,47 @@ impl KeyPool {
         self.keys[index].record(outcome);
     }
 
-    /// The state `/key_status` shows for key `index` at `now_ms`.
+    /// The state `/key_status` shows for key `index` at `now_ms`: its own block first,
+    /// then its account's.
     #[must_use]
     pub fn state_of(&self, index: usize, now_ms: i64) -> &'static str {
         let key = &self.keys[index];
-        let day = self.calendar.today(now_ms);
         if key.probe.invalid() {
             return "invalid";
         }
-        match key.block_at(now_ms) {
+        if key.block_at(now_ms).is_some() {
+            return "blocked";
+        }
+        self.account_state(key.account(), now_ms)
+    }
+
+    /// The state of account `index` at `now_ms`.
+    #[must_use]
+    pub fn account_state(&self, index: usize, now_ms: i64) -> &'static str {
+        let account = &self.accounts[index];
+        let day = self.calendar.today(now_ms);
+        account.roll_window(day.date, now_ms);
+        match account
+            .block_at(now_ms)
+            .or_else(|| account.free_block_at(now_ms))
+        {
             Some(b) if b.reason == BlockReason::DailyLimit => "daily_limit_reached",
             Some(_) => "blocked",
-            None if key.used_on(day.date) >= key.daily_limit() => "daily_limit_reached",
-            None if key.next_free_slot_ms(now_ms) > now_ms => "throttled",
+            None if account.used_on(day.date) >= account.daily_limit() => "daily_limit_reached",
+            None if account.next_free_slot_ms(now_ms) > now_ms => "throttled",
             None => "active",
         }
+    }
+
+    /// The block shown for key `index`: its own, else its account's (every request, then
+    /// free-model requests).
+    #[must_use]
+    pub fn block_shown(&self, index: usize, now_ms: i64) -> Option<Block> {
+        let account = self.account_of(index);
+        self.keys[index]
+            .block_at(now_ms)
+            .or_else(|| account.block_at(now_ms))
+            .or_else(|| account.free_block_at(now_ms))
     }
 }
 

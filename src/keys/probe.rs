@@ -30,6 +30,8 @@ struct KeyData {
     limit_remaining: Option<f64>,
     is_free_tier: Option<bool>,
     free_model_daily_requests: Option<FreeDaily>,
+    /// Not documented: used when present to group keys of one account, never relied on.
+    creator_user_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +49,7 @@ pub fn parse(body: &[u8]) -> Option<ProbeReport> {
         label: data.label,
         is_free_tier: data.is_free_tier,
         limit_remaining: data.limit_remaining,
+        user_id: data.creator_user_id.filter(|u| !u.is_empty()),
         free_daily: data.free_model_daily_requests.map(|f| {
             (
                 f.limit,

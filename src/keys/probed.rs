@@ -19,6 +19,8 @@ pub struct ProbeReport {
     pub limit_remaining: Option<f64>,
     /// Today's free-model quota of the account: (limit, used, remaining).
     pub free_daily: Option<(u32, u32, u32)>,
+    /// The OpenRouter user the key belongs to, when the answer names it.
+    pub user_id: Option<String>,
 }
 
 /// How a probe ended.
@@ -49,7 +51,6 @@ pub struct ProbeState {
     /// 0 = the last probe succeeded; else its HTTP status, or 1 for a network-level failure.
     error: AtomicU16,
     label: OnceLock<String>,
-    pub(crate) mismatch_logged: AtomicBool,
 }
 
 impl ProbeState {

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const WRITE_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Serialize, Deserialize)]
@@ -27,22 +29,49 @@ struct StateDocument {
     version: u32,
     saved_at: String,
     keys: Vec<KeyRecord>,
+    /// Absent in version 1 files, which kept counts per key.
+    #[serde(default)]
+    accounts: Vec<AccountRecord>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
 struct KeyRecord {
     /// SHA-256 prefix of the key.
     key: String,
+    /// The key's own block (version 1 files: any block, whatever its scope).
+    block: Option<BlockRecord>,
+    /// requests, successes, rate_limited, errors, unreached (older files: the first four).
+    totals: Vec<u64>,
+    /// The OpenRouter user its answers named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    /// Version 1 only: the quota day and count, now the account's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    day: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    daily_used: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    free_block: Option<BlockRecord>,
+}
+
+/// One account, named by its configured name or else by its keys' SHA-256 prefixes.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct AccountRecord {
+    name: Option<String>,
+    keys: Vec<String>,
     /// The quota day (`yyyymmdd` in `TIMEZONE`) `daily_used` belongs to.
     day: u32,
     daily_used: u32,
-    /// The block of every request (older files: any block, whatever its scope).
-    block: Option<BlockRecord>,
-    /// The block of free-model requests only (absent in older files).
+    /// OpenRouter's reset instant of the count's window (epoch ms), 0 if it named none.
     #[serde(default)]
+    window_ends_ms: i64,
     free_block: Option<BlockRecord>,
-    /// requests, successes, rate_limited, errors, unreached (older files: the first four).
-    totals: Vec<u64>,
+    block: Option<BlockRecord>,
+    /// The grouping came from OpenRouter's answers (one `user_id`), not the configuration.
+    #[serde(default)]
+    learned: bool,
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -58,57 +87,177 @@ fn block_record(block: Block) -> BlockRecord {
     }
 }
 
-/// Every key's record at `now`: what a write stores, and what decides whether one is due.
-fn records(pool: &KeyPool, now: i64) -> Vec<KeyRecord> {
+impl BlockRecord {
+    /// The block, if its reason is known and it is still in force at `now`.
+    fn in_force(&self, now: i64) -> Option<Block> {
+        let reason = BlockReason::parse(&self.reason)?;
+        (self.until_ms > now).then_some(Block {
+            until_ms: self.until_ms,
+            reason,
+        })
+    }
+}
+
+/// What a write stores, and what decides whether one is due (the time of writing aside).
+#[derive(PartialEq)]
+struct Snapshot {
+    keys: Vec<KeyRecord>,
+    accounts: Vec<AccountRecord>,
+}
+
+fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
     let day = pool.calendar().today(now);
-    pool.keys()
+    let keys = pool
+        .keys()
         .iter()
         .map(|key| KeyRecord {
             key: key.fingerprint.clone(),
-            day: day.date,
-            daily_used: key.used_on(day.date),
-            block: key.paid_block_at(now).map(block_record),
-            free_block: key.free_block_at(now).map(block_record),
+            block: key.block_at(now).map(block_record),
             totals: key.totals.values().to_vec(),
+            user_id: key.user_id.get().cloned(),
+            day: None,
+            daily_used: None,
+            free_block: None,
         })
-        .collect()
+        .collect();
+    let accounts = pool
+        .live_accounts()
+        .into_iter()
+        .map(|(index, members)| {
+            let account = &pool.accounts()[index];
+            AccountRecord {
+                name: account.name.clone(),
+                keys: members
+                    .iter()
+                    .map(|&k| pool.keys()[k].fingerprint.clone())
+                    .collect(),
+                day: day.date,
+                daily_used: account.used_on(day.date),
+                window_ends_ms: account.window_ends_ms().unwrap_or(0),
+                free_block: account.free_block_at(now).map(block_record),
+                block: account.block_at(now).map(block_record),
+                learned: account.learned.load(Relaxed),
+                user_id: account.user_id.get().cloned(),
+            }
+        })
+        .collect();
+    Snapshot { keys, accounts }
 }
 
-fn document(pool: &KeyPool, keys: Vec<KeyRecord>, now: i64) -> String {
+fn document(pool: &KeyPool, snapshot: Snapshot, now: i64) -> String {
     let document = StateDocument {
         version: VERSION,
         saved_at: pool.calendar().rfc3339(now),
-        keys,
+        keys: snapshot.keys,
+        accounts: snapshot.accounts,
     };
     serde_json::to_string_pretty(&document).expect("the state document serialises")
 }
 
-/// The current state of every key, as the file stores it.
+/// The current state of every key and account, as the file stores it.
 ///
 /// # Panics
 /// Never: the document holds only strings and numbers, which always serialise.
 #[must_use]
 pub fn render(pool: &KeyPool) -> String {
     let now = now_ms();
-    document(pool, records(pool, now), now)
+    document(pool, snapshot(pool, now), now)
 }
 
-/// Restores the state file at `path` into `pool`: today's counts, blocks still in
-/// force, and totals, for keys that are still configured.
+/// Restores the state file at `path` into `pool`: learned accounts, today's counts,
+/// blocks still in force, and totals, for keys that are still configured.
 pub fn load(path: &Path, pool: &KeyPool) {
+    let Some(document) = read_document(path) else {
+        return;
+    };
+    let now = now_ms();
+    let today = pool.calendar().today(now).date;
+    // Linear in the file and the pool, however many records there are.
+    let by_fingerprint: HashMap<&str, usize> = pool
+        .keys()
+        .iter()
+        .enumerate()
+        .map(|(index, key)| (key.fingerprint.as_str(), index))
+        .collect();
+    let index_of = |fingerprint: &str| by_fingerprint.get(fingerprint).copied();
+    // Groupings first, so counts land on the accounts they belong to now.
+    for record in &document.accounts {
+        let Some(user) = record.user_id.as_deref().filter(|_| record.learned) else {
+            continue;
+        };
+        for index in record.keys.iter().filter_map(|k| index_of(k)) {
+            pool.learn_user(index, user, now);
+        }
+    }
+    for record in &document.keys {
+        if let (Some(index), Some(user)) = (index_of(&record.key), &record.user_id) {
+            pool.learn_user(index, user, now);
+        }
+    }
+    let mut restored = 0;
+    for record in &document.keys {
+        let Some(index) = index_of(&record.key) else {
+            continue;
+        };
+        restored += 1;
+        let key = &pool.keys()[index];
+        let blocks = [&record.block, &record.free_block]
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.in_force(now));
+        for block in blocks {
+            pool.block(index, block.until_ms, block.reason, now);
+        }
+        key.restore(None, &record.totals);
+        // Version 1: the key's count is its account's (the larger of its keys', never a sum).
+        if record.day == Some(today) {
+            pool.account_of(index)
+                .restore(today, record.daily_used.unwrap_or(0), &[], 0);
+        }
+    }
+    for record in &document.accounts {
+        let Some(index) = record.keys.iter().find_map(|k| index_of(k)) else {
+            continue;
+        };
+        let used = if record.day == today {
+            record.daily_used
+        } else {
+            0
+        };
+        let blocks: Vec<Block> = [&record.free_block, &record.block]
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.in_force(now))
+            .collect();
+        let window = if record.window_ends_ms > now {
+            record.window_ends_ms
+        } else {
+            0
+        };
+        pool.account_of(index).restore(today, used, &blocks, window);
+    }
+    info!(
+        "restored the state of {restored} key(s) from {}",
+        path.display()
+    );
+}
+
+/// The parsed state file, or `None` (with a warning where it matters) when there is none
+/// or it cannot be used.
+fn read_document(path: &Path) -> Option<StateDocument> {
     let text = match fs::read(path) {
         Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
         Err(err) => {
             warn!(
                 "state file {} cannot be read ({err}); starting with fresh key state",
                 path.display()
             );
-            return;
+            return None;
         }
     };
-    let document: StateDocument = match serde_json::from_slice(&text) {
-        Ok(document) => document,
+    match serde_json::from_slice(&text) {
+        Ok(document) => Some(document),
         Err(err) => {
             let aside = with_suffix(path, ".corrupt");
             let kept = fs::rename(path, &aside).map_or_else(
@@ -119,39 +268,9 @@ pub fn load(path: &Path, pool: &KeyPool) {
                 "state file {} is corrupt ({err}); {kept}; starting with fresh key state",
                 path.display()
             );
-            return;
+            None
         }
-    };
-    let now = now_ms();
-    let today = pool.calendar().today(now).date;
-    let mut restored = 0;
-    for record in &document.keys {
-        let Some(index) = pool.keys().iter().position(|k| k.fingerprint == record.key) else {
-            continue;
-        };
-        let used = if record.day == today {
-            record.daily_used
-        } else {
-            0
-        };
-        let blocks: Vec<Block> = [&record.block, &record.free_block]
-            .into_iter()
-            .flatten()
-            .filter_map(|b| {
-                let reason = BlockReason::parse(&b.reason)?;
-                (b.until_ms > now).then_some(Block {
-                    until_ms: b.until_ms,
-                    reason,
-                })
-            })
-            .collect();
-        pool.restore(index, today, used, &blocks, &record.totals);
-        restored += 1;
     }
-    info!(
-        "restored the state of {restored} key(s) from {}",
-        path.display()
-    );
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -204,7 +323,7 @@ pub struct Persistence {
     app: Arc<App>,
     path: PathBuf,
     /// What the last successful write stored; `None` before the first one.
-    last_written: Option<Vec<KeyRecord>>,
+    last_written: Option<Snapshot>,
     last_warning: Option<Instant>,
 }
 
@@ -223,15 +342,15 @@ impl Persistence {
     /// (the time of writing alone is no change). Runs the file I/O off the async workers.
     pub async fn flush(&mut self) {
         let now = now_ms();
-        let keys = records(&self.app.keys, now);
-        if self.last_written.as_ref() == Some(&keys) {
+        let state = snapshot(&self.app.keys, now);
+        if self.last_written.as_ref() == Some(&state) {
             return;
         }
         let path = self.path.clone();
-        let contents = document(&self.app.keys, records(&self.app.keys, now), now);
+        let contents = document(&self.app.keys, snapshot(&self.app.keys, now), now);
         let result = tokio::task::spawn_blocking(move || write_atomic(&path, &contents)).await;
         match result {
-            Ok(Ok(())) => self.last_written = Some(keys),
+            Ok(Ok(())) => self.last_written = Some(state),
             Ok(Err(err)) => self.warn(&err.to_string()),
             Err(err) => self.warn(&err.to_string()),
         }

@@ -25,7 +25,7 @@ fn pool(keys: &str, extra: &[(&str, &str)]) -> KeyPool {
 fn use_quota(pool: &KeyPool, index: usize, n: u32) {
     let date = pool.calendar().today(NOON).date;
     for _ in 0..n {
-        assert_eq!(pool.keys()[index].reserve_daily(date), Some(date));
+        assert_eq!(pool.account_of(index).reserve_daily(date), Some(date));
     }
 }
 
@@ -90,7 +90,7 @@ fn the_limiter_spaces_free_requests_per_key() {
     assert!(pick(&pool, Demand::Free, NOON + 3_000).is_ok());
     // Refusals did not cost quota: one unit per admitted request.
     let date = pool.calendar().today(NOON).date;
-    let used: u32 = pool.keys().iter().map(|k| k.used_on(date)).sum();
+    let used: u32 = pool.accounts().iter().map(|a| a.used_on(date)).sum();
     assert_eq!(used, 3);
 }
 
@@ -101,7 +101,7 @@ fn paid_requests_use_no_quota_and_no_limiter_token() {
         assert_eq!(pick(&pool, Demand::Other, NOON), Ok(0));
     }
     let date = pool.calendar().today(NOON).date;
-    assert_eq!(pool.keys()[0].used_on(date), 0);
+    assert_eq!(pool.account_of(0).used_on(date), 0);
     assert_eq!(pick(&pool, Demand::Free, NOON), Ok(0));
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::keys::{now_ms, KeyPool, KeySlot};
+use crate::keys::{now_ms, Account, KeyPool};
 
 // Every figure is an independent counter or gauge: `Relaxed` throughout.
 
@@ -191,63 +191,85 @@ impl Metrics {
     }
 }
 
-/// One per-key figure: the key, today's date and now (epoch ms) give its value.
-type Figure = fn(&KeySlot, u32, i64) -> f64;
+/// One per-key figure: the pool, the key's index and now (epoch ms) give its value.
+type KeyFigure = fn(&KeyPool, usize, i64) -> f64;
+/// One per-account figure: the account, today's date and now (epoch ms) give its value.
+type AccountFigure = fn(&Account, u32, i64) -> f64;
+
+/// A label value with Prometheus' escapes.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 fn write_keys(out: &mut String, pool: &KeyPool) {
     let now = now_ms();
     let day = pool.calendar().today(now);
-
-    let figures: [(&str, &str, &str, Figure); 5] = [
+    let accounts: [(&str, &str, AccountFigure); 3] = [
         (
-            "key_free_requests_today",
-            "gauge",
-            "Free-model requests used today.",
-            |k, date, _| f64::from(k.used_on(date)),
+            "account_free_requests_today",
+            "Free-model requests the account used today (shared by its keys).",
+            |a, date, _| f64::from(a.used_on(date)),
         ),
         (
-            "key_daily_limit",
-            "gauge",
-            "Free-model daily limit in force.",
-            |k, _, _| f64::from(k.daily_limit()),
+            "account_daily_limit",
+            "The account's free-model daily limit in force.",
+            |a, _, _| f64::from(a.daily_limit()),
         ),
+        (
+            "account_limiter_wait_seconds",
+            "Seconds until the account's per-minute limiter admits a free-model request.",
+            |a, _, now| (a.next_free_slot_ms(now) - now).max(0) as f64 / 1e3,
+        ),
+    ];
+    let live = pool.live_accounts();
+    for (name, help, figure) in accounts {
+        let _ = writeln!(
+            out,
+            "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} gauge"
+        );
+        for (index, _) in &live {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_{name}{{account=\"{}\"}} {}",
+                label(&pool.account_id(*index)),
+                figure(&pool.accounts()[*index], day.date, now)
+            );
+        }
+    }
+    let keys: [(&str, &str, KeyFigure); 2] = [
         (
             "key_blocked",
-            "gauge",
-            "1 while the key is blocked after an upstream refusal (or invalid).",
-            |k, _, now| f64::from(u8::from(k.block_at(now).is_some() || k.probe.invalid())),
-        ),
-        (
-            "key_blocked_seconds",
-            "gauge",
-            "Seconds until the key's block ends.",
-            |k, _, now| {
-                k.block_at(now)
-                    .map_or(0.0, |b| (b.until_ms - now) as f64 / 1e3)
+            "1 while the key or its account is blocked after an upstream refusal (or the key is invalid).",
+            |pool, k, now| {
+                f64::from(u8::from(
+                    pool.block_shown(k, now).is_some() || pool.keys()[k].probe.invalid(),
+                ))
             },
         ),
         (
-            "key_limiter_wait_seconds",
-            "gauge",
-            "Seconds until the key's per-minute limiter admits a free-model request.",
-            |k, _, now| (k.next_free_slot_ms(now) - now).max(0) as f64 / 1e3,
+            "key_blocked_seconds",
+            "Seconds until the block shown for the key ends.",
+            |pool, k, now| {
+                pool.block_shown(k, now)
+                    .map_or(0.0, |b| (b.until_ms - now) as f64 / 1e3)
+            },
         ),
     ];
-    for (name, kind, help, figure) in figures {
+    for (name, help, figure) in keys {
         let _ = writeln!(
             out,
-            "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} {kind}"
+            "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} gauge"
         );
-        for key in pool.keys() {
-            let id = key
-                .id
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
+        for (index, key) in pool.keys().iter().enumerate() {
             let _ = writeln!(
                 out,
-                "openrouter_proxy_{name}{{key=\"{id}\"}} {}",
-                figure(key, day.date, now)
+                "openrouter_proxy_{name}{{key=\"{}\",account=\"{}\"}} {}",
+                label(&key.id),
+                label(&pool.account_id(key.account())),
+                figure(pool, index, now)
             );
         }
     }

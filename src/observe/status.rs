@@ -5,7 +5,7 @@ use hyper::Response;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::keys::now_ms;
+use crate::keys::{now_ms, KeyPool};
 use bytes::Bytes;
 
 /// `GET /health`: `OK` (the process serves), or with `?format=json` also whether
@@ -31,52 +31,27 @@ pub fn health(app: &App, query: Option<&str>) -> Response<Bytes> {
     response
 }
 
-/// `GET /key_status`: every key's state, read from atomics only.
+/// `GET /key_status`: every key's and account's state, read from atomics only.
 #[must_use]
 pub fn key_status(app: &App) -> Response<Bytes> {
     let now = now_ms();
     let pool = &app.keys;
     let calendar = pool.calendar();
     let day = calendar.today(now);
-    let time = |ms: i64| (ms > 0).then(|| calendar.rfc3339(ms));
-    let keys: Vec<Value> = pool
-        .keys()
-        .iter()
-        .enumerate()
-        .map(|(index, key)| {
-            let used = key.used_on(day.date);
-            let limit = key.daily_limit();
-            let block = key.block_at(now);
-            let totals = &key.totals;
-            let load =
-                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-            json!({
-                "id": key.id,
-                "status": pool.state_of(index, now),
-                "daily_used": used,
-                "daily_limit": limit,
-                "daily_remaining": limit.saturating_sub(used),
-                "limit_source": key.limit_source(),
-                "probe": key.probe.to_json(|ms| calendar.rfc3339(ms)),
-                "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
-                "block_reason": block.map(|b| b.reason.as_str()),
-                "next_free_slot_in_ms": (key.next_free_slot_ms(now) - now).max(0),
-                "last_used": time(key.last_used_ms()),
-                "totals": {
-                    "requests": load(&totals.requests),
-                    "successes": load(&totals.successes),
-                    "rate_limited": load(&totals.rate_limited),
-                    "errors": load(&totals.errors),
-                    "unreached": load(&totals.unreached),
-                },
-            })
-        })
+    let keys: Vec<Value> = (0..pool.keys().len())
+        .map(|index| key_json(pool, index, now))
+        .collect();
+    let accounts: Vec<Value> = pool
+        .live_accounts()
+        .into_iter()
+        .map(|(index, members)| account_json(pool, index, &members, now))
         .collect();
     let body = json!({
         "now": calendar.rfc3339(now),
         "timezone": app.config.timezone_name,
         "next_reset": calendar.rfc3339(day.end_ms),
         "keys": keys,
+        "accounts": accounts,
         "upstream_errors": app.metrics.errors_by_class().iter().map(|(class, n)| ((*class).to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     let mut response = Response::new(Bytes::from(body.to_string()));
@@ -84,6 +59,76 @@ pub fn key_status(app: &App) -> Response<Bytes> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The quota fields a key shares with its account: its account's.
+fn quota_json(pool: &KeyPool, account: usize, now: i64) -> serde_json::Map<String, Value> {
+    let calendar = pool.calendar();
+    let day = calendar.today(now);
+    let a = &pool.accounts()[account];
+    let used = a.used_on(day.date);
+    let limit = a.daily_limit();
+    let mut fields = serde_json::Map::new();
+    fields.insert("daily_used".into(), json!(used));
+    fields.insert("daily_limit".into(), json!(limit));
+    fields.insert("daily_remaining".into(), json!(limit.saturating_sub(used)));
+    fields.insert("limit_source".into(), json!(a.limit_source()));
+    fields.insert(
+        "next_free_slot_in_ms".into(),
+        json!((a.next_free_slot_ms(now) - now).max(0)),
+    );
+    fields
+}
+
+fn key_json(pool: &KeyPool, index: usize, now: i64) -> Value {
+    let calendar = pool.calendar();
+    let key = &pool.keys()[index];
+    let block = pool.block_shown(index, now);
+    let totals = key.totals.values();
+    let mut fields = quota_json(pool, key.account(), now);
+    fields.extend(
+        json!({
+            "id": key.id,
+            "account": pool.account_id(key.account()),
+            "status": pool.state_of(index, now),
+            "probe": key.probe.to_json(|ms| calendar.rfc3339(ms)),
+            "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
+            "block_reason": block.map(|b| b.reason.as_str()),
+            "last_used": (key.last_used_ms() > 0).then(|| calendar.rfc3339(key.last_used_ms())),
+            "totals": {
+                "requests": totals[0],
+                "successes": totals[1],
+                "rate_limited": totals[2],
+                "errors": totals[3],
+                "unreached": totals[4],
+            },
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    Value::Object(fields)
+}
+
+fn account_json(pool: &KeyPool, index: usize, members: &[usize], now: i64) -> Value {
+    let calendar = pool.calendar();
+    let account = &pool.accounts()[index];
+    let block = account.block_at(now).or_else(|| account.free_block_at(now));
+    let mut fields = quota_json(pool, index, now);
+    fields.extend(
+        json!({
+            "id": pool.account_id(index),
+            "keys": members.iter().map(|&k| pool.keys()[k].id.as_str()).collect::<Vec<_>>(),
+            "status": pool.account_state(index, now),
+            "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
+            "block_reason": block.map(|b| b.reason.as_str()),
+            "learned": account.learned.load(std::sync::atomic::Ordering::Relaxed),
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    Value::Object(fields)
 }
 
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.

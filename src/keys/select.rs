@@ -1,0 +1,214 @@
+//! Picking a key: among accounts that are not blocked, have quota left and whose
+//! limiter admits a request now, the largest remaining share of the daily quota
+//! wins (ties: the least recently used account), then the least recently used
+//! usable key of that account. Requests for paid models and other endpoints need
+//! no quota or limiter slot: the least recently used usable key serves them.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::{
+    now_ms, Account, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable,
+};
+
+/// A candidate's rank: remaining quota over limit (compared by cross-multiplying), then
+/// the account's and the key's last pick (smaller = less recently used).
+#[derive(Clone, Copy)]
+struct Rank {
+    index: usize,
+    remaining: u64,
+    limit: u64,
+    account_last: u64,
+    key_last: u64,
+}
+
+impl Rank {
+    fn beats(&self, other: &Rank) -> bool {
+        let (mine, theirs) = (self.remaining * other.limit, other.remaining * self.limit);
+        mine > theirs
+            || (mine == theirs
+                && (self.account_last, self.key_last) < (other.account_last, other.key_last))
+    }
+}
+
+impl KeyPool {
+    /// Picks a key, waiting up to `max_wait` for a limiter or block to let one through.
+    /// Keys in `exclude` are not considered (this request already learned they cannot serve it).
+    pub async fn acquire(
+        &self,
+        demand: Demand,
+        max_wait: Duration,
+        exclude: &[usize],
+    ) -> Result<Pick, Unavailable> {
+        let deadline = now_ms().saturating_add(max_wait.as_millis() as i64);
+        loop {
+            let now = now_ms();
+            match self.pick(demand, now, exclude) {
+                Ok(pick) => return Ok(pick),
+                Err(unavailable) if unavailable.until_ms <= deadline => {
+                    let wait = (unavailable.until_ms - now).max(1);
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
+                Err(unavailable) => return Err(unavailable),
+            }
+        }
+    }
+
+    /// Picks the best key for `demand` at `now_ms` (never one in `exclude`), taking its
+    /// account's limiter slot and quota unit, or says when the soonest key frees up.
+    pub fn pick(
+        &self,
+        demand: Demand,
+        now_ms: i64,
+        exclude: &[usize],
+    ) -> Result<Pick, Unavailable> {
+        let day = self.calendar.today(now_ms);
+        // Each round either claims a key or learns that its best candidate is throttled
+        // or out of quota (and skips it next round), so it ends.
+        for _ in 0..=self.keys.len() {
+            let index = self
+                .best_candidate(demand, day, now_ms, exclude)
+                .ok_or_else(|| self.shortage(demand, day, now_ms, exclude))?;
+            if let Some(pick) = self.claim(index, demand, day, now_ms) {
+                return Ok(pick);
+            }
+        }
+        Err(self.shortage(demand, day, now_ms, exclude))
+    }
+
+    /// Gives back what `pick` took (its quota unit and limiter slot): its attempt never
+    /// reached OpenRouter, so OpenRouter counted nothing.
+    pub fn give_back(&self, pick: Pick) {
+        if let Some((account, date)) = pick.charged {
+            let account = &self.accounts[account];
+            account.release_daily(date);
+            account.give_back_slot();
+        }
+    }
+
+    fn best_candidate(
+        &self,
+        demand: Demand,
+        day: Day,
+        now_ms: i64,
+        exclude: &[usize],
+    ) -> Option<usize> {
+        let mut best: Option<Rank> = None;
+        for (index, key) in self.keys.iter().enumerate() {
+            let account = &self.accounts[key.account()];
+            if exclude.contains(&index)
+                || available_from(key, account, demand, day, now_ms).0 > now_ms
+            {
+                continue;
+            }
+            let limit = u64::from(account.daily_limit());
+            let rank = Rank {
+                index,
+                remaining: match demand {
+                    Demand::Free => limit.saturating_sub(u64::from(account.used_on(day.date))),
+                    Demand::Other => 0,
+                },
+                limit,
+                // Paid requests rotate over keys alone: accounts do not limit them.
+                account_last: match demand {
+                    Demand::Free => account.last_pick.load(Relaxed),
+                    Demand::Other => 0,
+                },
+                key_last: key.last_pick.load(Relaxed),
+            };
+            if best.is_none_or(|b| rank.beats(&b)) {
+                best = Some(rank);
+            }
+        }
+        best.map(|rank| rank.index)
+    }
+
+    fn claim(&self, index: usize, demand: Demand, day: Day, now_ms: i64) -> Option<Pick> {
+        let key = &self.keys[index];
+        let account_index = key.account();
+        let account = &self.accounts[account_index];
+        let mut charged = None;
+        let pick = self.picks.fetch_add(1, Relaxed) + 1;
+        if demand == Demand::Free {
+            let date = account.reserve_daily(day.date)?;
+            if account.take_slot(now_ms).is_err() {
+                account.release_daily(date);
+                return None;
+            }
+            charged = Some((account_index, date));
+            account.last_pick.store(pick, Relaxed);
+        }
+        key.mark_used(now_ms, pick);
+        Some(Pick { index, charged })
+    }
+
+    fn shortage(&self, demand: Demand, day: Day, now_ms: i64, exclude: &[usize]) -> Unavailable {
+        self.keys
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !exclude.contains(index))
+            .map(|(_, key)| available_from(key, &self.accounts[key.account()], demand, day, now_ms))
+            .min_by_key(|(until, _)| *until)
+            .map_or(
+                Unavailable {
+                    until_ms: day.end_ms,
+                    reason: Shortage::Blocked,
+                },
+                |(until_ms, reason)| Unavailable {
+                    until_ms: until_ms.max(now_ms),
+                    reason,
+                },
+            )
+    }
+}
+
+/// When `key` of `account` can next serve `demand` (≤ `now_ms` means now), and what holds it back.
+fn available_from(
+    key: &KeySlot,
+    account: &Account,
+    demand: Demand,
+    day: Day,
+    now_ms: i64,
+) -> (i64, Shortage) {
+    let mut from = (now_ms, Shortage::Throttled);
+    let free_block = account
+        .free_block_at(now_ms)
+        .filter(|_| demand == Demand::Free);
+    for block in [key.block_at(now_ms), account.block_at(now_ms), free_block]
+        .into_iter()
+        .flatten()
+    {
+        let reason = if block.reason == BlockReason::DailyLimit {
+            Shortage::DailyLimit
+        } else {
+            Shortage::Blocked
+        };
+        if block.until_ms > from.0 {
+            from = (block.until_ms, reason);
+        }
+    }
+    // A key refused by its last probe, or out of credit for paid use, waits for the next probe.
+    let next_probe = key.probe.next_at_ms.load(Relaxed);
+    if (key.probe.invalid() || (demand == Demand::Other && key.probe.no_credit()))
+        && next_probe > from.0
+    {
+        from = (next_probe, Shortage::Blocked);
+    }
+    if demand == Demand::Free {
+        account.roll_window(day.date, now_ms);
+        if account.used_on(day.date) >= account.daily_limit() {
+            // The count starts again at OpenRouter's reset if it named one, else at midnight.
+            let reset = account
+                .window_ends_ms()
+                .map_or(day.end_ms, |ends| ends.min(day.end_ms));
+            if reset > from.0 {
+                from = (reset, Shortage::DailyLimit);
+            }
+        }
+        let next_slot = account.next_free_slot_ms(now_ms);
+        if next_slot > from.0 {
+            from = (next_slot, Shortage::Throttled);
+        }
+    }
+    from
+}
