@@ -54,7 +54,7 @@ async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_faili
     let upstream = Upstream::ok().await;
     // 600/min with burst 1: one request per 100 ms on the single key.
     let proxy = one_limited_key(&upstream, "600", "10").await;
-    let answers = futures_join(&proxy, 4).await;
+    let answers = concurrent_chats(&proxy, FREE, 4).await;
     assert!(answers.iter().all(|&status| status == 200), "{answers:?}");
     let mut times: Vec<_> = upstream.requests().iter().map(|s| s.at).collect();
     times.sort();
@@ -65,21 +65,6 @@ async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_faili
             "requests only {gap:?} apart"
         );
     }
-}
-
-async fn futures_join(proxy: &Proxy, n: usize) -> Vec<u16> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let url = proxy.url("/api/v1/chat/completions");
-        tasks.spawn(async move {
-            let body = format!(r#"{{"model":"{FREE}"}}"#);
-            let req = request("POST", &url)
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            send(req).await.status
-        });
-    }
-    tasks.join_all().await
 }
 
 #[tokio::test]

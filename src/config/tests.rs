@@ -102,3 +102,50 @@ fn help_lists_every_variable_with_its_default() {
         assert!(help.contains(var.names[0]) && help.contains(var.default));
     }
 }
+
+#[test]
+fn keys_take_an_optional_account_after_their_limit() {
+    let c = config(&[
+        ("PROXY_API_KEY", "p"),
+        (
+            "OPENROUTER_KEYS",
+            "sk-or-v1-a1:1000@alice,sk-or-v1-a2@alice,sk-or-v1-b1,sk-or-v1-c1:50@c.o-r_p",
+        ),
+    ])
+    .unwrap();
+    let parsed: Vec<_> = c
+        .keys
+        .iter()
+        .map(|k| (k.secret.as_str(), k.daily_limit, k.account.as_deref()))
+        .collect();
+    assert_eq!(
+        parsed,
+        [
+            ("sk-or-v1-a1", Some(1000), Some("alice")),
+            ("sk-or-v1-a2", None, Some("alice")),
+            ("sk-or-v1-b1", None, None),
+            ("sk-or-v1-c1", Some(50), Some("c.o-r_p")),
+        ]
+    );
+}
+
+#[test]
+fn bad_accounts_are_startup_errors_naming_the_account_never_the_key() {
+    let long = "x".repeat(65);
+    let keys = format!(
+        "sk-or-v1-secretkey0001:50@alice,sk-or-v1-secretkey0002:1000@alice,sk-or-v1-secretkey0003@,\
+         sk-or-v1-secretkey0004@{long},sk-or-v1-secretkey0005@a/b"
+    );
+    let text = config(&[("PROXY_API_KEY", "p"), ("OPENROUTER_KEYS", &keys)])
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "account alice is given two daily limits, 50 and 1000",
+        "entry 3 (sk-or-v1-se…0003): account name after '@' is empty",
+        "entry 4 (sk-or-v1-se…0004): account name is longer than 64 bytes",
+        "entry 5 (sk-or-v1-se…0005): account name (…) may only use letters, digits",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("secretkey"), "a key leaked:\n{text}");
+}

@@ -61,8 +61,10 @@ impl BodyProblem {
     }
 }
 
+/// A free model: any id ending in `:free`, or `openrouter/free` (OpenRouter's router that
+/// picks a free model), which counts against the same free-model limits.
 fn is_free(id: &str) -> bool {
-    id.ends_with(":free")
+    id.ends_with(":free") || id == "openrouter/free"
 }
 
 /// Reads `model`/`models` from a JSON object body, or says why it cannot.
@@ -146,6 +148,9 @@ mod tests {
         assert!(peek(br#"{"model":"qwen/qwen3-coder:free","messages":[]}"#).free);
         assert!(!peek(br#"{"model":"openai/gpt-4o","messages":[]}"#).free);
         assert!(!peek(br#"{"model":"openai/gpt-4o:freebie"}"#).free);
+        assert!(peek(br#"{"model":"openrouter/free"}"#).free);
+        assert!(!peek(br#"{"model":"openrouter/auto"}"#).free);
+        assert!(peek(br#"{"models":["openrouter/free","a/b:free"]}"#).free);
     }
 
     #[test]

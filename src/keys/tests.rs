@@ -1,6 +1,7 @@
 //! Selection, limiter spacing, quotas and blocks, with "now" injected.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::*;
@@ -176,4 +177,150 @@ fn concurrent_pickers_never_exceed_a_limiter_or_a_daily_limit() {
             "every key admitted exactly its allowance"
         );
     }
+}
+
+#[test]
+fn keys_of_one_account_share_one_daily_quota() {
+    let pool = pool(
+        "key-a1:3@alice,key-a2@alice,key-b1:3",
+        &[("FREE_BURST", "100")],
+    );
+    let picks: Vec<_> = (0..6)
+        .map(|_| pick(&pool, Demand::Free, NOON).unwrap())
+        .collect();
+    // alice (keys 0 and 1) serves 3 in all, not 3 per key; key 2 is an account of its own.
+    let alice = picks.iter().filter(|&&k| k < 2).count();
+    assert_eq!((alice, picks.len() - alice), (3, 3));
+    // Within alice, the least recently used key serves.
+    assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+    assert_eq!(
+        pick(&pool, Demand::Free, NOON).unwrap_err().reason,
+        Shortage::DailyLimit
+    );
+}
+
+#[test]
+fn the_account_with_the_largest_share_left_wins_then_its_least_recently_used_key() {
+    let pool = pool("key-a1:10@a,key-a2@a,key-b1:10", &[("FREE_BURST", "100")]);
+    use_quota(&pool, 2, 5); // b: 50% left; a: 100% left
+    assert_eq!(pick(&pool, Demand::Free, NOON), Ok(0));
+    assert_eq!(pick(&pool, Demand::Free, NOON), Ok(1));
+    assert_eq!(pick(&pool, Demand::Free, NOON), Ok(0));
+}
+
+#[test]
+fn two_keys_of_one_account_are_spaced_as_one_by_the_limiter() {
+    let pool = pool("key-a1@a,key-a2@a", &[]); // 20/min, burst 1: one per 3 s for the account
+    assert!(pick(&pool, Demand::Free, NOON).is_ok());
+    let err = pick(&pool, Demand::Free, NOON).unwrap_err();
+    assert_eq!(
+        err,
+        Unavailable {
+            until_ms: NOON + 3_000,
+            reason: Shortage::Throttled
+        }
+    );
+}
+
+#[test]
+fn a_throttled_account_shows_as_throttled_live_and_says_for_how_long() {
+    let pool = pool("key-aaaa", &[("FREE_RPM", "1")]);
+    assert_eq!(pool.state_of(0, NOON), "active");
+    assert!(pick(&pool, Demand::Free, NOON).is_ok());
+    // No refusal needed: the limiter's own state says it.
+    assert_eq!(pool.state_of(0, NOON), "throttled");
+    assert_eq!(
+        pool.account_of(0).next_free_slot_ms(NOON + 20_000),
+        NOON + 60_000
+    );
+    assert_eq!(pool.state_of(0, NOON + 59_999), "throttled");
+    assert_eq!(pool.state_of(0, NOON + 60_000), "active");
+}
+
+#[test]
+fn a_key_block_takes_out_only_that_key_of_its_account() {
+    let pool = pool("key-a1@a,key-a2@a", &[("FREE_BURST", "100")]);
+    pool.block(0, NOON + 300_000, BlockReason::Unauthorized, NOON);
+    for _ in 0..3 {
+        assert_eq!(pick(&pool, Demand::Other, NOON), Ok(1));
+        assert_eq!(pick(&pool, Demand::Free, NOON), Ok(1));
+    }
+    // A 402 is the account's: both keys stop.
+    pool.block(1, NOON + 300_000, BlockReason::Credits, NOON);
+    assert_eq!(
+        pick(&pool, Demand::Other, NOON).unwrap_err().reason,
+        Shortage::Blocked
+    );
+}
+
+#[test]
+fn the_quota_comes_back_at_openrouter_s_reset_instant_not_local_midnight() {
+    let pool = pool(
+        "key-aaaa:5",
+        &[("FREE_BURST", "100"), ("TIMEZONE", "America/New_York")],
+    );
+    let reset = NOON + 2_000;
+    assert_eq!(pool.exhaust_daily(0, Some(reset), NOON), reset);
+    assert_eq!(
+        pick(&pool, Demand::Free, NOON + 1_999)
+            .unwrap_err()
+            .until_ms,
+        reset
+    );
+    assert_eq!(pick(&pool, Demand::Free, reset), Ok(0));
+    let date = pool.calendar().today(reset).date;
+    assert_eq!(
+        pool.account_of(0).used_on(date),
+        1,
+        "a fresh window, not the old count"
+    );
+}
+
+#[test]
+fn keys_with_one_user_id_merge_into_one_account() {
+    let pool = pool("key-a:4,key-b:4,key-c:4", &[("FREE_BURST", "100")]);
+    use_quota(&pool, 0, 1);
+    use_quota(&pool, 1, 2);
+    pool.block(1, NOON + 60_000, BlockReason::PerMinuteLimit, NOON);
+    pool.learn_user(0, "user_2abc", NOON);
+    pool.learn_user(1, "user_2abc", NOON);
+    assert_eq!(pool.keys()[0].account(), pool.keys()[1].account());
+    assert_ne!(pool.keys()[0].account(), pool.keys()[2].account());
+    let date = pool.calendar().today(NOON).date;
+    let merged = pool.account_of(0);
+    assert_eq!(merged.used_on(date), 3, "counts add up");
+    assert_eq!(
+        merged.free_block_at(NOON).unwrap().reason,
+        BlockReason::PerMinuteLimit
+    );
+    assert!(merged.learned.load(Relaxed));
+    assert_eq!(pool.account_id(pool.keys()[0].account()), "user_2abc");
+    assert_eq!(pool.live_accounts().len(), 2);
+}
+
+#[test]
+fn merged_counts_are_capped_at_the_limit() {
+    let pool = pool("key-a:4,key-b:4", &[("FREE_BURST", "100")]);
+    use_quota(&pool, 0, 3);
+    use_quota(&pool, 1, 3);
+    pool.learn_user(1, "u", NOON);
+    pool.learn_user(0, "u", NOON);
+    let date = pool.calendar().today(NOON).date;
+    assert_eq!(pool.account_of(0).used_on(date), 4);
+}
+
+#[test]
+fn a_configured_account_wins_over_a_learned_grouping() {
+    let pool = pool("key-a@alice,key-b@bob,key-c", &[]);
+    pool.learn_user(0, "user_1", NOON);
+    pool.learn_user(1, "user_1", NOON);
+    assert_ne!(
+        pool.keys()[0].account(),
+        pool.keys()[1].account(),
+        "configured apart"
+    );
+    // An unnamed key of the same user joins the configured account.
+    pool.learn_user(2, "user_1", NOON);
+    assert_eq!(pool.keys()[2].account(), pool.keys()[0].account());
+    assert_eq!(pool.account_id(pool.keys()[2].account()), "alice");
 }

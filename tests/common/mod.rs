@@ -400,6 +400,22 @@ pub async fn relay_one(
     assert_eq!(frame, event);
 }
 
+/// `n` chat completions for `model` sent at once; their statuses.
+pub async fn concurrent_chats(proxy: &Proxy, model: &str, n: usize) -> Vec<u16> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let url = proxy.url("/api/v1/chat/completions");
+        let body = format!(r#"{{"model":"{model}"}}"#);
+        tasks.spawn(async move {
+            let req = request("POST", &url)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            send(req).await.status
+        });
+    }
+    tasks.join_all().await
+}
+
 /// POSTs a chat completion for `model` with the proxy key.
 pub async fn chat(proxy: &Proxy, model: &str) -> Answer {
     let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
