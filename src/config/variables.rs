@@ -18,7 +18,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["OPENROUTER_KEYS"],
         default: "(required)",
-        help: "comma-separated OpenRouter keys, each optionally key:daily_limit (default limit 50)",
+        help: "comma-separated OpenRouter keys, each key[:daily_limit][@account] (default limit 50; keys with one @account share its quota)",
     },
     Variable {
         names: &["TIMEZONE"],

@@ -34,7 +34,24 @@ fn usage_word(date: u32, used: u64) -> u64 {
 }
 
 /// One account's quota, limiter and blocks.
+///
+/// `repr(C)` with what every pick reads first (usage, blocks, last pick, the limiter):
+/// a pick looks at the account of every key, so these share one cache line.
+#[repr(C)]
 pub struct Account {
+    /// `(yyyymmdd << 32) | free requests used that day`. The date never moves backwards.
+    usage: AtomicU64,
+    /// 402 credits: every request of the account.
+    pub(crate) block: BlockWord,
+    /// Daily and per-minute blocks: free-model requests only.
+    pub(crate) free_block: BlockWord,
+    /// Pool-wide pick sequence of the account's last pick: ties go to the smallest.
+    pub(crate) last_pick: AtomicU64,
+    limiter: Gcra,
+    daily_limit: AtomicU32,
+    /// OpenRouter's own reset instant of the window the count belongs to (epoch ms); when it
+    /// passes, the count starts again from 0. 0 when OpenRouter named none.
+    window_ends_ms: AtomicI64,
     /// The `@name` it was configured with; `None` for a key's account of its own.
     pub name: Option<String>,
     /// The OpenRouter user id learned from its answers, once known.
@@ -44,19 +61,6 @@ pub struct Account {
     /// Whether the daily limit came from the configuration.
     pub limit_configured: bool,
     limit_probed: AtomicBool,
-    daily_limit: AtomicU32,
-    /// `(yyyymmdd << 32) | free requests used that day`. The date never moves backwards.
-    usage: AtomicU64,
-    /// OpenRouter's own reset instant of the window the count belongs to (epoch ms); when it
-    /// passes, the count starts again from 0. 0 when OpenRouter named none.
-    window_ends_ms: AtomicI64,
-    limiter: Gcra,
-    /// Daily and per-minute blocks: free-model requests only.
-    pub(crate) free_block: BlockWord,
-    /// 402 credits: every request of the account.
-    pub(crate) block: BlockWord,
-    /// Pool-wide pick sequence of the account's last pick: ties go to the smallest.
-    pub(crate) last_pick: AtomicU64,
     /// A probe's limit differing from the configured one was logged.
     pub(crate) mismatch_logged: AtomicBool,
     /// OpenRouter grouping it with another configured account was logged.
@@ -191,6 +195,13 @@ impl Account {
     /// Gives back a limiter slot whose request never reached OpenRouter.
     pub(crate) fn give_back_slot(&self) {
         self.limiter.give_back();
+    }
+
+    /// Whether the limiter admits a free-model request at `now_ms` (takes nothing).
+    #[inline]
+    #[must_use]
+    pub fn limiter_admits(&self, now_ms: i64) -> bool {
+        self.limiter.admits(now_ms)
     }
 
     /// When the limiter next admits a free-model request (epoch ms; ≤ `now_ms` means now).

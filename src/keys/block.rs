@@ -109,8 +109,20 @@ pub struct BlockWord(AtomicU64);
 impl BlockWord {
     /// The block in force at `now_ms`, if any.
     #[must_use]
+    #[inline]
     pub fn at(&self, now_ms: i64) -> Option<Block> {
-        unpack_block(self.0.load(Relaxed)).filter(|b| b.until_ms > now_ms)
+        let word = self.0.load(Relaxed);
+        // Almost always: never blocked. One compare and no unpacking, as this runs for every
+        // key of every pick.
+        if word == 0 {
+            return None;
+        }
+        if (word & UNTIL_MASK) as i64 <= now_ms {
+            // Over: cleared so later looks take the fast path; a block set meanwhile is kept.
+            let _ = self.0.compare_exchange(word, 0, Relaxed, Relaxed);
+            return None;
+        }
+        unpack_block(word)
     }
 
     /// Blocks until `block.until_ms`; a longer block already in force is kept.

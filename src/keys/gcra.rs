@@ -72,12 +72,25 @@ impl Gcra {
         self.arrival.fetch_max(other.arrival.load(Relaxed), Relaxed);
     }
 
+    /// Whether a request would be admitted at `now_ms`, without taking a slot: the cheap test
+    /// a pick runs for every account (the clamp of a stepped-back clock cannot change it).
+    #[inline]
+    #[must_use]
+    pub fn admits(&self, now_ms: i64) -> bool {
+        self.arrival.load(Relaxed) - self.tolerance <= now_ms.saturating_mul(1000)
+    }
+
     /// When a request is next admitted (epoch ms, ≤ `now_ms` means now), without taking a slot.
     #[must_use]
     pub fn next_free_ms(&self, now_ms: i64) -> i64 {
         let micros = now_ms.saturating_mul(1000);
         let tat = self.effective_tat(self.arrival.load(Relaxed), micros);
-        ceil_ms((tat - self.tolerance).max(micros))
+        let free_at = tat - self.tolerance;
+        // The common case, admitted now, needs no division (this runs for every key of a pick).
+        if free_at <= micros {
+            return now_ms;
+        }
+        ceil_ms(free_at)
     }
 }
 
@@ -120,6 +133,24 @@ mod tests {
         assert_eq!(g.next_free_ms(T0 + 1_000), T0 + 3_000);
         assert_eq!(g.next_free_ms(T0 + 5_000), T0 + 5_000);
         assert_eq!(g.take(T0 + 3_000), Ok(()));
+    }
+
+    #[test]
+    fn the_cheap_admission_test_agrees_with_the_next_free_instant() {
+        let g = Gcra::new(20, 2);
+        for step in 0..40 {
+            let now = T0 + step * 500;
+            assert_eq!(
+                g.admits(now),
+                g.next_free_ms(now) <= now,
+                "at +{}",
+                step * 500
+            );
+            if step % 3 == 0 {
+                let _ = g.take(now);
+            }
+        }
+        assert!(!Gcra::new(20, 1).admits(T0 - 1) || Gcra::new(20, 1).take(T0).is_ok());
     }
 
     #[test]

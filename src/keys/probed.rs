@@ -35,14 +35,15 @@ pub enum ProbeOutcome {
 
 const ABSENT: u32 = u32::MAX;
 
-/// The last probe of one key.
+/// The last probe of one key. `repr(C)`: the flags a pick reads come first (see `KeySlot`).
 #[derive(Default)]
+#[repr(C)]
 pub struct ProbeState {
-    at_ms: AtomicI64,
     /// Until when the flags below hold without a newer probe.
     pub(crate) next_at_ms: AtomicI64,
     invalid: AtomicBool,
     no_credit: AtomicBool,
+    at_ms: AtomicI64,
     /// 0 unknown, 1 false, 2 true.
     is_free_tier: AtomicU8,
     /// `f64` bits; NaN = no cap or unknown.

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::{
-    now_ms, Account, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable,
+    now_ms, Account, Block, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable,
 };
 
 /// A candidate's rank: remaining quota over limit (compared by cross-multiplying), then
@@ -93,27 +93,52 @@ impl KeyPool {
         now_ms: i64,
         exclude: &[usize],
     ) -> Option<usize> {
-        let mut best: Option<Rank> = None;
+        // Two lean loops rather than one general one: this is the per-key cost of every pick.
+        match demand {
+            Demand::Free => self.best_free(day, now_ms, exclude),
+            Demand::Other => self.best_other(now_ms, exclude),
+        }
+    }
+
+    /// The least recently used key that is not blocked (nor its account by credits).
+    fn best_other(&self, now_ms: i64, exclude: &[usize]) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
         for (index, key) in self.keys.iter().enumerate() {
-            let account = &self.accounts[key.account()];
-            if exclude.contains(&index)
-                || available_from(key, account, demand, day, now_ms).0 > now_ms
+            let last = key.last_pick.load(Relaxed);
+            if best.is_some_and(|(b, _)| last >= b)
+                || (!exclude.is_empty() && exclude.contains(&index))
+                || !key_usable(key, Demand::Other, now_ms)
+                || self.accounts[key.account()].block_at(now_ms).is_some()
             {
                 continue;
             }
+            best = Some((last, index));
+        }
+        best.map(|(_, index)| index)
+    }
+
+    /// The usable key of the account with the largest share of its quota left whose limiter
+    /// admits a request now (ties: the least recently used account, then key).
+    fn best_free(&self, day: Day, now_ms: i64, exclude: &[usize]) -> Option<usize> {
+        let mut best: Option<Rank> = None;
+        for (index, key) in self.keys.iter().enumerate() {
+            if (!exclude.is_empty() && exclude.contains(&index))
+                || !key_usable(key, Demand::Free, now_ms)
+            {
+                continue;
+            }
+            let account = &self.accounts[key.account()];
+            account.roll_window(day.date, now_ms);
             let limit = u64::from(account.daily_limit());
+            let used = u64::from(account.used_on(day.date));
+            if used >= limit || !account_admits_free(account, now_ms) {
+                continue;
+            }
             let rank = Rank {
                 index,
-                remaining: match demand {
-                    Demand::Free => limit.saturating_sub(u64::from(account.used_on(day.date))),
-                    Demand::Other => 0,
-                },
+                remaining: limit - used,
                 limit,
-                // Paid requests rotate over keys alone: accounts do not limit them.
-                account_last: match demand {
-                    Demand::Free => account.last_pick.load(Relaxed),
-                    Demand::Other => 0,
-                },
+                account_last: account.last_pick.load(Relaxed),
                 key_last: key.last_pick.load(Relaxed),
             };
             if best.is_none_or(|b| rank.beats(&b)) {
@@ -162,7 +187,27 @@ impl KeyPool {
     }
 }
 
-/// When `key` of `account` can next serve `demand` (≤ `now_ms` means now), and what holds it back.
+/// Whether `key` itself may serve `demand` now: not blocked, and not refused by its last
+/// probe (nor out of credit, for paid use).
+#[inline]
+fn key_usable(key: &KeySlot, demand: Demand, now_ms: i64) -> bool {
+    key.block_at(now_ms).is_none()
+        && !((key.probe.invalid() || (demand == Demand::Other && key.probe.no_credit()))
+            && key.probe.next_at_ms.load(Relaxed) > now_ms)
+}
+
+/// Whether `account` takes a free-model request now: no block, and its limiter admits one.
+/// (Its quota left is checked by the caller, which needs the figures anyway, after rolling
+/// its window.)
+#[inline]
+fn account_admits_free(account: &Account, now_ms: i64) -> bool {
+    account.block_at(now_ms).is_none()
+        && account.free_block_at(now_ms).is_none()
+        && account.limiter_admits(now_ms)
+}
+
+/// When `key` of `account` can next serve `demand` (≤ `now_ms` means now), and what holds it
+/// back: what a refusal says, so only on the path where no key can serve now.
 fn available_from(
     key: &KeySlot,
     account: &Account,
@@ -171,28 +216,29 @@ fn available_from(
     now_ms: i64,
 ) -> (i64, Shortage) {
     let mut from = (now_ms, Shortage::Throttled);
-    let free_block = account
-        .free_block_at(now_ms)
-        .filter(|_| demand == Demand::Free);
-    for block in [key.block_at(now_ms), account.block_at(now_ms), free_block]
-        .into_iter()
-        .flatten()
-    {
-        let reason = if block.reason == BlockReason::DailyLimit {
-            Shortage::DailyLimit
-        } else {
-            Shortage::Blocked
-        };
-        if block.until_ms > from.0 {
-            from = (block.until_ms, reason);
+    let mut consider = |block: Option<Block>| {
+        if let Some(block) = block {
+            if block.until_ms > from.0 {
+                let reason = if block.reason == BlockReason::DailyLimit {
+                    Shortage::DailyLimit
+                } else {
+                    Shortage::Blocked
+                };
+                from = (block.until_ms, reason);
+            }
         }
+    };
+    consider(key.block_at(now_ms));
+    consider(account.block_at(now_ms));
+    if demand == Demand::Free {
+        consider(account.free_block_at(now_ms));
     }
     // A key refused by its last probe, or out of credit for paid use, waits for the next probe.
-    let next_probe = key.probe.next_at_ms.load(Relaxed);
-    if (key.probe.invalid() || (demand == Demand::Other && key.probe.no_credit()))
-        && next_probe > from.0
-    {
-        from = (next_probe, Shortage::Blocked);
+    if key.probe.invalid() || (demand == Demand::Other && key.probe.no_credit()) {
+        let next_probe = key.probe.next_at_ms.load(Relaxed);
+        if next_probe > from.0 {
+            from = (next_probe, Shortage::Blocked);
+        }
     }
     if demand == Demand::Free {
         account.roll_window(day.date, now_ms);

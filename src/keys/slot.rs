@@ -70,7 +70,20 @@ fn fingerprint(secret: &str) -> String {
 }
 
 /// One configured OpenRouter key: what belongs to the key alone.
+///
+/// `repr(C)` with the fields every pick reads first (block, account, last pick, then the
+/// probe's flags): a pick scans every key, and keeping those in one cache line per key
+/// is what keeps a 100-key pick in L1.
+#[repr(C)]
 pub struct KeySlot {
+    /// 401 and 403 key-limit blocks: every request through this key.
+    pub(crate) block: BlockWord,
+    /// The index of its account in the pool; changes only when accounts merge.
+    pub(crate) account: AtomicUsize,
+    /// Pool-wide pick sequence of the last pick: ties go to the smallest (least recently used).
+    pub(crate) last_pick: AtomicU64,
+    /// What OpenRouter's `/key` last said about this key.
+    pub probe: ProbeState,
     /// `#<position> <masked key>`: the only form of it that is ever shown, unique even for
     /// short keys that all mask to `…`.
     pub id: String,
@@ -78,17 +91,9 @@ pub struct KeySlot {
     pub fingerprint: String,
     /// `Bearer <key>`, built once, marked sensitive so it is never logged by hyper.
     pub authorization: HeaderValue,
-    /// What OpenRouter's `/key` last said about this key.
-    pub probe: ProbeState,
-    /// The index of its account in the pool; changes only when accounts merge.
-    pub(crate) account: AtomicUsize,
     /// The OpenRouter user id its answers carried, once seen.
     pub user_id: OnceLock<String>,
-    /// 401 and 403 key-limit blocks: every request through this key.
-    pub(crate) block: BlockWord,
     last_used_ms: AtomicI64,
-    /// Pool-wide pick sequence of the last pick: ties go to the smallest (least recently used).
-    pub(crate) last_pick: AtomicU64,
     pub totals: Totals,
 }
 

@@ -29,7 +29,8 @@ blocked=sk-or-v1-permin00000000000000000000000000000001
 daily=sk-or-v1-perday00000000000000000000000000000002
 active=sk-or-v1-active00000000000000000000000000000003
 one_a_day=sk-or-v1-oneday00000000000000000000000000000004
-env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000,$one_a_day:1" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
+alice2=sk-or-v1-alice200000000000000000000000000000005
+env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000@alice,$one_a_day:1,$alice2@alice" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
   "$bin" 2>"$work/proxy.log" &
 pids+=($!)
@@ -57,14 +58,17 @@ passed=0
 check() { if grep -q -- "$2" "$work/dom.html"; then passed=$((passed + 1)); else echo "FAIL: $1"; failed=1; fi; }
 failed=0
 check "the active key row" 'data-key="#3 sk-or-v1-ac…0003"'
+check "the second key of alice" 'data-key="#5 sk-or-v1-al…0005"'
 check "the one-a-day key row" 'data-key="#4 sk-or-v1-on…0004"'
 check "the countdown of a key at its configured limit" 'resets in [0-9]*h [0-9]*m · daily limit reached\|resets in [0-9]*m [0-9]*s · daily limit reached'
-check "the blocked key row" 'data-key="#1 sk-or-v1-pe…0001"'
+check "the per-minute-blocked key row" 'data-key="#1 sk-or-v1-pe…0001"'
+check "keys grouped under their accounts" 'data-account="alice"'
+check "an account of its own is titled by its key" 'data-account="#1 sk-or-v1-pe…0001"'
 check "the daily-limited key row" 'data-key="#2 sk-or-v1-pe…0002"'
 check "the blocked key's countdown" 'unblocks in [0-9]*m [0-9]*s · per minute limit'
 check "the daily limit badge" 'badge daily_limit_reached'
 check "the active key's badge" 'badge active\|badge throttled'
-for secret in "$blocked" "$daily" "$active" "$one_a_day" "$proxy_key"; do
+for secret in "$blocked" "$daily" "$active" "$one_a_day" "$alice2" "$proxy_key"; do
   if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
 done
 chrome --dump-dom "http://127.0.0.1:$proxy_port/status" > "$work/login.html"
