@@ -180,3 +180,31 @@ async fn probing_is_off_with_an_interval_of_zero() {
     let status = get(&proxy, "/key_status").await.json();
     assert_eq!(status["keys"][0]["probe"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn keys_whose_key_answer_names_one_user_share_one_account_and_its_count_is_not_summed() {
+    let upstream = upstream(|key| {
+        let user = if key == KEY_C { "user_other" } else { "user_same" };
+        Reply::json(
+            200,
+            &format!(
+                r#"{{"data":{{"label":"x","limit":null,"limit_remaining":null,"is_free_tier":false,"creator_user_id":"{user}","free_model_daily_requests":{{"limit":1000,"remaining":990,"used":10}}}}}}"#
+            ),
+        )
+    })
+    .await;
+    let keys = format!("{KEY_A},{KEY_B},{KEY_C}");
+    let proxy = Proxy::start(
+        &upstream.base_url(),
+        &[("OPENROUTER_KEYS", &keys), ("KEY_PROBE_INTERVAL", "300")],
+    )
+    .await;
+    let status = probed(&proxy, 3).await;
+    let accounts = status["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 2, "{status}");
+    let same = accounts.iter().find(|a| a["id"] == "user_same").unwrap();
+    assert_eq!(same["keys"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(same["learned"], true);
+    // Both keys reported the account's 10: combined with the larger, never summed.
+    assert_eq!(same["daily_used"], 10, "{status}");
+}
