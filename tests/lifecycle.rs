@@ -109,6 +109,8 @@ async fn a_corrupt_or_unusable_state_file_is_a_warning_and_the_proxy_serves() {
     for (name, contents) in [
         ("truncated.json", r#"{"version":1,"keys":[{"key":"ab"#),
         ("types.json", r#"{"version":"one","keys":7}"#),
+        // A bare string: the warning must not echo the file's contents.
+        ("string.json", r#""sk-or-v1-leaked-through-a-warning""#),
     ] {
         let state = dir.path().join(name);
         std::fs::write(&state, contents).unwrap();
@@ -119,6 +121,7 @@ async fn a_corrupt_or_unusable_state_file_is_a_warning_and_the_proxy_serves() {
             "{}",
             proxy.log_text()
         );
+        assert!(!proxy.log_text().contains("leaked"), "{}", proxy.log_text());
         assert_eq!(
             std::fs::read_to_string(state.with_extension("json.corrupt")).unwrap(),
             contents

@@ -297,6 +297,9 @@ async fn path_traversal_and_connect_are_refused() {
         "/api/v1/../../admin",
         "/api/v1/%2e%2e/secret",
         "/v1/./models",
+        "/api/v1/..%2fadmin",
+        "/api/v1/..%5Cadmin",
+        "/api/v1/..;/admin",
     ] {
         get(&proxy, path).await.assert_error(400);
     }
@@ -361,4 +364,27 @@ async fn clients_speaking_http2_with_prior_knowledge_are_served() {
     assert_eq!(response.version(), hyper::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_agents_network_details_and_cookies_are_not_passed_to_openrouter() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let answer = send(
+        request("POST", &proxy.url("/api/v1/chat/completions"))
+            .header("x-forwarded-for", "10.1.2.3")
+            .header("x-real-ip", "10.1.2.3")
+            .header("forwarded", "for=10.1.2.3")
+            .header("cookie", "session=secret")
+            .header("http-referer", "https://my.app")
+            .body(Full::new(Bytes::from_static(br#"{"model":"a/b"}"#)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let seen = &upstream.requests()[0].headers;
+    for name in ["x-forwarded-for", "x-real-ip", "forwarded", "cookie"] {
+        assert!(seen.get(name).is_none(), "{name} was forwarded");
+    }
+    assert_eq!(seen["http-referer"], "https://my.app", "attribution headers still go");
 }

@@ -307,3 +307,84 @@ async fn a_connection_that_breaks_after_the_request_was_sent_is_not_retried_for_
         .sum();
     assert!(attempts > 2, "the GET was not retried: {status}");
 }
+
+#[tokio::test]
+async fn a_relayed_stream_never_carries_the_upstream_s_content_length() {
+    const ERROR_EVENT: &str = "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\"},\"choices\":[]}\n\n";
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&answered);
+    let addr = raw_upstream(move |mut s| {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            read_head(&mut s).await;
+            // The first answer is a pre-content error, the retry a short success: both framed
+            // by Content-Length, which the client must not get (its body is neither).
+            let body = if n == 0 {
+                ERROR_EVENT.to_owned()
+            } else {
+                format!("{CONTENT}data: [DONE]\n\n")
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{addr}/api/v1"), &[]).await;
+    let answer = stream_request(&proxy).await;
+    assert!(
+        answer.headers.get("content-length").is_none(),
+        "{:?}",
+        answer.headers
+    );
+    let text = answer.text();
+    assert!(
+        text.contains("Hel") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(!text.contains("error"), "{text}");
+}
+
+#[tokio::test]
+async fn a_long_line_before_the_first_event_end_is_passed_on_after_64_kib_not_held() {
+    let (upstream, chunks) = Upstream::with_stream().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let mut body = open_stream(&proxy.url("/api/v1/chat/completions")).await;
+    let piece = Bytes::from(vec![b'x'; 1024]);
+    chunks.send(Bytes::from_static(b"data: ")).await.unwrap();
+    // 100 KiB of one line and no end of event: past the 64 KiB the relay holds, it must pipe.
+    let feeder = tokio::spawn(async move {
+        for _ in 0..100 {
+            if chunks.send(piece.clone()).await.is_err() {
+                return None;
+            }
+        }
+        Some(chunks) // kept open: the event never ends
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the relay held a long line back instead of passing it on")
+        .unwrap()
+        .unwrap();
+    assert!(first.into_data().unwrap().starts_with(b"data: xxxx"));
+    drop(feeder);
+}
+
+#[tokio::test]
+async fn openrouter_is_asked_for_uncompressed_answers_it_can_read() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[]).await;
+    let answer = send(
+        request("POST", &proxy.url("/api/v1/chat/completions"))
+            .header("accept-encoding", "gzip, br")
+            .body(Full::new(Bytes::from_static(br#"{"model":"a/b"}"#)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.headers["accept-encoding"], "identity");
+}

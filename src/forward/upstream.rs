@@ -69,30 +69,68 @@ pub fn upstream_path(path: &str) -> &str {
     path
 }
 
-/// True when a path segment is `.` or `..`, literally or percent-encoded, which
-/// could climb out of the upstream base path once the upstream normalises it.
+/// True when a path segment is `.` or `..`, literally or percent-encoded, also when
+/// segments are separated by `\\` or an encoded `/` or `\\` (`%2f`, `%5c`) or carry a
+/// `;parameter`: any spelling a server on the way might normalise out of the base path.
 #[must_use]
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let lower = segment.as_bytes();
-        let mut rest = lower;
-        let mut dots = 0;
-        while !rest.is_empty() {
-            if rest[0] == b'.' {
-                rest = &rest[1..];
-            } else if rest.len() >= 3
-                && rest[0] == b'%'
-                && rest[1] == b'2'
-                && rest[2].eq_ignore_ascii_case(&b'e')
+    let bytes = path.as_bytes();
+    let separator_len = |at: usize| -> usize {
+        match bytes[at] {
+            b'/' | b'\\' => 1,
+            b'%' if bytes.len() >= at + 3
+                && (bytes[at + 1] == b'2' && bytes[at + 2].eq_ignore_ascii_case(&b'f')
+                    || bytes[at + 1] == b'5' && bytes[at + 2].eq_ignore_ascii_case(&b'c')) =>
             {
-                rest = &rest[3..];
-            } else {
-                return false;
+                3
             }
-            dots += 1;
+            _ => 0,
         }
-        dots == 1 || dots == 2
-    })
+    };
+    let mut start = 0;
+    let mut at = 0;
+    while at <= bytes.len() {
+        let len = if at == bytes.len() {
+            1
+        } else {
+            separator_len(at)
+        };
+        if len == 0 {
+            at += 1;
+            continue;
+        }
+        if is_dot_segment(&bytes[start..at]) {
+            return true;
+        }
+        at += len;
+        start = at;
+    }
+    false
+}
+
+/// `.` or `..` (each dot literal or `%2e`), ignoring a `;parameter` after it.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let segment = segment
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(segment, |end| &segment[..end]);
+    let mut rest = segment;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3
+            && rest[0] == b'%'
+            && rest[1] == b'2'
+            && rest[2].eq_ignore_ascii_case(&b'e')
+        {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// `{base}{mapped path}?{query}` with the query forwarded byte for byte.
@@ -144,10 +182,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Prepares client headers for upstream: no hop-by-hop, no `Host` (the client
-/// sets upstream's), no proxy credentials, no stale framing.
+/// sets upstream's), no proxy credentials, no stale framing, and an uncompressed answer.
 pub fn sanitize_request_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+    // The proxy reads OpenRouter's answers (error bodies, errors inside 200s, SSE events) to
+    // decide what to do; it never decodes compression, so it asks for none. Everything it
+    // passes on is what OpenRouter sent, byte for byte.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        header::HeaderValue::from_static("identity"),
+    );
     // The body is already read, so a client's `Expect: 100-continue` was answered here.
+    // The agents' network details (forwarding headers) and browser cookies are theirs, not
+    // OpenRouter's business: they are not passed on.
     for name in [
         header::HOST,
         header::CONTENT_LENGTH,
@@ -155,6 +202,12 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap) {
         header::AUTHORIZATION,
         APIKEY,
         X_API_KEY,
+        header::COOKIE,
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderName::from_static("x-real-ip"),
     ] {
         headers.remove(name);
     }
@@ -207,6 +260,12 @@ mod tests {
             "/%2E./b",
             "/.%2e/b",
             "/./x",
+            "/v1/..%2fadmin",
+            "/v1/..%2Fadmin",
+            "/v1/..%5cadmin",
+            "/v1/..\\admin",
+            "/v1/..;/admin",
+            "/v1/.;x/y",
         ] {
             assert!(has_dot_segment(p), "{p}");
         }
@@ -216,6 +275,8 @@ mod tests {
             "/a/.well-known",
             "/v1/chat..completions",
             "/%2e%2e%2e",
+            "/a;b/c",
+            "/v1/chat%2fcompletions",
         ] {
             assert!(!has_dot_segment(p), "{p}");
         }
@@ -238,12 +299,19 @@ mod tests {
             ("x-title", "My agent"),
             ("expect", "100-continue"),
             ("content-type", "application/json"),
+            ("cookie", "session=1"),
+            ("x-forwarded-for", "10.0.0.7"),
+            ("x-real-ip", "10.0.0.7"),
+            ("forwarded", "for=10.0.0.7"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         sanitize_request_headers(&mut h);
         let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(left, ["content-type", "http-referer", "x-title"]);
+        assert_eq!(
+            left,
+            ["accept-encoding", "content-type", "http-referer", "x-title"]
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, CONTENT_TYPE};
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use log::{info, log_enabled, Level};
@@ -61,7 +61,10 @@ pub async fn forward(
     }
     match settled {
         Settled::Stream { key, response } => {
-            let (head, upstream) = response.into_parts();
+            let (mut head, upstream) = response.into_parts();
+            // The relay may retry, or end the stream with its own event: the client's body is
+            // not the upstream's, so its length is not either.
+            head.headers.remove(CONTENT_LENGTH);
             Ok(Response::from_parts(
                 head,
                 ProxyBody::Relay(Box::new(SseRelay::new(upstream, key, journey))),

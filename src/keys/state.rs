@@ -259,6 +259,13 @@ fn read_document(path: &Path) -> Option<StateDocument> {
     match serde_json::from_slice(&text) {
         Ok(document) => Some(document),
         Err(err) => {
+            // Where and what kind of problem, never the error's text: it can quote the file.
+            let err = format!(
+                "{:?} error at line {} column {}",
+                err.classify(),
+                err.line(),
+                err.column()
+            );
             let aside = with_suffix(path, ".corrupt");
             let kept = fs::rename(path, &aside).map_or_else(
                 |e| format!("could not be moved aside: {e}"),

@@ -20,10 +20,11 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::error::error_body;
+use crate::forward::attempts::INSPECT_LIMIT;
 use crate::forward::attempts::{Journey, Settled};
 use crate::forward::outcome::{classify, error_object, Verdict};
 use crate::keys::Outcome;
-use crate::stream::sse::{classify_event, event_len, Event};
+use crate::stream::sse::{classify_event, event_len_from, Event};
 
 type Retry = Pin<Box<dyn Future<Output = (Journey, Settled)> + Send>>;
 
@@ -45,6 +46,8 @@ pub struct SseRelay {
     upstream: Option<Incoming>,
     /// Pre-content bytes not yet forwarded (at most one partial event plus comments).
     pending: BytesMut,
+    /// How much of the partial event in `pending` has been scanned for its end already.
+    scanned: usize,
     journey: Option<Journey>,
     key: usize,
     /// Kept apart from the journey (which a retry borrows) for the open-streams gauge.
@@ -71,6 +74,7 @@ impl SseRelay {
             mode: Mode::Inspecting,
             upstream: Some(upstream),
             pending: BytesMut::new(),
+            scanned: 0,
             journey: Some(journey),
             key,
             app,
@@ -83,7 +87,9 @@ impl SseRelay {
     fn inspect(&mut self, data: &Bytes) -> Option<Bytes> {
         self.pending.extend_from_slice(data);
         let mut comments = 0;
-        while let Some(len) = event_len(&self.pending[comments..]) {
+        let mut resume = self.scanned.saturating_sub(3);
+        while let Some(len) = event_len_from(&self.pending[comments..], resume) {
+            resume = 0;
             match classify_event(&self.pending[comments..comments + len]) {
                 Event::Comment => comments += len,
                 Event::Content => return Some(self.start_piping(Outcome::Success)),
@@ -107,7 +113,19 @@ impl SseRelay {
                 }
             }
         }
-        non_empty(self.pending.split_to(comments).freeze())
+        let forwarded = self.pending.split_to(comments).freeze();
+        self.scanned = self.pending.len();
+        if self.pending.len() > INSPECT_LIMIT {
+            // A partial event this large is no error event OpenRouter sends: stop holding
+            // the stream back and pipe it untouched from here.
+            let rest = self.start_piping(Outcome::Success);
+            return Some(if forwarded.is_empty() {
+                rest
+            } else {
+                [forwarded, rest].concat().into()
+            });
+        }
+        non_empty(forwarded)
     }
 
     fn start_piping(&mut self, outcome: Outcome) -> Bytes {
@@ -133,6 +151,7 @@ impl SseRelay {
         };
         self.upstream = None; // drop the failed stream's connection now
         self.pending.clear();
+        self.scanned = 0;
         self.mode = Mode::Retrying(Box::pin(async move {
             tokio::time::sleep(delay).await;
             let settled = journey.settle().await;

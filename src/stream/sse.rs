@@ -22,7 +22,16 @@ pub enum Event {
 /// The length of the first complete event in `buf` (through its blank line), if there is one.
 #[must_use]
 pub fn event_len(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
+    event_len_from(buf, 0)
+}
+
+/// [`event_len`], looking for the blank line only from `from` on: the caller knows the
+/// bytes before it hold none (an event boundary spans at most 4 bytes, so `from` is 3 bytes
+/// before the end of what was scanned last time). Keeps the scan of a long line that
+/// arrives in pieces linear.
+#[must_use]
+pub fn event_len_from(buf: &[u8], from: usize) -> Option<usize> {
+    let mut start = from.min(buf.len());
     while let Some(offset) = buf[start..].iter().position(|&b| b == b'\n' || b == b'\r') {
         let i = start + offset;
         let after = line_break_len(&buf[i..])?;
@@ -109,6 +118,29 @@ mod tests {
         assert_eq!(event_len(b"data: x\r\n\r"), None);
         assert_eq!(event_len(b"data: x"), None);
         assert_eq!(event_len(b""), None);
+    }
+
+    #[test]
+    fn a_scan_resumed_three_bytes_before_where_it_stopped_finds_the_same_boundary() {
+        for text in [
+            &b"data: x\r\n\r\nrest"[..],
+            b"data: x\n\ndata: y",
+            b"data: x\r\rrest",
+            b": c\ndata: long line\r\n\r\n",
+            b"data: x\ndata: y\n\n",
+        ] {
+            let whole = event_len(text);
+            for cut in 0..=text.len() {
+                if event_len(&text[..cut]).is_none() {
+                    assert_eq!(
+                        event_len_from(text, cut.saturating_sub(3)),
+                        whole,
+                        "{:?} cut at {cut}",
+                        String::from_utf8_lossy(text)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
