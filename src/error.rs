@@ -29,6 +29,8 @@ pub enum ProxyError {
     UpstreamUnreachable,
     /// Upstream was reached but its answer broke off, and a retry could have run the request twice.
     UpstreamBroken,
+    /// Upstream answered in a way the proxy cannot relay (a 101 switch).
+    UpstreamProtocol(&'static str),
     /// Upstream sent no response headers in time.
     UpstreamTimeout,
 }
@@ -45,7 +47,9 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
 
             ProxyError::NoKey { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::UpstreamUnreachable | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamBroken
+            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -54,7 +58,9 @@ impl ProxyError {
     #[must_use]
     pub fn message(&self) -> String {
         match self {
-            ProxyError::Unauthorized(why) | ProxyError::BadRequest(why) => (*why).to_owned(),
+            ProxyError::Unauthorized(why)
+            | ProxyError::BadRequest(why)
+            | ProxyError::UpstreamProtocol(why) => (*why).to_owned(),
             ProxyError::PayloadTooLarge { limit } => {
                 format!("request body is larger than MAX_BODY_BYTES ({limit} bytes)")
             }

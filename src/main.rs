@@ -58,20 +58,22 @@ fn run(env: &std::collections::HashMap<String, String>, env_file: &EnvFileReport
 
 /// Binds, serves until a signal, then drains and writes the state one last time.
 async fn serve(config: Config) -> ExitCode {
-    let Some(listener) = bind(&config).await else {
-        return ExitCode::from(69);
-    };
     let app = App::new(config);
     log_keys(&app);
     let state_file = app.config.state_file.clone();
+    // Read before the port is open: nothing is served from state not yet restored.
     if let Some(path) = &state_file {
         state::load(path, &app.keys);
     }
+    let Some(listener) = bind(&app.config) else {
+        return ExitCode::from(69);
+    };
     openrouter_proxy::keys::probe::spawn(&app);
     let flusher = state_file.clone().map(|path| {
         let (app, interval) = (Arc::clone(&app), app.config.state_flush_interval);
         tokio::spawn(async move { Persistence::new(app, path).run(interval).await })
     });
+    flush_on_other_signals(&app);
     server::serve(listener, Arc::clone(&app), first_signal(&app)).await;
     if let Some(flusher) = flusher {
         flusher.abort();
@@ -104,8 +106,8 @@ fn log_keys(app: &App) {
 }
 
 /// The listening socket, announced with where it forwards; `None` (logged) if it cannot be bound.
-async fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
+    let listener = match listen(config.listen) {
         Ok(listener) => listener,
         Err(err) => {
             error!("cannot listen on {}: {err}", config.listen);
@@ -123,6 +125,21 @@ async fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
         config.timezone_name
     );
     Some(listener)
+}
+
+/// Connections the kernel may queue before they are accepted: a burst of agents connecting
+/// at once should not wait for a SYN retry (the usual default of 128 made 127 of 500 wait 1 s).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one writes the state and exits 1 at once.
@@ -144,6 +161,42 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
     });
     async {
         let _ = shutdown.await;
+    }
+}
+
+/// SIGHUP (which supervisors and closing terminals send), SIGUSR1 and SIGUSR2 would kill
+/// the process by default: each writes the state file instead and is otherwise ignored.
+/// (Re-reading the key list on SIGHUP is not supported yet: a restart does it, and keeps
+/// the state.)
+fn flush_on_other_signals(app: &Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, name) in [
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        let Ok(mut stream) = signal(kind) else {
+            warn!("cannot listen for {name}");
+            continue;
+        };
+        let app = Arc::clone(app);
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let Some(path) = app.config.state_file.clone() else {
+                    info!("{name} received; no state file to write");
+                    continue;
+                };
+                let contents = state::render(&app.keys);
+                let written =
+                    tokio::task::spawn_blocking(move || state::write_atomic(&path, &contents))
+                        .await;
+                match written {
+                    Ok(Ok(())) => info!("{name} received: state file written"),
+                    Ok(Err(err)) => warn!("{name} received: state file not written ({err})"),
+                    Err(err) => warn!("{name} received: state file not written ({err})"),
+                }
+            }
+        });
     }
 }
 

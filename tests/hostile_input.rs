@@ -386,3 +386,43 @@ async fn a_body_that_stops_arriving_gets_a_408_and_costs_no_quota() {
     let status = get(&proxy, "/key_status").await.json();
     assert_eq!(status["keys"][0]["totals"]["requests"], 0);
 }
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_at_once_and_the_proxy_keeps_serving() {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(
+        &upstream.base_url(),
+        &[("MAX_CONNECTIONS", "3"), ("HEADER_READ_TIMEOUT", "60")],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // The fourth is accepted and closed at once: it reads the end of the stream.
+    let mut extra = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
+        .await
+        .expect("a connection over the cap was kept open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // The held ones leave: there is room again (once the proxy has seen them go).
+    held.clear();
+    let mut served = false;
+    for _ in 0..100 {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        if answer.starts_with(b"HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the proxy did not serve again under the cap");
+    assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
+}

@@ -323,3 +323,60 @@ async fn a_state_file_of_the_per_key_format_is_still_restored() {
     assert_eq!(key(1)["daily_used"], 3, "{status}");
     assert_eq!(key(1)["status"], "daily_limit_reached", "{status}");
 }
+
+#[tokio::test]
+async fn a_fifo_or_a_link_as_state_file_is_neither_read_nor_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::ok().await;
+    let fifo = dir.path().join("fifo.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A FIFO would block the read for ever: the proxy must start and serve.
+    let proxy = Running::start(&upstream.base_url(), &fifo, &[]).await;
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    assert!(
+        proxy.log_text().contains("not a regular file"),
+        "{}",
+        proxy.log_text()
+    );
+    drop(proxy);
+
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let mut proxy = Running::start(&upstream.base_url(), &link, &[]).await;
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    proxy.signal("TERM");
+    assert!(proxy.wait(Duration::from_secs(10)).success());
+    assert!(
+        proxy.log_text().contains("not a regular file"),
+        "{}",
+        proxy.log_text()
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[tokio::test]
+async fn sighup_and_sigusr_write_the_state_and_do_not_kill_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let upstream = Upstream::ok().await;
+    let vars = [("STATE_FLUSH_INTERVAL", "0")];
+    let mut proxy = Running::start(&upstream.base_url(), &state, &vars).await;
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    for signal in ["HUP", "USR1", "USR2"] {
+        let _ = std::fs::remove_file(&state);
+        proxy.signal(signal);
+        let written = eventually(Duration::from_secs(5), || state.exists()).await;
+        assert!(written, "{signal}: no state written: {}", proxy.log_text());
+        assert!(
+            proxy.child.try_wait().unwrap().is_none(),
+            "{signal} killed the proxy"
+        );
+        assert_eq!(proxy.chat(FREE).await.status, 200);
+    }
+}

@@ -386,5 +386,8 @@ async fn the_agents_network_details_and_cookies_are_not_passed_to_openrouter() {
     for name in ["x-forwarded-for", "x-real-ip", "forwarded", "cookie"] {
         assert!(seen.get(name).is_none(), "{name} was forwarded");
     }
-    assert_eq!(seen["http-referer"], "https://my.app", "attribution headers still go");
+    assert_eq!(
+        seen["http-referer"], "https://my.app",
+        "attribution headers still go"
+    );
 }

@@ -388,3 +388,39 @@ async fn openrouter_is_asked_for_uncompressed_answers_it_can_read() {
     let seen = &upstream.requests()[0];
     assert_eq!(seen.headers["accept-encoding"], "identity");
 }
+
+#[tokio::test]
+async fn an_upstream_101_is_a_502_and_a_truncated_200_says_openrouter_answered() {
+    let switching = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .await;
+        let _ = s.read(&mut [0u8; 64]).await;
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{switching}/api/v1"), &[]).await;
+    let answer = chat(&proxy, "a/b").await;
+    answer.assert_error(502);
+    assert!(answer.text().contains("101"), "{}", answer.text());
+
+    let truncated = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":")
+            .await;
+    })
+    .await;
+    let proxy = Proxy::start(&format!("http://{truncated}/api/v1"), &[]).await;
+    let answer = chat(&proxy, "a/b:free").await;
+    answer.assert_error(502);
+    assert!(answer.text().contains("was reached"), "{}", answer.text());
+    let status = get(&proxy, "/key_status").await.json();
+    let attempts: u64 = (0..2)
+        .map(|i| status["keys"][i]["totals"]["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        attempts, 1,
+        "a generation that may have run was retried: {status}"
+    );
+}

@@ -107,6 +107,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub key_probe_interval: Duration,
     pub metrics_public: bool,
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
     pub log_json: bool,
     /// `None` when persistence is off (`STATE_FILE=`).
     pub state_file: Option<std::path::PathBuf>,
@@ -191,6 +193,11 @@ impl Config {
             shutdown_grace: r.seconds("SHUTDOWN_GRACE", 30, 3600),
             key_probe_interval: r.seconds("KEY_PROBE_INTERVAL", 300, 86400),
             metrics_public: r.flag("METRICS_PUBLIC"),
+            max_connections: r.parsed(
+                &["MAX_CONNECTIONS"],
+                default_max_connections(),
+                "a count of connections",
+            ),
             log_json: r.choice("LOG_FORMAT", &["text", "json"]) == "json",
             // Set but empty turns persistence off, so this one is read without the empty-means-unset rule.
             state_file: match (r.lookup)("STATE_FILE").map(|v| v.trim().to_owned()) {
@@ -222,6 +229,21 @@ impl Config {
         }
         out
     }
+}
+
+/// Half the process's descriptor limit (each client connection may hold an upstream one
+/// too), at least 64; 4096 where the limit cannot be read.
+fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        });
+    soft.map_or(4096, |n| (n / 2).max(64))
 }
 
 /// A level by the names the original proxy (uvicorn) and `log` use.

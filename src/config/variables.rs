@@ -112,6 +112,11 @@ pub const VARIABLES: &[Variable] = &[
             "seconds between asking OpenRouter's /key about each key's limits and usage (0 = never); at most 86400",
     },
     Variable {
+        names: &["MAX_CONNECTIONS"],
+        default: "(half the descriptor limit)",
+        help: "client connections open at once; more are closed at once (the descriptor limit is the process's soft RLIMIT_NOFILE)",
+    },
+    Variable {
         names: &["METRICS_PUBLIC"],
         default: "false",
         help: "true serves /metrics without the proxy key (for a scraper on a private network)",

@@ -210,6 +210,14 @@ impl Journey {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let status = head.status;
+        if status.is_informational() {
+            // A 101 switch the proxy never asked for: relaying it bare (its Upgrade header is
+            // hop-by-hop) would leave the client with a broken exchange; the proxy does not tunnel.
+            self.app.keys.record(key, Outcome::Error);
+            return Inspected::Done(Settled::Failed(ProxyError::UpstreamProtocol(
+                "OpenRouter switched protocols (101), which the proxy does not tunnel",
+            )));
+        }
         let content_type = head
             .headers
             .get(CONTENT_TYPE)

@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 const VERSION: u32 = 2;
+/// Far above what any real key list writes (about 300 bytes a key).
+const MAX_STATE_FILE_BYTES: u64 = 16 << 20;
 const WRITE_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Serialize, Deserialize)]
@@ -245,6 +247,27 @@ pub fn load(path: &Path, pool: &KeyPool) {
 /// The parsed state file, or `None` (with a warning where it matters) when there is none
 /// or it cannot be used.
 fn read_document(path: &Path) -> Option<StateDocument> {
+    // Looked at before it is opened: a FIFO would block startup for ever, a link could
+    // point anywhere, and a huge file would take minutes to match.
+    match fs::symlink_metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        Ok(meta) if !meta.file_type().is_file() => {
+            warn!(
+                "state file {} cannot be read: it is not a regular file (a link, directory, FIFO or device); starting with fresh key state",
+                path.display()
+            );
+            return None;
+        }
+        Ok(meta) if meta.len() > MAX_STATE_FILE_BYTES => {
+            warn!(
+                "state file {} cannot be read: it is {} bytes, more than the {MAX_STATE_FILE_BYTES} a state file of this proxy can be; starting with fresh key state",
+                path.display(),
+                meta.len()
+            );
+            return None;
+        }
+        _ => {}
+    }
     let text = match fs::read(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
@@ -305,6 +328,13 @@ pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
     let _writing = WRITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Never replace something that is not a state file (a link is replaced, not followed,
+    // by the rename below; a directory or FIFO is left alone).
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() && !meta.file_type().is_symlink() {
+            return Err(std::io::Error::other("it is not a regular file"));
+        }
+    }
     let temporary = temporary_name(path);
     let mut file = fs::OpenOptions::new()
         .write(true)

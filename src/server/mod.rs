@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::ingress::router;
+use crate::keys::now_ms;
 use crate::observe::metrics::Route;
 
 pub mod first_head;
@@ -23,6 +25,42 @@ mod replay;
 
 use first_head::{FirstHead, MAX_HEAD_BYTES};
 use replay::Replay;
+
+/// One open connection counted against `MAX_CONNECTIONS`; given back when dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<AtomicUsize>, cap: usize) -> Option<Self> {
+        // Relaxed: a counter; the cap may be passed by a connection or two in a race.
+        (open.fetch_add(1, Relaxed) < cap)
+            .then(|| ConnectionSlot(Arc::clone(open)))
+            .or_else(|| {
+                open.fetch_sub(1, Relaxed);
+                None
+            })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Lets one log line through a second, so a flood cannot flood the log.
+#[derive(Default)]
+struct OncePerSecond(AtomicI64);
+
+impl OncePerSecond {
+    fn allow(&self, now_ms: i64) -> bool {
+        let last = self.0.load(Relaxed);
+        now_ms - last >= 1_000
+            && self
+                .0
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+    }
+}
 
 /// The HTTP/1 and HTTP/2 connection settings, built once.
 fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
@@ -82,6 +120,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     // Connections still sending their first head have no request to finish: dropping this
     // sender ends them as shutdown begins, instead of holding it up for HEADER_READ_TIMEOUT.
     let (closing, _) = tokio::sync::watch::channel(());
+    let open = Arc::new(AtomicUsize::new(0));
+    let warnings = OncePerSecond::default();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -89,21 +129,33 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 Ok((stream, _)) => stream,
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
-                    warn!("accept failed: {err}");
+                    if warnings.allow(now_ms()) {
+                        warn!("accept failed: {err}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = ConnectionSlot::take(&open, app.config.max_connections) else {
+            // Over the cap: closed at once, so descriptors stay for the connections already in.
+            drop(stream);
+            if warnings.allow(now_ms()) {
+                warn!(
+                    "{} connections open (MAX_CONNECTIONS): new ones are closed at once",
+                    app.config.max_connections
+                );
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            Arc::clone(&app),
-            builder.clone(),
-            graceful.watcher(),
-            closing.subscribe(),
-        ));
+        let (app, builder) = (Arc::clone(&app), builder.clone());
+        let (watcher, closing) = (graceful.watcher(), closing.subscribe());
+        tokio::spawn(async move {
+            connection(stream, app, builder, watcher, closing).await;
+            drop(slot);
+        });
     }
     drop((listener, closing));
     info!(
