@@ -426,3 +426,59 @@ async fn connections_over_max_connections_are_closed_at_once_and_the_proxy_keeps
     assert!(served, "the proxy did not serve again under the cap");
     assert_eq!(chat(&proxy, "openai/gpt-4o").await.status, 200);
 }
+
+/// An HTTP/2 (prior knowledge) connection to the proxy: its request sender, and a task
+/// that ends when the proxy closes the connection.
+async fn h2_connection(
+    proxy: &Proxy,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (
+        sender,
+        tokio::spawn(async move {
+            let _ = connection.await;
+        }),
+    )
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_after_the_header_timeout_but_open_streams_are_not() {
+    let (upstream, chunks) = Upstream::with_stream().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("HEADER_READ_TIMEOUT", "1")]).await;
+    // No request at all after the preface: closed.
+    let (_idle_sender, idle) = h2_connection(&proxy).await;
+    tokio::time::timeout(Duration::from_secs(10), idle)
+        .await
+        .expect("an idle HTTP/2 connection stayed open")
+        .unwrap();
+    // A stream that stays open longer than the timeout keeps its connection.
+    let (mut sender, open) = h2_connection(&proxy).await;
+    let request = hyper::Request::post("/api/v1/chat/completions")
+        .header("authorization", format!("Bearer {PROXY_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        !open.is_finished(),
+        "a connection with an open stream was closed"
+    );
+    relay_one(&chunks, &mut body, "data: {}\n\n").await;
+    drop((body, chunks));
+    // Once the stream is over, the connection is idle again and goes.
+    tokio::time::timeout(Duration::from_secs(10), open)
+        .await
+        .expect("the connection stayed open after its stream ended")
+        .unwrap();
+}

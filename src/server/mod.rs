@@ -21,9 +21,15 @@ use crate::keys::now_ms;
 use crate::observe::metrics::Route;
 
 pub mod first_head;
+mod idle;
 mod replay;
 
+/// How often an HTTP/2 connection is pinged, and how long the answer may take.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 use first_head::{FirstHead, MAX_HEAD_BYTES};
+use idle::Activity;
 use replay::Replay;
 
 /// One open connection counted against `MAX_CONNECTIONS`; given back when dropped.
@@ -72,7 +78,12 @@ fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(Some(app.config.header_read_timeout).filter(|t| !t.is_zero()))
         // Bounds the request head (431 above it); bodies are read in pieces of at most this size.
         .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Pings find peers that vanished while streams are open.
+        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     builder
 }
 
@@ -102,13 +113,35 @@ async fn connection(
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let http2 = head.starts_with(b"PRI * HTTP/2.0");
+    let idle_limit = app.config.header_read_timeout;
+    let activity = Arc::new(Activity::default());
+    let counted = Arc::clone(&activity);
     let service = service_fn(move |request| {
-        let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(router::route(&app, request, peer).await) }
+        let (app, counted) = (Arc::clone(&app), Arc::clone(&counted));
+        async move {
+            let response = router::route(&app, request, peer).await;
+            Ok::<_, Infallible>(response.map(|body| counted.track(body)))
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(Replay::new(head, stream)), service);
-    if let Err(err) = watcher.watch(connection.into_owned()).await {
-        debug!("connection ended with an error: {err}");
+    let served = watcher.watch(connection.into_owned());
+    // HTTP/1 has hyper's header timeout between requests; HTTP/2 needs this one.
+    let idle = async {
+        if http2 && !idle_limit.is_zero() {
+            activity.idle_for(idle_limit).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = served => {
+            if let Err(err) = result {
+                debug!("connection ended with an error: {err}");
+            }
+        }
+        // Nothing is open on it: closing drops no exchange.
+        () = idle => debug!("closed an HTTP/2 connection idle for {}s", idle_limit.as_secs()),
     }
 }
 
