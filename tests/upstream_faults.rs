@@ -424,3 +424,37 @@ async fn an_upstream_101_is_a_502_and_a_truncated_200_says_openrouter_answered()
         "a generation that may have run was retried: {status}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_request_closed() {
+    let (upstream, chunks) = Upstream::with_stream().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("STREAM_IDLE_TIMEOUT", "1")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(proxy.addr).await.unwrap();
+    let body = r#"{"model":"a/b","stream":true}"#;
+    let head = format!(
+        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PROXY_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // The upstream streams content as fast as it is taken; the client reads nothing.
+    let event = Bytes::from(format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "x".repeat(16 * 1024)
+    ));
+    let closed = tokio::spawn(async move {
+        for _ in 0..100_000 {
+            if chunks.send(event.clone()).await.is_err() {
+                return true; // the proxy dropped the upstream request
+            }
+        }
+        false
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("the upstream request stayed open for a client that reads nothing")
+        .unwrap();
+    assert!(closed);
+    drop(client);
+}

@@ -115,6 +115,7 @@ async fn connection(
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let http2 = head.starts_with(b"PRI * HTTP/2.0");
     let idle_limit = app.config.header_read_timeout;
+    let write_limit = app.config.stream_idle_timeout;
     let activity = Arc::new(Activity::default());
     let counted = Arc::clone(&activity);
     let service = service_fn(move |request| {
@@ -124,7 +125,8 @@ async fn connection(
             Ok::<_, Infallible>(response.map(|body| counted.track(body)))
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(Replay::new(head, stream)), service);
+    let io = Replay::new(head, stream, write_limit);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let served = watcher.watch(connection.into_owned());
     // HTTP/1 has hyper's header timeout between requests; HTTP/2 needs this one.
     let idle = async {
