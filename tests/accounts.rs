@@ -32,11 +32,7 @@ fn account<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value
 async fn two_keys_of_one_account_serve_its_limit_in_all_not_twice() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:3@alice,{KEY_B}@alice");
-    let proxy = Proxy::start(
-        &upstream.base_url(),
-        &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")],
-    )
-    .await;
+    let proxy = Proxy::with_keys(&upstream, &keys).await;
     for _ in 0..3 {
         assert_eq!(chat(&proxy, FREE).await.status, 200);
     }
@@ -74,15 +70,7 @@ async fn two_keys_of_one_account_are_spaced_as_one_by_the_limiter() {
     let proxy = Proxy::start(&upstream.base_url(), &vars).await;
     let answers = concurrent_chats(&proxy, FREE, 4).await;
     assert!(answers.iter().all(|&status| status == 200), "{answers:?}");
-    let mut times: Vec<_> = upstream.requests().iter().map(|s| s.at).collect();
-    times.sort();
-    for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(95),
-            "requests only {gap:?} apart"
-        );
-    }
+    assert_spaced(&upstream, Duration::from_millis(95));
 }
 
 #[tokio::test]
@@ -137,11 +125,7 @@ async fn the_quota_comes_back_at_openrouter_s_reset_instant() {
 async fn openrouter_free_spends_free_model_quota() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:1");
-    let proxy = Proxy::start(
-        &upstream.base_url(),
-        &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")],
-    )
-    .await;
+    let proxy = Proxy::with_keys(&upstream, &keys).await;
     assert_eq!(chat(&proxy, "openrouter/free").await.status, 200);
     chat(&proxy, "openrouter/free").await.assert_error(429);
     assert_eq!(

@@ -56,26 +56,14 @@ async fn free_model_requests_are_spaced_by_the_limiter_and_wait_instead_of_faili
     let proxy = one_limited_key(&upstream, "600", "10").await;
     let answers = concurrent_chats(&proxy, FREE, 4).await;
     assert!(answers.iter().all(|&status| status == 200), "{answers:?}");
-    let mut times: Vec<_> = upstream.requests().iter().map(|s| s.at).collect();
-    times.sort();
-    for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(95),
-            "requests only {gap:?} apart"
-        );
-    }
+    assert_spaced(&upstream, Duration::from_millis(95));
 }
 
 #[tokio::test]
 async fn paid_model_requests_use_no_free_quota() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:1");
-    let proxy = Proxy::start(
-        &upstream.base_url(),
-        &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")],
-    )
-    .await;
+    let proxy = Proxy::with_keys(&upstream, &keys).await;
     for _ in 0..5 {
         assert_eq!(chat(&proxy, PAID).await.status, 200);
     }
@@ -94,11 +82,7 @@ async fn paid_model_requests_use_no_free_quota() {
 async fn when_every_key_is_at_its_daily_limit_the_client_gets_429_with_retry_after() {
     let upstream = Upstream::ok().await;
     let keys = format!("{KEY_A}:1,{KEY_B}:1");
-    let proxy = Proxy::start(
-        &upstream.base_url(),
-        &[("OPENROUTER_KEYS", &keys), ("MAX_WAIT", "0")],
-    )
-    .await;
+    let proxy = Proxy::with_keys(&upstream, &keys).await;
     chat(&proxy, FREE).await;
     chat(&proxy, FREE).await;
     let answer = chat(&proxy, FREE).await;

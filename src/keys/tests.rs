@@ -30,6 +30,17 @@ fn use_quota(pool: &KeyPool, index: usize, n: u32) {
     }
 }
 
+/// Asserts that the next free-model pick at NOON is refused as throttled until `until_ms`.
+fn assert_throttled_until(pool: &KeyPool, until_ms: i64) {
+    assert_eq!(
+        pick(pool, Demand::Free, NOON).unwrap_err(),
+        Unavailable {
+            until_ms,
+            reason: Shortage::Throttled
+        }
+    );
+}
+
 /// The index of the key picked, as most tests only care which key it was.
 fn pick(pool: &KeyPool, demand: Demand, now_ms: i64) -> Result<usize, Unavailable> {
     pool.pick(demand, now_ms, &[]).map(|p| p.index)
@@ -79,14 +90,7 @@ fn the_limiter_spaces_free_requests_per_key() {
     let pool = pool("key-aaaa,key-bbbb", &[]); // 20/min, burst 1: one per 3 s
     assert_eq!(pick(&pool, Demand::Free, NOON), Ok(0));
     assert_eq!(pick(&pool, Demand::Free, NOON), Ok(1));
-    let err = pick(&pool, Demand::Free, NOON).unwrap_err();
-    assert_eq!(
-        err,
-        Unavailable {
-            until_ms: NOON + 3_000,
-            reason: Shortage::Throttled
-        }
-    );
+    assert_throttled_until(&pool, NOON + 3_000);
     assert_eq!(pool.state_of(0, NOON), "throttled");
     assert!(pick(&pool, Demand::Free, NOON + 3_000).is_ok());
     // Refusals did not cost quota: one unit per admitted request.
@@ -212,14 +216,7 @@ fn the_account_with_the_largest_share_left_wins_then_its_least_recently_used_key
 fn two_keys_of_one_account_are_spaced_as_one_by_the_limiter() {
     let pool = pool("key-a1@a,key-a2@a", &[]); // 20/min, burst 1: one per 3 s for the account
     assert!(pick(&pool, Demand::Free, NOON).is_ok());
-    let err = pick(&pool, Demand::Free, NOON).unwrap_err();
-    assert_eq!(
-        err,
-        Unavailable {
-            until_ms: NOON + 3_000,
-            reason: Shortage::Throttled
-        }
-    );
+    assert_throttled_until(&pool, NOON + 3_000);
 }
 
 #[test]

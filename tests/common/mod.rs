@@ -298,6 +298,12 @@ impl Proxy {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// The proxy with `keys` as `OPENROUTER_KEYS` that never waits for a key (`MAX_WAIT=0`).
+    pub async fn with_keys(upstream: &Upstream, keys: &str) -> Proxy {
+        let vars = [("OPENROUTER_KEYS", keys), ("MAX_WAIT", "0")];
+        Proxy::start(&upstream.base_url(), &vars).await
+    }
 }
 
 /// A finished response as the client saw it.
@@ -398,6 +404,16 @@ pub async fn relay_one(
         .unwrap();
     let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(frame, event);
+}
+
+/// Asserts that no two requests reached the mock closer together than `at_least`.
+pub fn assert_spaced(upstream: &Upstream, at_least: Duration) {
+    let mut times: Vec<_> = upstream.requests().iter().map(|s| s.at).collect();
+    times.sort();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= at_least, "requests only {gap:?} apart");
+    }
 }
 
 /// `n` chat completions for `model` sent at once; their statuses.
