@@ -12,7 +12,15 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The port a process announced in file $1 after the text $2, waiting up to 10 s for it.
+port_from() {
+  for _ in $(seq 100); do
+    port=$(grep -o "$2[0-9]*" "$1" 2>/dev/null | head -1 | sed "s/^$2//")
+    if [ -n "$port" ]; then echo "$port"; return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
 browser=$(command -v chromium || command -v chromium-browser)
 chrome() {
   "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
@@ -20,10 +28,10 @@ chrome() {
     --user-data-dir="$work/profile-$RANDOM" --virtual-time-budget=8000 "$@" 2>/dev/null
 }
 
-mock_port=$(free_port)
-python3 "$here/../shipping/mock_openrouter.py" "$mock_port" >/dev/null &
+# The mock and the proxy bind port 0 and say which port they got (no race for a port).
+python3 "$here/../shipping/mock_openrouter.py" 0 >"$work/mock.out" &
 pids+=($!)
-proxy_port=$(free_port)
+mock_port=$(port_from "$work/mock.out" "ready ")
 proxy_key=browser-proxy-key-5678
 blocked=sk-or-v1-permin00000000000000000000000000000001
 daily=sk-or-v1-perday00000000000000000000000000000002
@@ -31,13 +39,10 @@ active=sk-or-v1-active00000000000000000000000000000003
 one_a_day=sk-or-v1-oneday00000000000000000000000000000004
 alice2=sk-or-v1-alice200000000000000000000000000000005
 env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000@alice,$one_a_day:1,$alice2@alice" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
-  OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
+  OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT=0 \
   "$bin" 2>"$work/proxy.log" &
 pids+=($!)
-for _ in $(seq 100); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $proxy_port), 1)" 2>/dev/null && break
-  sleep 0.1
-done
+proxy_port=$(port_from "$work/proxy.log" "listening on 127.0.0.1:") || { echo "FAIL: the proxy did not start"; cat "$work/proxy.log"; exit 1; }
 
 # The first free-model request walks through three keys: per-minute 429, daily 429, success;
 # the second goes to the key with the largest share left, the one-a-day key, which then

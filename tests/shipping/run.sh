@@ -16,7 +16,15 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null
 trap cleanup EXIT
 
 chroot=$(command -v chroot)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The port a process announced in file $1 after the text $2, waiting up to 10 s for it.
+port_from() {
+  for _ in $(seq 100); do
+    port=$(grep -o "$2[0-9]*" "$1" 2>/dev/null | head -1 | sed "s/^$2//")
+    if [ -n "$port" ]; then echo "$port"; return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
 
 # A dynamic executable names its loader in a PT_INTERP program header; a static one has none.
 if readelf -l "$bin" | grep -q INTERP; then
@@ -25,18 +33,19 @@ fi
 cp "$bin" "$root/openrouter-proxy"
 echo "root directory holds: $(cd "$root" && find . -mindepth 1 | tr '\n' ' ')"
 
-mock_port=$(free_port)
-python3 "$here/mock_openrouter.py" "$mock_port" >/dev/null &
+# Both the mock and the proxy bind port 0 and say which port they got: no port is
+# picked here and handed over, so no other process can take it in between.
+python3 "$here/mock_openrouter.py" 0 >"$root.mock" &
 pids+=($!)
-
-proxy_port=$(free_port)
+mock_port=$(port_from "$root.mock" "ready ")
 proxy_key=scratch-proxy-key-1234
 or_key=sk-or-v1-scratch0000000000000000000000000000ab12
 env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$or_key:1000" TIMEZONE=Europe/Moscow SHUTDOWN_GRACE=2 \
-  OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT="$proxy_port" \
+  OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT=0 \
   "$chroot" "$root" /openrouter-proxy 2>"$root.log" &
 proxy_pid=$!
 pids+=($proxy_pid)
+proxy_port=$(port_from "$root.log" "listening on 127.0.0.1:") || { echo "FAIL: the proxy did not start"; cat "$root.log"; exit 1; }
 
 for _ in $(seq 100); do
   if env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" /openrouter-proxy --health-check 2>/dev/null; then break; fi
