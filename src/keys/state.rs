@@ -173,7 +173,6 @@ pub fn load(path: &Path, pool: &KeyPool) {
         return;
     };
     let now = now_ms();
-    let today = pool.calendar().today(now).date;
     // Linear in the file and the pool, however many records there are.
     let by_fingerprint: HashMap<&str, usize> = pool
         .keys()
@@ -183,6 +182,22 @@ pub fn load(path: &Path, pool: &KeyPool) {
         .collect();
     let index_of = |fingerprint: &str| by_fingerprint.get(fingerprint).copied();
     // Groupings first, so counts land on the accounts they belong to now.
+    restore_groupings(pool, &document, &index_of, now);
+    let restored = restore_keys(pool, &document.keys, &index_of, now);
+    restore_accounts(pool, &document.accounts, &index_of, now);
+    info!(
+        "restored the state of {restored} key(s) from {}",
+        path.display()
+    );
+}
+
+/// Learned accounts and the user ids OpenRouter named, merged again.
+fn restore_groupings(
+    pool: &KeyPool,
+    document: &StateDocument,
+    index_of: &impl Fn(&str) -> Option<usize>,
+    now: i64,
+) {
     for record in &document.accounts {
         let Some(user) = record.user_id.as_deref().filter(|_| record.learned) else {
             continue;
@@ -196,13 +211,23 @@ pub fn load(path: &Path, pool: &KeyPool) {
             pool.learn_user(index, user, now);
         }
     }
+}
+
+/// Each still-configured key's blocks and totals (and, from version 1 files, its count,
+/// which is now its account's); returns how many keys were found.
+fn restore_keys(
+    pool: &KeyPool,
+    records: &[KeyRecord],
+    index_of: &impl Fn(&str) -> Option<usize>,
+    now: i64,
+) -> usize {
+    let today = pool.calendar().today(now).date;
     let mut restored = 0;
-    for record in &document.keys {
+    for record in records {
         let Some(index) = index_of(&record.key) else {
             continue;
         };
         restored += 1;
-        let key = &pool.keys()[index];
         let blocks = [&record.block, &record.free_block]
             .into_iter()
             .flatten()
@@ -210,14 +235,25 @@ pub fn load(path: &Path, pool: &KeyPool) {
         for block in blocks {
             pool.block(index, block.until_ms, block.reason, now);
         }
-        key.restore(None, &record.totals);
+        pool.keys()[index].restore(None, &record.totals);
         // Version 1: the key's count is its account's (the larger of its keys', never a sum).
         if record.day == Some(today) {
             pool.account_of(index)
                 .restore(today, record.daily_used.unwrap_or(0), &[], 0);
         }
     }
-    for record in &document.accounts {
+    restored
+}
+
+/// Each account's count for today, its blocks in force and OpenRouter's reset instant.
+fn restore_accounts(
+    pool: &KeyPool,
+    records: &[AccountRecord],
+    index_of: &impl Fn(&str) -> Option<usize>,
+    now: i64,
+) {
+    let today = pool.calendar().today(now).date;
+    for record in records {
         let Some(index) = record.keys.iter().find_map(|k| index_of(k)) else {
             continue;
         };
@@ -238,10 +274,6 @@ pub fn load(path: &Path, pool: &KeyPool) {
         };
         pool.account_of(index).restore(today, used, &blocks, window);
     }
-    info!(
-        "restored the state of {restored} key(s) from {}",
-        path.display()
-    );
 }
 
 /// The parsed state file, or `None` (with a warning where it matters) when there is none

@@ -206,7 +206,14 @@ fn label(value: &str) -> String {
 
 fn write_keys(out: &mut String, pool: &KeyPool) {
     let now = now_ms();
+    write_account_figures(out, pool, now);
+    write_key_figures(out, pool, now);
+}
+
+/// The quota series, one per account (label `account`).
+fn write_account_figures(out: &mut String, pool: &KeyPool, now: i64) {
     let day = pool.calendar().today(now);
+    let live = pool.live_accounts();
     let accounts: [(&str, &str, AccountFigure); 3] = [
         (
             "account_free_requests_today",
@@ -224,7 +231,6 @@ fn write_keys(out: &mut String, pool: &KeyPool) {
             |a, _, now| (a.next_free_slot_ms(now) - now).max(0) as f64 / 1e3,
         ),
     ];
-    let live = pool.live_accounts();
     for (name, help, figure) in accounts {
         let _ = writeln!(
             out,
@@ -239,6 +245,10 @@ fn write_keys(out: &mut String, pool: &KeyPool) {
             );
         }
     }
+}
+
+/// The block series, one per key (labels `key` and `account`).
+fn write_key_figures(out: &mut String, pool: &KeyPool, now: i64) {
     let keys: [(&str, &str, KeyFigure); 2] = [
         (
             "key_blocked",
