@@ -186,15 +186,9 @@ fn flush_on_other_signals(app: &Arc<App>) {
                     info!("{name} received; no state file to write");
                     continue;
                 };
-                let contents = state::render(&app.keys);
-                let written =
-                    tokio::task::spawn_blocking(move || state::write_atomic(&path, &contents))
-                        .await;
-                match written {
-                    Ok(Ok(())) => info!("{name} received: state file written"),
-                    Ok(Err(err)) => warn!("{name} received: state file not written ({err})"),
-                    Err(err) => warn!("{name} received: state file not written ({err})"),
-                }
+                info!("{name} received: writing the state file");
+                // A fresh writer has written nothing yet, so it writes (and warns if it cannot).
+                Persistence::new(Arc::clone(&app), path).flush().await;
             }
         });
     }

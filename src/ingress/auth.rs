@@ -5,11 +5,12 @@
 //! Compared in constant time; a header sent twice is refused as ambiguous.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 
 use crate::forward::upstream::{APIKEY, X_API_KEY};
+use crate::observe::logging::OncePerSecond;
 
 /// Checks the client's credentials against the proxy key.
 pub fn authenticate(headers: &HeaderMap, proxy_key: &[u8]) -> Result<(), &'static str> {
@@ -56,21 +57,15 @@ pub fn presented_in(headers: &HeaderMap) -> &'static str {
 /// the log; the refusals left out are counted into the next line.
 #[derive(Default)]
 pub struct RefusalLog {
-    // Relaxed: a rate limit for log lines; a lost race prints one line more or less.
-    last_logged_ms: AtomicI64,
+    once: OncePerSecond,
+    // Relaxed: a count for the next log line.
     left_out: AtomicU64,
 }
 
 impl RefusalLog {
     /// Logs a refused request to `path` from `peer`, unless a line went out in the last second.
     pub fn refused(&self, path: &str, headers: &HeaderMap, peer: SocketAddr, now_ms: i64) {
-        let last = self.last_logged_ms.load(Relaxed);
-        if now_ms - last < 1_000
-            || self
-                .last_logged_ms
-                .compare_exchange(last, now_ms, Relaxed, Relaxed)
-                .is_err()
-        {
+        if !self.once.allow(now_ms) {
             self.left_out.fetch_add(1, Relaxed);
             return;
         }

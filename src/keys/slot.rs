@@ -141,12 +141,10 @@ impl KeySlot {
         self.last_used_ms.load(Relaxed)
     }
 
-    /// Restores what the state file remembered: the key's block, lifetime totals
-    /// (requests, successes, rate_limited, errors, unreached; missing ones stay 0).
-    pub(crate) fn restore(&self, block: Option<Block>, totals: &[u64]) {
-        if let Some(block) = block {
-            self.block.restore(block);
-        }
+    /// Restores the lifetime totals the state file remembered (requests, successes,
+    /// rate_limited, errors, unreached; missing ones stay 0). Its block is restored through
+    /// the pool, which knows the block's scope.
+    pub(crate) fn restore_totals(&self, totals: &[u64]) {
         for (counter, value) in self.totals.counters().into_iter().zip(totals) {
             counter.store(*value, Relaxed);
         }

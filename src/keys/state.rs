@@ -26,14 +26,22 @@ const VERSION: u32 = 2;
 const MAX_STATE_FILE_BYTES: u64 = 16 << 20;
 const WRITE_WARNING_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Serialize, Deserialize)]
+/// The file as read (any version this proxy ever wrote).
+#[derive(Deserialize)]
 struct StateDocument {
-    version: u32,
-    saved_at: String,
     keys: Vec<KeyRecord>,
     /// Absent in version 1 files, which kept counts per key.
     #[serde(default)]
     accounts: Vec<AccountRecord>,
+}
+
+/// The file as written: a snapshot, borrowed, with the format version and the time.
+#[derive(Serialize)]
+struct Written<'a> {
+    version: u32,
+    saved_at: String,
+    keys: &'a [KeyRecord],
+    accounts: &'a [AccountRecord],
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -146,14 +154,14 @@ fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
     Snapshot { keys, accounts }
 }
 
-fn document(pool: &KeyPool, snapshot: Snapshot, now: i64) -> String {
-    let document = StateDocument {
+fn document(pool: &KeyPool, snapshot: &Snapshot, now: i64) -> String {
+    let written = Written {
         version: VERSION,
         saved_at: pool.calendar().rfc3339(now),
-        keys: snapshot.keys,
-        accounts: snapshot.accounts,
+        keys: &snapshot.keys,
+        accounts: &snapshot.accounts,
     };
-    serde_json::to_string_pretty(&document).expect("the state document serialises")
+    serde_json::to_string_pretty(&written).expect("the state document serialises")
 }
 
 /// The current state of every key and account, as the file stores it.
@@ -163,7 +171,7 @@ fn document(pool: &KeyPool, snapshot: Snapshot, now: i64) -> String {
 #[must_use]
 pub fn render(pool: &KeyPool) -> String {
     let now = now_ms();
-    document(pool, snapshot(pool, now), now)
+    document(pool, &snapshot(pool, now), now)
 }
 
 /// Restores the state file at `path` into `pool`: learned accounts, today's counts,
@@ -235,7 +243,7 @@ fn restore_keys(
         for block in blocks {
             pool.block(index, block.until_ms, block.reason, now);
         }
-        pool.keys()[index].restore(None, &record.totals);
+        pool.keys()[index].restore_totals(&record.totals);
         // Version 1: the key's count is its account's (the larger of its keys', never a sum).
         if record.day == Some(today) {
             pool.account_of(index)
@@ -416,7 +424,7 @@ impl Persistence {
             return;
         }
         let path = self.path.clone();
-        let contents = document(&self.app.keys, snapshot(&self.app.keys, now), now);
+        let contents = document(&self.app.keys, &state, now);
         let result = tokio::task::spawn_blocking(move || write_atomic(&path, &contents)).await;
         match result {
             Ok(Ok(())) => self.last_written = Some(state),

@@ -1,8 +1,10 @@
 //! Logging setup: `env_logger` with timestamps, or one JSON object per line with
-//! `LOG_FORMAT=json`; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`.
+//! `LOG_FORMAT=json`; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`. Also the once-a-second
+//! limit for log lines a client could otherwise repeat at will.
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 /// Initialises logging before the configuration is validated, so nothing is lost.
 /// An invalid level falls back to `info` here; configuration parsing reports it.
@@ -54,4 +56,22 @@ pub fn init(env: &HashMap<String, String>) {
         });
     }
     let _ = builder.try_init();
+}
+
+/// Lets one log line through a second, so a flood (of connections, of refused keys) cannot
+/// flood the log.
+#[derive(Default)]
+pub struct OncePerSecond(AtomicI64);
+
+impl OncePerSecond {
+    /// True for the first call in each second (epoch ms `now_ms`); a lost race says false.
+    pub fn allow(&self, now_ms: i64) -> bool {
+        // Relaxed: a rate limit for log lines; a lost race prints one line more or less.
+        let last = self.0.load(Relaxed);
+        now_ms - last >= 1_000
+            && self
+                .0
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+    }
 }

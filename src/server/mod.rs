@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::app::App;
 use crate::ingress::router;
 use crate::keys::now_ms;
+use crate::observe::logging::OncePerSecond;
 use crate::observe::metrics::Route;
 
 pub mod first_head;
@@ -50,21 +51,6 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Lets one log line through a second, so a flood cannot flood the log.
-#[derive(Default)]
-struct OncePerSecond(AtomicI64);
-
-impl OncePerSecond {
-    fn allow(&self, now_ms: i64) -> bool {
-        let last = self.0.load(Relaxed);
-        now_ms - last >= 1_000
-            && self
-                .0
-                .compare_exchange(last, now_ms, Relaxed, Relaxed)
-                .is_ok()
     }
 }
 

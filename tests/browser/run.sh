@@ -12,15 +12,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-# The port a process announced in file $1 after the text $2, waiting up to 10 s for it.
-port_from() {
-  for _ in $(seq 100); do
-    port=$(grep -o "$2[0-9]*" "$1" 2>/dev/null | head -1 | sed "s/^$2//")
-    if [ -n "$port" ]; then echo "$port"; return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+source "$here/../shipping/port_from.sh"
 browser=$(command -v chromium || command -v chromium-browser)
 chrome() {
   "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \

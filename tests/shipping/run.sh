@@ -16,15 +16,7 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null
 trap cleanup EXIT
 
 chroot=$(command -v chroot)
-# The port a process announced in file $1 after the text $2, waiting up to 10 s for it.
-port_from() {
-  for _ in $(seq 100); do
-    port=$(grep -o "$2[0-9]*" "$1" 2>/dev/null | head -1 | sed "s/^$2//")
-    if [ -n "$port" ]; then echo "$port"; return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+source "$here/port_from.sh"
 
 # A dynamic executable names its loader in a PT_INTERP program header; a static one has none.
 if readelf -l "$bin" | grep -q INTERP; then
