@@ -482,3 +482,54 @@ async fn idle_http2_connections_are_closed_after_the_header_timeout_but_open_str
         .expect("the connection stayed open after its stream ended")
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_cut_off_and_its_upstream_request_closed() {
+    let (upstream, chunks) = Upstream::with_stream().await;
+    let proxy = Proxy::start(&upstream.base_url(), &[("STREAM_IDLE_TIMEOUT", "1")]).await;
+    // Flow control, not the socket, stalls an HTTP/2 stream: small windows the client
+    // never opens again, because it never reads the body.
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = hyper::Request::post("/api/v1/chat/completions")
+        .header("authorization", format!("Bearer {PROXY_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"a/b","stream":true}"#,
+        )))
+        .unwrap();
+    let event = bytes::Bytes::from(format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "x".repeat(16 * 1024)
+    ));
+    let feeding = tokio::spawn(async move {
+        for _ in 0..100_000 {
+            if chunks.send(event.clone()).await.is_err() {
+                return true; // the proxy dropped the upstream request
+            }
+        }
+        false
+    });
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(20), feeding)
+        .await
+        .expect("the upstream request stayed open for an HTTP/2 client that reads nothing")
+        .unwrap();
+    assert!(closed);
+    // The proxy closed the client's connection too.
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the stalled HTTP/2 connection stayed open")
+        .unwrap();
+    drop(response);
+}

@@ -1,13 +1,21 @@
-//! Idle HTTP/2 connections: after the preface, hyper's header timeout no longer
-//! applies, and an HTTP/2 connection with no open stream would stay for ever,
-//! holding a descriptor without ever sending a request (or the proxy key).
+//! Idle and stalled HTTP/2 connections.
 //!
-//! Each connection counts its open exchanges (a request until its response body
-//! is dropped); one that has had none for `HEADER_READ_TIMEOUT` is closed.
+//! After the preface, hyper's header timeout no longer applies, and an HTTP/2
+//! connection with no open stream would stay for ever, holding a descriptor
+//! without ever sending a request (or the proxy key). Each connection counts its
+//! open exchanges (a request until its response body is dropped); one that has
+//! had none for `HEADER_READ_TIMEOUT` is closed.
+//!
+//! A client that stops reading an HTTP/2 stream stalls only that stream's
+//! flow-control window, never the socket, so the socket's write timeout does not
+//! see it: hyper simply stops asking the response body for frames. Each HTTP/2
+//! response therefore marks when it handed hyper a frame that hyper has not come
+//! back after; one left waiting like that for `STREAM_IDLE_TIMEOUT` closes the
+//! connection, which drops its upstream requests.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,42 +25,117 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::keys::now_ms;
 use crate::stream::body::ProxyBody;
 
-// Relaxed: a counter and a timestamp read by one watcher; a stale read delays a close by one round.
+// Relaxed throughout: counters and timestamps read by one watcher; a stale read delays a
+// close by one round, and no other memory is published through them.
+
+/// A response's wait for hyper: [`POLLED`] while hyper keeps asking for frames,
+/// [`HANDED`] right after a frame was handed over, and once the watcher has seen that,
+/// the time (epoch ms) it first saw it. No clock is read per frame.
+type Waiting = AtomicI64;
+const POLLED: i64 = 0;
+const HANDED: i64 = -1;
+
+/// Why a connection's watcher closes it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// No open exchange for the header timeout.
+    Idle,
+    /// A response has waited for the client to take a frame for the stream idle timeout.
+    Stalled,
+}
 
 /// The open exchanges of one connection, and when the count last changed.
 #[derive(Default)]
 pub struct Activity {
     open: AtomicUsize,
     changed_ms: AtomicI64,
+    /// HTTP/2 only: the wait marks of its responses. A lock per connection, taken once per
+    /// exchange and by the watcher's rounds, so never contended on the request path.
+    responses: Option<Mutex<Vec<Weak<Waiting>>>>,
 }
 
 impl Activity {
+    /// An HTTP/2 connection's activity: its responses are also watched for stalls.
+    #[must_use]
+    pub fn http2() -> Self {
+        Activity {
+            responses: Some(Mutex::default()),
+            ..Activity::default()
+        }
+    }
+
     /// Counts an exchange as open until the returned body (wrapping `body`) is dropped.
     pub fn track(self: &Arc<Self>, body: ProxyBody) -> Tracked {
         self.open.fetch_add(1, Relaxed);
         self.changed_ms.store(now_ms(), Relaxed);
+        let waiting = self.responses.as_ref().map(|responses| {
+            let mark = Arc::new(Waiting::new(POLLED));
+            let mut responses = responses
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            responses.retain(|w| w.strong_count() > 0);
+            responses.push(Arc::downgrade(&mark));
+            mark
+        });
         Tracked {
             body,
             activity: Arc::clone(self),
+            waiting,
         }
     }
 
-    /// Resolves once the connection has had no open exchange for `limit`.
-    pub async fn idle_for(&self, limit: Duration) {
+    /// Resolves once the connection has had no open exchange for `idle_limit`, or (for
+    /// `stall_limit` > 0) one of its responses has waited that long for hyper to take a frame.
+    pub async fn watch(&self, idle_limit: Duration, stall_limit: Duration) -> Closing {
         self.changed_ms.store(now_ms(), Relaxed);
-        let limit_ms = limit.as_millis() as i64;
+        let idle_ms = (!idle_limit.is_zero()).then_some(idle_limit.as_millis() as i64);
+        let stall_ms = (!stall_limit.is_zero()).then_some(stall_limit.as_millis() as i64);
+        // Stalls are looked for a few times per limit, at most once a second.
+        let stall_round = stall_ms.map(|ms| (ms / 2).clamp(1, 1000));
         loop {
-            let since = now_ms() - self.changed_ms.load(Relaxed);
-            if self.open.load(Relaxed) == 0 && since >= limit_ms {
-                return;
+            let now = now_ms();
+            let open = self.open.load(Relaxed);
+            let since = now - self.changed_ms.load(Relaxed);
+            if idle_ms.is_some_and(|limit| open == 0 && since >= limit) {
+                return Closing::Idle;
             }
-            let wait = if self.open.load(Relaxed) == 0 {
-                limit_ms - since
-            } else {
-                limit_ms
+            if let Some(limit) = stall_ms {
+                if self.oldest_wait_ms(now) >= limit {
+                    return Closing::Stalled;
+                }
+            }
+            let idle_wait = idle_ms.map(|limit| if open == 0 { limit - since } else { limit });
+            let wait = match (idle_wait, stall_round) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => return std::future::pending().await,
             };
             tokio::time::sleep(Duration::from_millis(wait.max(1) as u64)).await;
         }
+    }
+
+    /// How long the longest-waiting response has waited for hyper, stamping fresh waits.
+    fn oldest_wait_ms(&self, now: i64) -> i64 {
+        let Some(responses) = &self.responses else {
+            return 0;
+        };
+        let responses = responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut oldest = 0;
+        for mark in responses.iter().filter_map(Weak::upgrade) {
+            let since = match mark.load(Relaxed) {
+                POLLED => continue,
+                // Stamped now unless hyper came back meanwhile.
+                HANDED => match mark.compare_exchange(HANDED, now, Relaxed, Relaxed) {
+                    Ok(_) => now,
+                    Err(_) => continue,
+                },
+                stamped => stamped,
+            };
+            oldest = oldest.max(now - since);
+        }
+        oldest
     }
 }
 
@@ -60,6 +143,7 @@ impl Activity {
 pub struct Tracked {
     body: ProxyBody,
     activity: Arc<Activity>,
+    waiting: Option<Arc<Waiting>>,
 }
 
 impl Drop for Tracked {
@@ -77,7 +161,13 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(waiting) = &this.waiting {
+            let handed = matches!(polled, Poll::Ready(Some(Ok(_))));
+            waiting.store(if handed { HANDED } else { POLLED }, Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

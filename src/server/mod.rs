@@ -30,7 +30,7 @@ const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 use first_head::{FirstHead, MAX_HEAD_BYTES};
-use idle::Activity;
+use idle::{Activity, Closing};
 use replay::Replay;
 
 /// One open connection counted against `MAX_CONNECTIONS`; given back when dropped.
@@ -102,7 +102,11 @@ async fn connection(
     let http2 = head.starts_with(b"PRI * HTTP/2.0");
     let idle_limit = app.config.header_read_timeout;
     let write_limit = app.config.stream_idle_timeout;
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(if http2 {
+        Activity::http2()
+    } else {
+        Activity::default()
+    });
     let counted = Arc::clone(&activity);
     let service = service_fn(move |request| {
         let (app, counted) = (Arc::clone(&app), Arc::clone(&counted));
@@ -114,12 +118,13 @@ async fn connection(
     let io = Replay::new(head, stream, write_limit);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let served = watcher.watch(connection.into_owned());
-    // HTTP/1 has hyper's header timeout between requests; HTTP/2 needs this one.
-    let idle = async {
-        if http2 && !idle_limit.is_zero() {
-            activity.idle_for(idle_limit).await;
+    // HTTP/1 has hyper's header timeout between requests and the socket's write timeout;
+    // HTTP/2 needs these.
+    let watchdog = async {
+        if http2 {
+            activity.watch(idle_limit, write_limit).await
         } else {
-            std::future::pending::<()>().await;
+            std::future::pending().await
         }
     };
     tokio::select! {
@@ -128,8 +133,14 @@ async fn connection(
                 debug!("connection ended with an error: {err}");
             }
         }
-        // Nothing is open on it: closing drops no exchange.
-        () = idle => debug!("closed an HTTP/2 connection idle for {}s", idle_limit.as_secs()),
+        // Idle: nothing is open on it. Stalled: closing drops its upstream requests.
+        closing = watchdog => match closing {
+            Closing::Idle => debug!("closed an HTTP/2 connection idle for {}s", idle_limit.as_secs()),
+            Closing::Stalled => info!(
+                "closed an HTTP/2 connection whose client took nothing for {}s (STREAM_IDLE_TIMEOUT)",
+                write_limit.as_secs()
+            ),
+        },
     }
 }
 
