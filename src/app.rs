@@ -1,18 +1,22 @@
 //! The application state every part of the proxy shares, built once at startup.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use crate::config::Config;
+use crate::config::{Config, KeySpec};
 use crate::forward::breaker::Breaker;
 use crate::forward::upstream::{build_client, UpstreamClient};
 use crate::ingress::auth::RefusalLog;
-use crate::keys::KeyPool;
+use crate::keys::{now_ms, KeyPool};
 use crate::observe::metrics::Metrics;
 
 /// Everything a request needs, built once at startup and shared.
 pub struct App {
     pub config: Config,
-    pub keys: KeyPool,
+    /// The key pool in force; a reload (SIGHUP) puts a new one in its place.
+    pool: RwLock<Arc<KeyPool>>,
+    /// Counts reloads, so a request can tell with one load whether its pool is still in force.
+    generation: AtomicU64,
     pub metrics: Metrics,
     /// Whether OpenRouter is reachable at all (fail fast while it is not).
     pub breaker: Breaker,
@@ -24,15 +28,56 @@ pub struct App {
 impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
-        let keys = KeyPool::from_config(&config);
+        let pool = Arc::new(KeyPool::from_config(&config));
         let client = build_client(config.upstream_http2);
         Arc::new(App {
             config,
-            keys,
+            pool: RwLock::new(pool),
+            generation: AtomicU64::new(0),
             metrics: Metrics::default(),
             breaker: Breaker::default(),
             refusals: RefusalLog::default(),
             client,
         })
+    }
+
+    /// The key pool in force, and its generation (see [`Self::generation`]).
+    #[must_use]
+    pub fn keys(&self) -> Arc<KeyPool> {
+        Arc::clone(
+            &self
+                .pool
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Which pool is in force: changes with every reload.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        // Acquire pairs with the reload's Release: a changed generation is seen only once
+        // the new pool is readable.
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts a pool built from `keys` (and the running configuration's other settings) in
+    /// force, carrying over what the old pool knew about the keys that stay. Requests in
+    /// flight finish with the pool they started with and report to the new one
+    /// (see `Journey::follow`). Returns the new pool and how many keys stayed.
+    pub fn reload_keys(&self, keys: Vec<KeySpec>) -> (Arc<KeyPool>, usize) {
+        let config = Config {
+            keys,
+            ..self.config.clone()
+        };
+        let fresh = Arc::new(KeyPool::from_config(&config));
+        let mut pool = self
+            .pool
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the lock: no request picks from either pool while counts move over.
+        let stayed = fresh.carry_over(&pool, now_ms());
+        *pool = Arc::clone(&fresh);
+        self.generation.fetch_add(1, Ordering::Release);
+        (fresh, stayed)
     }
 }

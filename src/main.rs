@@ -8,8 +8,9 @@ use log::{error, info, warn};
 use openrouter_proxy::app::App;
 use openrouter_proxy::config::cli::{self, Command};
 use openrouter_proxy::config::env_file::{self, EnvFileReport};
-use openrouter_proxy::config::Config;
+use openrouter_proxy::config::{Config, KeySpec};
 use openrouter_proxy::keys::state::{self, Persistence};
+use openrouter_proxy::keys::KeyPool;
 use openrouter_proxy::observe::logging;
 use openrouter_proxy::server;
 
@@ -59,11 +60,11 @@ fn run(env: &std::collections::HashMap<String, String>, env_file: &EnvFileReport
 /// Binds, serves until a signal, then drains and writes the state one last time.
 async fn serve(config: Config) -> ExitCode {
     let app = App::new(config);
-    log_keys(&app);
+    log_keys(&app.config.keys, &app.keys());
     let state_file = app.config.state_file.clone();
     // Read before the port is open: nothing is served from state not yet restored.
     if let Some(path) = &state_file {
-        state::load(path, &app.keys);
+        state::load(path, &app.keys());
     }
     let Some(listener) = bind(&app.config) else {
         return ExitCode::from(69);
@@ -86,13 +87,13 @@ async fn serve(config: Config) -> ExitCode {
 
 /// One line per key, so a list split the wrong way is visible at once; a key that does
 /// not look like an OpenRouter key is worth a warning, not a refusal.
-fn log_keys(app: &App) {
-    for (index, (spec, key)) in app.config.keys.iter().zip(app.keys.keys()).enumerate() {
-        let account = app.keys.account_of(index);
+fn log_keys(specs: &[KeySpec], pool: &KeyPool) {
+    for (index, (spec, key)) in specs.iter().zip(pool.keys()).enumerate() {
+        let account = pool.account_of(index);
         info!(
             "key {}: account {}, daily free-model limit {} ({})",
             key.id,
-            app.keys.account_id(key.account()),
+            pool.account_id(key.account()),
             account.daily_limit(),
             account.limit_source()
         );
@@ -155,7 +156,7 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
         signals.recv().await;
         warn!("second signal: exiting now");
         if let Some(path) = &app.config.state_file {
-            let _ = state::write_atomic(path, &state::render(&app.keys));
+            let _ = state::write_atomic(path, &state::render(&app.keys()));
         }
         std::process::exit(1);
     });
@@ -165,9 +166,7 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
 }
 
 /// SIGHUP (which supervisors and closing terminals send), SIGUSR1 and SIGUSR2 would kill
-/// the process by default: each writes the state file instead and is otherwise ignored.
-/// (Re-reading the key list on SIGHUP is not supported yet: a restart does it, and keeps
-/// the state.)
+/// the process by default. SIGHUP re-reads the key list, then each writes the state file.
 fn flush_on_other_signals(app: &Arc<App>) {
     use tokio::signal::unix::{signal, SignalKind};
     for (kind, name) in [
@@ -182,16 +181,46 @@ fn flush_on_other_signals(app: &Arc<App>) {
         let app = Arc::clone(app);
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
+                info!("{name} received");
+                if kind == SignalKind::hangup() {
+                    reload_key_list(&app);
+                }
                 let Some(path) = app.config.state_file.clone() else {
-                    info!("{name} received; no state file to write");
                     continue;
                 };
-                info!("{name} received: writing the state file");
+                info!("writing the state file");
                 // A fresh writer has written nothing yet, so it writes (and warns if it cannot).
                 Persistence::new(Arc::clone(&app), path).flush().await;
             }
         });
     }
+}
+
+/// Reads `.env` and the environment again and puts the new key list in force, carrying
+/// over what was known about the keys that stay; a list with errors is refused (every error
+/// logged, keys masked) and the running one kept. Other settings need a restart.
+fn reload_key_list(app: &App) {
+    let (env, env_file) = env_file::merged_environment(std::path::Path::new("."));
+    env_file.log();
+    if std::env::var_os("OPENROUTER_KEYS").is_some() {
+        warn!("OPENROUTER_KEYS is set in the process environment, which is fixed at start: the reload sees the same key list (put it in .env to change it without a restart)");
+    }
+    let config = match Config::from_lookup(|name| env.get(name).cloned()) {
+        Ok(config) => config,
+        Err(errors) => {
+            for problem in &errors.0 {
+                error!("reload refused: {problem}");
+            }
+            warn!("the key list in force is kept");
+            return;
+        }
+    };
+    let (pool, stayed) = app.reload_keys(config.keys.clone());
+    info!(
+        "reloaded the key list: {} key(s), {stayed} kept their counts and blocks",
+        pool.keys().len()
+    );
+    log_keys(&config.keys, &pool);
 }
 
 /// SIGTERM and SIGINT, listened to for the life of the process.

@@ -380,3 +380,107 @@ async fn sighup_and_sigusr_write_the_state_and_do_not_kill_the_proxy() {
         assert_eq!(proxy.chat(FREE).await.status, 200);
     }
 }
+
+/// The key in `status` whose masked id ends like `secret`.
+fn key_named<'s>(status: &'s serde_json::Value, secret: &str) -> &'s serde_json::Value {
+    let tail = &secret[secret.len() - 4..];
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"].as_str().unwrap().ends_with(tail))
+        .unwrap_or_else(|| panic!("no key …{tail} in {status}"))
+}
+
+const CONTENT_EVENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+
+#[tokio::test]
+async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let env = dir.path().join(".env");
+    std::fs::write(&env, format!("OPENROUTER_KEYS={KEY_A}:10,{KEY_B}:10\n")).unwrap();
+    let (upstream, chunks) = Upstream::with_stream().await;
+    let mut proxy = Running::start_in(dir.path(), &upstream.base_url(), &state, &[]).await;
+    // A stream on key A (the first pick of a paid model), still waiting for its first
+    // token at the reload.
+    let mut stream = open_stream(&proxy.url("/api/v1/chat/completions")).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.chat(FREE).await.status, 200);
+    }
+    let before = proxy.key_status().await;
+    let (used, requests, successes) = {
+        let a = key_named(&before, KEY_A);
+        let number = |v: &serde_json::Value| v.as_u64().unwrap();
+        (
+            number(&a["daily_used"]),
+            number(&a["totals"]["requests"]),
+            number(&a["totals"]["successes"]),
+        )
+    };
+    assert!(used >= 1 && requests == used + 1, "{before}");
+
+    // B removed, C added, A moved into account "team" with C and re-limited to 5.
+    std::fs::write(
+        &env,
+        format!("OPENROUTER_KEYS={KEY_C}@team,{KEY_A}:5@team\n"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(5), || {
+        proxy.log_text().contains("reloaded the key list")
+    })
+    .await;
+    assert!(reloaded, "{}", proxy.log_text());
+    let after = proxy.key_status().await;
+    let ids: Vec<&str> = after["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.len() == 2 && ids[0].ends_with("0003") && ids[1].ends_with("0001"),
+        "{after}"
+    );
+    let a = key_named(&after, KEY_A);
+    assert_eq!(a["account"], "team");
+    assert_eq!(a["daily_limit"], 5);
+    assert_eq!(a["daily_used"], used, "A's count came along: {after}");
+    assert_eq!(a["totals"]["requests"], requests);
+    assert_eq!(a["totals"]["successes"], successes);
+
+    // The stream picked before the reload finishes, and its success counts on A in the new list.
+    relay_one(&chunks, &mut stream, CONTENT_EVENT).await;
+    drop(chunks);
+    while stream.frame().await.is_some() {}
+    let after_stream = proxy.key_status().await;
+    assert_eq!(
+        key_named(&after_stream, KEY_A)["totals"]["successes"],
+        successes + 1
+    );
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    assert_eq!(
+        key_named(&proxy.key_status().await, KEY_A)["daily_used"],
+        used + 1
+    );
+
+    // A list with errors is refused; the running one stays.
+    std::fs::write(&env, format!("OPENROUTER_KEYS={KEY_C};{KEY_A}\n")).unwrap();
+    proxy.signal("HUP");
+    let refused = eventually(Duration::from_secs(5), || {
+        proxy.log_text().contains("the key list in force is kept")
+    })
+    .await;
+    assert!(refused, "{}", proxy.log_text());
+    assert_eq!(
+        proxy.key_status().await["keys"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(proxy.chat(FREE).await.status, 200);
+    assert!(proxy.child.try_wait().unwrap().is_none());
+    let log = proxy.log_text();
+    for secret in [KEY_A, KEY_B, KEY_C] {
+        assert!(!log.contains(secret), "a key in full in the log: {log}");
+    }
+}

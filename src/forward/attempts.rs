@@ -20,7 +20,7 @@ use crate::forward::held::{hold, Held};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::upstream::strip_hop_by_hop;
-use crate::keys::{now_ms, Demand, Outcome, Pick, Shortage, Unavailable};
+use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Unavailable};
 
 /// The most of an upstream body held back to look for an error before committing to it.
 pub const INSPECT_LIMIT: usize = 64 * 1024;
@@ -51,11 +51,9 @@ impl Outgoing {
 
 /// Where the attempts ended.
 pub enum Settled {
-    /// A 200 event stream from key `key`: relay it, inspecting events until the first content.
-    Stream {
-        key: usize,
-        response: Response<Incoming>,
-    },
+    /// A 200 event stream (from the journey's last key): relay it, inspecting events
+    /// until the first content.
+    Stream(Response<Incoming>),
     /// An upstream answer to hand over as it is (a success, a refusal, or the last error once retries ran out).
     Answer(Response<Held>),
     /// The proxy's own error: no key in time, upstream unreachable or silent.
@@ -65,6 +63,9 @@ pub enum Settled {
 /// One request's attempts so far.
 pub struct Journey {
     app: Arc<App>,
+    /// The key pool its picks come from, and that pool's generation; see [`Self::follow`].
+    pool: Arc<KeyPool>,
+    generation: u64,
     pub outgoing: Outgoing,
     pub attempts: u32,
     pub last_key: Option<usize>,
@@ -81,7 +82,10 @@ pub struct Journey {
 impl Journey {
     #[must_use]
     pub fn new(app: Arc<App>, outgoing: Outgoing, started: Instant) -> Self {
+        let generation = app.generation();
         Journey {
+            pool: app.keys(),
+            generation,
             app,
             outgoing,
             attempts: 0,
@@ -99,9 +103,42 @@ impl Journey {
         &self.app
     }
 
-    /// Counts how an attempt with key `key` ended.
-    pub fn record(&self, key: usize, outcome: Outcome) {
-        self.app.keys.record(key, outcome);
+    /// The key pool its picks come from.
+    #[must_use]
+    pub fn pool(&self) -> &KeyPool {
+        &self.pool
+    }
+
+    /// Moves the journey onto the pool in force when a reload replaced its own: the keys
+    /// it used, excluded or took quota with are found again by fingerprint (a key the
+    /// reload removed is forgotten), so what it learns from now on lands where it counts.
+    fn follow(&mut self) {
+        let generation = self.app.generation();
+        if generation == self.generation {
+            return;
+        }
+        let live = self.app.keys();
+        let old = std::mem::replace(&mut self.pool, live);
+        self.generation = generation;
+        let moved = |index: usize| self.pool.index_of(&old.keys()[index].fingerprint);
+        self.last_key = self.last_key.and_then(moved);
+        self.excluded = self.excluded.iter().filter_map(|&k| moved(k)).collect();
+        self.last_pick = self.last_pick.and_then(|pick| {
+            let index = moved(pick.index)?;
+            let account = self.pool.keys()[index].account();
+            Some(Pick {
+                index,
+                charged: pick.charged.map(|(_, date)| (account, date)),
+            })
+        });
+    }
+
+    /// Counts how the attempt with the last key ended.
+    pub fn record(&mut self, outcome: Outcome) {
+        self.follow();
+        if let Some(key) = self.last_key {
+            self.pool.record(key, outcome);
+        }
     }
 
     /// Runs attempts until one can be handed to the client, or retries run out.
@@ -118,20 +155,20 @@ impl Journey {
             self.attempts += 1;
             self.last_key = Some(key);
             let (verdict, answer) = match self.send(key).await {
-                Ok(response) => match self.inspect(key, response).await {
+                Ok(response) => match self.inspect(response).await {
                     Inspected::Done(settled) => return settled,
                     Inspected::Failed(verdict, answer) => (verdict, answer),
                 },
                 Err(Sent::Failed(verdict)) => (verdict, None),
                 Err(Sent::TimedOut) => {
-                    self.app.keys.record(key, Outcome::Error);
+                    self.record(Outcome::Error);
                     return Settled::Failed(ProxyError::UpstreamTimeout);
                 }
             };
             if answer.is_some() {
                 last_answer = answer;
             }
-            match self.plan(key, verdict) {
+            match self.plan(verdict) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
                     return last_answer
@@ -141,19 +178,28 @@ impl Journey {
         }
     }
 
-    async fn acquire(&self) -> Result<Pick, ProxyError> {
+    /// Picks a key, waiting up to `MAX_WAIT` (and, for retries, within `MAX_RETRY_TIME`)
+    /// for a limiter or block to let one through; each try picks from the pool in force.
+    async fn acquire(&mut self) -> Result<Pick, ProxyError> {
         let config = &self.app.config;
-        // The first attempt may wait MAX_WAIT; retries also stay inside MAX_RETRY_TIME.
         let wait = if self.attempts == 0 {
             config.max_wait
         } else {
             config.max_wait.min(self.remaining())
         };
-        self.app
-            .keys
-            .acquire(self.outgoing.demand, wait, &self.excluded)
-            .await
-            .map_err(|u| no_key(&self.app, u))
+        let deadline = now_ms().saturating_add(wait.as_millis() as i64);
+        loop {
+            self.follow();
+            let now = now_ms();
+            match self.pool.pick(self.outgoing.demand, now, &self.excluded) {
+                Ok(pick) => return Ok(pick),
+                Err(unavailable) if unavailable.until_ms <= deadline => {
+                    let pause = (unavailable.until_ms - now).max(1);
+                    tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+                }
+                Err(unavailable) => return Err(no_key(&self.pool, unavailable)),
+            }
+        }
     }
 
     fn remaining(&self) -> Duration {
@@ -165,9 +211,7 @@ impl Journey {
 
     /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
     async fn send(&mut self, key: usize) -> Result<Response<Incoming>, Sent> {
-        let request = self
-            .outgoing
-            .request(&self.app.keys.keys()[key].authorization);
+        let request = self.outgoing.request(&self.pool.keys()[key].authorization);
         let metrics = &self.app.metrics;
         metrics.upstream_attempts.fetch_add(1, Relaxed);
         if self.attempts == 1 {
@@ -206,14 +250,14 @@ impl Journey {
     }
 
     /// Looks at an upstream response (holding back at most [`INSPECT_LIMIT`] of its body) and classifies it.
-    async fn inspect(&self, key: usize, response: Response<Incoming>) -> Inspected {
+    async fn inspect(&mut self, response: Response<Incoming>) -> Inspected {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let status = head.status;
         if status.is_informational() {
             // A 101 switch the proxy never asked for: relaying it bare (its Upgrade header is
             // hop-by-hop) would leave the client with a broken exchange; the proxy does not tunnel.
-            self.app.keys.record(key, Outcome::Error);
+            self.record(Outcome::Error);
             return Inspected::Done(Settled::Failed(ProxyError::UpstreamProtocol(
                 "OpenRouter switched protocols (101), which the proxy does not tunnel",
             )));
@@ -228,13 +272,10 @@ impl Journey {
         };
         if status.is_success() && is(b"text/event-stream") {
             // Recorded by the relay once the stream shows content or an error.
-            return Inspected::Done(Settled::Stream {
-                key,
-                response: Response::from_parts(head, body),
-            });
+            return Inspected::Done(Settled::Stream(Response::from_parts(head, body)));
         }
         if status.is_success() && !is(b"application/json") {
-            self.app.keys.record(key, Outcome::Success);
+            self.record(Outcome::Success);
             return Inspected::Done(Settled::Answer(Response::from_parts(
                 head,
                 Held {
@@ -243,12 +284,12 @@ impl Journey {
                 },
             )));
         }
-        self.inspect_held(key, head, body).await
+        self.inspect_held(head, body).await
     }
 
     /// Holds the start of a JSON or error body (at most [`INSPECT_LIMIT`]) and classifies it,
     /// including an error object inside a 200.
-    async fn inspect_held(&self, key: usize, head: Parts, body: Incoming) -> Inspected {
+    async fn inspect_held(&mut self, head: Parts, body: Incoming) -> Inspected {
         let status = head.status;
         // A success body may take as long as the generation; an error body is bounded by UPSTREAM_TIMEOUT.
         let start = if status.is_success() || self.app.config.upstream_timeout.is_zero() {
@@ -275,17 +316,20 @@ impl Journey {
         };
         // An error answer names the account behind the key: keys of one account share its quota.
         if let (Some(_), Some(user)) = (&error, &user) {
-            self.app.keys.learn_user(key, user, now_ms());
+            self.follow();
+            if let Some(key) = self.last_key {
+                self.pool.learn_user(key, user, now_ms());
+            }
         }
         let verdict = classify(status.as_u16(), &head.headers, error.as_ref());
         let answer = Response::from_parts(head, start);
         match verdict {
             Verdict::Success => {
-                self.app.keys.record(key, Outcome::Success);
+                self.record(Outcome::Success);
                 Inspected::Done(Settled::Answer(answer))
             }
             Verdict::Rejected => {
-                self.app.keys.record(key, Outcome::Error);
+                self.record(Outcome::Error);
                 self.app.metrics.count_error(verdict.class());
                 Inspected::Done(Settled::Answer(answer))
             }
@@ -293,28 +337,30 @@ impl Journey {
         }
     }
 
-    /// Reacts to a failed attempt with key `key`: records it, carries out what
+    /// Reacts to a failed attempt with the last key: records it, carries out what
     /// [`reaction`] says for the verdict, and returns how long to wait before the
     /// next attempt, or `None` when no retry is allowed.
-    pub fn plan(&mut self, key: usize, verdict: Verdict) -> Option<Duration> {
+    pub fn plan(&mut self, verdict: Verdict) -> Option<Duration> {
         let now = now_ms();
         let react = reaction(verdict, now);
-        self.app.keys.record(key, react.outcome);
+        self.record(react.outcome);
         self.app.metrics.count_error(verdict.class());
         if react.give_back {
             if let Some(pick) = self.last_pick.take() {
-                self.app.keys.give_back(pick);
+                self.pool.give_back(pick);
             }
             self.app.breaker.unreached();
         }
-        if let Some((until, reason)) = react.block {
-            self.app.keys.block(key, until, reason, now);
-        }
-        if let Some(reset) = react.exhaust_daily {
-            self.app.keys.exhaust_daily(key, reset, now);
-        }
-        if react.exclude {
-            self.excluded.push(key);
+        if let Some(key) = self.last_key {
+            if let Some((until, reason)) = react.block {
+                self.pool.block(key, until, reason, now);
+            }
+            if let Some(reset) = react.exhaust_daily {
+                self.pool.exhaust_daily(key, reset, now);
+            }
+            if react.exclude {
+                self.excluded.push(key);
+            }
         }
         let delay = match react.retry {
             Retry::No => None,
@@ -327,7 +373,9 @@ impl Journey {
         let allowed = delay.filter(|delay| {
             self.attempts <= self.app.config.max_retries && *delay <= self.remaining()
         });
-        log_reaction(&self.app, key, verdict, allowed, self.attempts);
+        if let Some(key) = self.last_key {
+            log_reaction(&self.pool, key, verdict, allowed, self.attempts);
+        }
         allowed
     }
 
@@ -382,7 +430,7 @@ enum Inspected {
 }
 
 fn log_reaction(
-    app: &App,
+    pool: &KeyPool,
     key: usize,
     verdict: Verdict,
     retry_in: Option<Duration>,
@@ -391,8 +439,8 @@ fn log_reaction(
     if !log::log_enabled!(log::Level::Warn) {
         return;
     }
-    let slot = &app.keys.keys()[key];
-    let calendar = app.keys.calendar();
+    let slot = &pool.keys()[key];
+    let calendar = pool.calendar();
     let block = slot.block_at(now_ms()).map(|b| {
         format!(
             "; blocked ({}) until {}",
@@ -413,9 +461,9 @@ fn log_reaction(
 }
 
 /// The 429 the client gets when no key can serve in time.
-fn no_key(app: &App, unavailable: Unavailable) -> ProxyError {
+fn no_key(pool: &KeyPool, unavailable: Unavailable) -> ProxyError {
     let wait_ms = (unavailable.until_ms - now_ms()).max(0) as u64;
-    let when = app.keys.calendar().rfc3339(unavailable.until_ms);
+    let when = pool.calendar().rfc3339(unavailable.until_ms);
     let message = match unavailable.reason {
         Shortage::Throttled => format!(
             "all keys are throttled by the free-model per-minute limit; next free slot at {when}"

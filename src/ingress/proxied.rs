@@ -50,24 +50,24 @@ pub async fn forward(
     let settled = journey.settle().await;
     if log_enabled!(Level::Info) {
         let status = match &settled {
-            Settled::Stream { response, .. } => response.status(),
+            Settled::Stream(response) => response.status(),
             Settled::Answer(response) => response.status(),
             Settled::Failed(err) => err.status(),
         };
-        log_request(app, &journey, model.model.as_deref(), status, started);
+        log_request(&journey, model.model.as_deref(), status, started);
     }
     if let Some(at) = journey.headers_at {
         app.metrics.after_upstream.observe(at.elapsed());
     }
     match settled {
-        Settled::Stream { key, response } => {
+        Settled::Stream(response) => {
             let (mut head, upstream) = response.into_parts();
             // The relay may retry, or end the stream with its own event: the client's body is
             // not the upstream's, so its length is not either.
             head.headers.remove(CONTENT_LENGTH);
             Ok(Response::from_parts(
                 head,
-                ProxyBody::Relay(Box::new(SseRelay::new(upstream, key, journey))),
+                ProxyBody::Relay(Box::new(SseRelay::new(upstream, journey))),
             ))
         }
         Settled::Answer(response) => Ok(response.map(ProxyBody::from)),
@@ -129,16 +129,10 @@ fn model_of<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<model::ModelInfo<
 }
 
 /// The one INFO line per request: no body, no full key.
-fn log_request(
-    app: &App,
-    journey: &Journey,
-    model: Option<&str>,
-    status: StatusCode,
-    started: Instant,
-) {
+fn log_request(journey: &Journey, model: Option<&str>, status: StatusCode, started: Instant) {
     let key = journey
         .last_key
-        .map_or("-", |k| app.keys.keys()[k].id.as_str());
+        .map_or("-", |k| journey.pool().keys()[k].id.as_str());
     info!(
         "{} {} model={} key={} attempts={} status={} {:.1}ms",
         journey.outgoing.method,

@@ -15,6 +15,7 @@ mod gcra;
 mod merge;
 pub mod probe;
 mod probed;
+mod reload;
 mod select;
 mod slot;
 pub mod state;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::AUTHORIZATION;
+use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
@@ -68,31 +68,29 @@ pub fn spawn(app: &Arc<App>) {
     }
     let app = Arc::clone(app);
     tokio::spawn(async move {
-        let spacing = (interval
-            / u32::try_from(app.keys.keys().len())
-                .unwrap_or(u32::MAX)
-                .max(1))
-        .min(MAX_SPACING);
         loop {
-            for index in 0..app.keys.keys().len() {
-                let outcome = probe(&app, index).await;
+            // Each round probes the key list in force when it starts (a reload shows next round).
+            let pool = app.keys();
+            let count = u32::try_from(pool.keys().len()).unwrap_or(u32::MAX);
+            let spacing = (interval / count.max(1)).min(MAX_SPACING);
+            for key in pool.keys() {
+                let outcome = probe(&app, &key.authorization).await;
                 let now = now_ms();
-                app.keys.apply_probe(
-                    index,
-                    &outcome,
-                    now,
-                    now.saturating_add(interval.as_millis() as i64),
-                );
+                // Applied to the pool in force now, which a reload may have replaced meanwhile.
+                let live = app.keys();
+                if let Some(index) = live.index_of(&key.fingerprint) {
+                    let next_at = now.saturating_add(interval.as_millis() as i64);
+                    live.apply_probe(index, &outcome, now, next_at);
+                }
                 tokio::time::sleep(spacing).await;
             }
-            tokio::time::sleep(interval.saturating_sub(spacing * app.keys.keys().len() as u32))
-                .await;
+            tokio::time::sleep(interval.saturating_sub(spacing * count)).await;
         }
     });
 }
 
-/// Asks OpenRouter about key `index`.
-async fn probe(app: &App, index: usize) -> ProbeOutcome {
+/// Asks OpenRouter about the key behind `authorization`.
+async fn probe(app: &App, authorization: &HeaderValue) -> ProbeOutcome {
     let Ok(uri) = app.config.upstream.uri("/key", None) else {
         return ProbeOutcome::Failed(0);
     };
@@ -100,7 +98,7 @@ async fn probe(app: &App, index: usize) -> ProbeOutcome {
     *request.uri_mut() = uri;
     request
         .headers_mut()
-        .insert(AUTHORIZATION, app.keys.keys()[index].authorization.clone());
+        .insert(AUTHORIZATION, authorization.clone());
     let timeout = if app.config.upstream_timeout.is_zero() {
         Duration::from_secs(30)
     } else {

@@ -104,6 +104,26 @@ impl ProbeState {
         }
     }
 
+    /// Takes over what `other` (the same key in the pool a reload replaced) last learned.
+    pub(crate) fn copy_from(&self, other: &ProbeState) {
+        let copy_i64 = |to: &AtomicI64, from: &AtomicI64| to.store(from.load(Relaxed), Relaxed);
+        copy_i64(&self.next_at_ms, &other.next_at_ms);
+        copy_i64(&self.at_ms, &other.at_ms);
+        self.invalid.store(other.invalid.load(Relaxed), Relaxed);
+        self.no_credit.store(other.no_credit.load(Relaxed), Relaxed);
+        self.is_free_tier
+            .store(other.is_free_tier.load(Relaxed), Relaxed);
+        self.limit_remaining
+            .store(other.limit_remaining.load(Relaxed), Relaxed);
+        for (to, from) in self.free.iter().zip(&other.free) {
+            to.store(from.load(Relaxed), Relaxed);
+        }
+        self.error.store(other.error.load(Relaxed), Relaxed);
+        if let Some(label) = other.label.get() {
+            let _ = self.label.set(label.clone());
+        }
+    }
+
     /// The `probe` object of `/key_status`; `format_time` renders epoch ms.
     #[must_use]
     pub fn to_json(&self, format_time: impl Fn(i64) -> String) -> Value {

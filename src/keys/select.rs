@@ -5,10 +5,9 @@
 //! no quota or limiter slot: the least recently used usable key serves them.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use super::{
-    now_ms, Account, Block, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable,
+    Account, Block, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable,
 };
 
 /// A candidate's rank: remaining quota over limit (compared by cross-multiplying), then
@@ -32,28 +31,6 @@ impl Rank {
 }
 
 impl KeyPool {
-    /// Picks a key, waiting up to `max_wait` for a limiter or block to let one through.
-    /// Keys in `exclude` are not considered (this request already learned they cannot serve it).
-    pub async fn acquire(
-        &self,
-        demand: Demand,
-        max_wait: Duration,
-        exclude: &[usize],
-    ) -> Result<Pick, Unavailable> {
-        let deadline = now_ms().saturating_add(max_wait.as_millis() as i64);
-        loop {
-            let now = now_ms();
-            match self.pick(demand, now, exclude) {
-                Ok(pick) => return Ok(pick),
-                Err(unavailable) if unavailable.until_ms <= deadline => {
-                    let wait = (unavailable.until_ms - now).max(1);
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-                }
-                Err(unavailable) => return Err(unavailable),
-            }
-        }
-    }
-
     /// Picks the best key for `demand` at `now_ms` (never one in `exclude`), taking its
     /// account's limiter slot and quota unit, or says when the soonest key frees up.
     pub fn pick(

@@ -136,6 +136,12 @@ impl KeySlot {
         self.totals.requests.fetch_add(1, Relaxed);
     }
 
+    /// Restores when the key was last used and its place in the pick order.
+    pub(crate) fn set_last_used(&self, at_ms: i64, pick: u64) {
+        self.last_used_ms.store(at_ms, Relaxed);
+        self.last_pick.store(pick, Relaxed);
+    }
+
     #[must_use]
     pub fn last_used_ms(&self) -> i64 {
         self.last_used_ms.load(Relaxed)

@@ -419,12 +419,13 @@ impl Persistence {
     /// (the time of writing alone is no change). Runs the file I/O off the async workers.
     pub async fn flush(&mut self) {
         let now = now_ms();
-        let state = snapshot(&self.app.keys, now);
+        let pool = self.app.keys();
+        let state = snapshot(&pool, now);
         if self.last_written.as_ref() == Some(&state) {
             return;
         }
         let path = self.path.clone();
-        let contents = document(&self.app.keys, &state, now);
+        let contents = document(&pool, &state, now);
         let result = tokio::task::spawn_blocking(move || write_atomic(&path, &contents)).await;
         match result {
             Ok(Ok(())) => self.last_written = Some(state),

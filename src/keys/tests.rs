@@ -321,3 +321,29 @@ fn a_configured_account_wins_over_a_learned_grouping() {
     assert_eq!(pool.keys()[2].account(), pool.keys()[0].account());
     assert_eq!(pool.account_id(pool.keys()[2].account()), "alice");
 }
+
+#[test]
+fn a_reload_carries_counts_blocks_and_spacing_to_the_keys_that_stay() {
+    let old = pool("key-aaaa:10,key-bbbb:10", &[("FREE_BURST", "1")]);
+    assert_eq!(pick(&old, Demand::Free, NOON), Ok(0));
+    old.block(1, NOON + 3_600_000, BlockReason::Unauthorized, NOON);
+    old.record(0, Outcome::Success);
+    // A moves into account "team" with a new key and a lower limit; B stays; D is new.
+    let new = pool(
+        "key-cccc@team,key-aaaa:5@team,key-bbbb,key-dddd",
+        &[("FREE_BURST", "1")],
+    );
+    assert_eq!(new.carry_over(&old, NOON), 2);
+    let date = new.calendar().today(NOON).date;
+    assert_eq!(new.account_of(1).used_on(date), 1, "A's count came along");
+    assert_eq!(new.account_of(0).used_on(date), 1, "A's account is C's now");
+    assert_eq!(new.account_of(3).used_on(date), 0);
+    assert!(
+        new.account_of(1).next_free_slot_ms(NOON) > NOON,
+        "the limiter's spacing came along"
+    );
+    assert_eq!(new.state_of(2, NOON), "blocked", "B's 401 came along");
+    assert_eq!(new.keys()[1].totals.values()[..2], [1, 1]);
+    // The next free pick spreads to an account with spacing left: D's.
+    assert_eq!(pick(&new, Demand::Free, NOON), Ok(3));
+}

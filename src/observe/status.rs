@@ -35,7 +35,7 @@ pub fn health(app: &App, query: Option<&str>) -> Response<Bytes> {
 #[must_use]
 pub fn key_status(app: &App) -> Response<Bytes> {
     let now = now_ms();
-    let pool = &app.keys;
+    let pool = &*app.keys();
     let calendar = pool.calendar();
     let day = calendar.today(now);
     let keys: Vec<Value> = (0..pool.keys().len())
@@ -134,7 +134,7 @@ fn account_json(pool: &KeyPool, index: usize, members: &[usize], now: i64) -> Va
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 #[must_use]
 pub fn metrics(app: &App) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(app.metrics.render(&app.keys)));
+    let mut response = Response::new(Bytes::from(app.metrics.render(&app.keys())));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

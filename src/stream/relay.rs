@@ -49,7 +49,6 @@ pub struct SseRelay {
     /// How much of the partial event in `pending` has been scanned for its end already.
     scanned: usize,
     journey: Option<Journey>,
-    key: usize,
     /// Kept apart from the journey (which a retry borrows) for the open-streams gauge.
     app: Arc<App>,
     /// Fires `STREAM_IDLE_TIMEOUT` after the last upstream frame; re-armed lazily, not per frame.
@@ -65,7 +64,7 @@ impl Drop for SseRelay {
 
 impl SseRelay {
     #[must_use]
-    pub fn new(upstream: Incoming, key: usize, journey: Journey) -> Self {
+    pub fn new(upstream: Incoming, journey: Journey) -> Self {
         let app = Arc::clone(journey.app());
         app.metrics.open_streams.fetch_add(1, Relaxed);
         let idle_after = app.config.stream_idle_timeout;
@@ -76,7 +75,6 @@ impl SseRelay {
             pending: BytesMut::new(),
             scanned: 0,
             journey: Some(journey),
-            key,
             app,
             idle,
             last_frame: Instant::now(),
@@ -131,8 +129,8 @@ impl SseRelay {
     fn start_piping(&mut self, outcome: Outcome) -> Bytes {
         // No retry can follow content: let the request body and headers go now rather
         // than hold them for the rest of a possibly hours-long stream.
-        if let Some(journey) = self.journey.take() {
-            journey.record(self.key, outcome);
+        if let Some(mut journey) = self.journey.take() {
+            journey.record(outcome);
         }
         self.mode = Mode::Piping;
         let rest = self.pending.split().freeze();
@@ -145,7 +143,7 @@ impl SseRelay {
         let Some(mut journey) = self.journey.take() else {
             return false;
         };
-        let Some(delay) = journey.plan(self.key, verdict) else {
+        let Some(delay) = journey.plan(verdict) else {
             self.journey = Some(journey);
             return false;
         };
@@ -163,8 +161,7 @@ impl SseRelay {
     /// Continues with whatever the retry produced.
     fn resume(&mut self, settled: Settled) {
         self.mode = match settled {
-            Settled::Stream { key, response } => {
-                self.key = key;
+            Settled::Stream(response) => {
                 self.upstream = Some(response.into_body());
                 // The idle clock restarts with the new stream: the retry's own wait is not silence.
                 self.last_frame = Instant::now();

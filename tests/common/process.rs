@@ -21,11 +21,23 @@ impl Running {
     /// Starts the binary with the test defaults plus `vars` on a port the proxy itself
     /// binds (port 0, no race with other tests), and waits until it says where it listens.
     pub async fn start(upstream: &str, state_file: &Path, vars: &[(&str, &str)]) -> Running {
-        let log = tempfile::NamedTempFile::new()
-            .unwrap()
-            .into_temp_path()
-            .keep()
-            .unwrap();
+        Self::launch(Self::command(upstream, state_file, vars)).await
+    }
+
+    /// Like [`Self::start`], in `dir` and with the key list only in `dir/.env` (so a
+    /// reload can change it).
+    pub async fn start_in(
+        dir: &Path,
+        upstream: &str,
+        state_file: &Path,
+        vars: &[(&str, &str)],
+    ) -> Running {
+        let mut command = Self::command(upstream, state_file, vars);
+        command.current_dir(dir).env_remove("OPENROUTER_KEYS");
+        Self::launch(command).await
+    }
+
+    fn command(upstream: &str, state_file: &Path, vars: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
         command
             .env_clear()
@@ -38,8 +50,17 @@ impl Running {
             .env("RETRY_BACKOFF", "0")
             .env("KEY_PROBE_INTERVAL", "0")
             .env("FREE_BURST", "100")
-            .envs(vars.iter().copied())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+            .envs(vars.iter().copied());
+        command
+    }
+
+    async fn launch(mut command: Command) -> Running {
+        let log = tempfile::NamedTempFile::new()
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        command.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         let child = command.spawn().unwrap();
         let mut running = Running {
             child,
