@@ -9,6 +9,7 @@ use crate::forward::upstream::{build_client, UpstreamClient};
 use crate::ingress::auth::RefusalLog;
 use crate::keys::{now_ms, KeyPool};
 use crate::observe::metrics::Metrics;
+use crate::shared::Shared;
 
 /// Everything a request needs, built once at startup and shared.
 pub struct App {
@@ -23,6 +24,8 @@ pub struct App {
     /// Rate-limits the WARN lines about refused proxy keys.
     pub refusals: RefusalLog,
     pub(crate) client: UpstreamClient,
+    /// The fleet's shared state, with `REDIS_URL`.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl App {
@@ -30,7 +33,9 @@ impl App {
     pub fn new(config: Config) -> Arc<App> {
         let pool = Arc::new(KeyPool::from_config(&config));
         let client = build_client(config.upstream_http2);
+        let shared = config.redis.clone().map(Shared::new);
         Arc::new(App {
+            shared,
             config,
             pool: RwLock::new(pool),
             generation: AtomicU64::new(0),

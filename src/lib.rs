@@ -4,7 +4,8 @@
 //! everything else lives here so tests and benches can run the proxy in-process.
 //! The folders follow one request: `server` accepts it, `ingress` reads and
 //! routes it, `forward` sends it to OpenRouter with a key from `keys`, and
-//! `stream` carries the answer back; `observe` shows what happened.
+//! `stream` carries the answer back; `observe` shows what happened; `shared` keeps
+//! several replicas' key state in one Redis.
 
 pub mod app;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod keys;
 pub mod mask;
 pub mod observe;
 pub mod server;
+pub mod shared;
 pub mod stream;

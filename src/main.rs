@@ -66,6 +66,8 @@ async fn serve(config: Config) -> ExitCode {
     if let Some(path) = &state_file {
         state::load(path, &app.keys());
     }
+    // With REDIS_URL: the fleet's counts before the first request (bounded by REDIS_TIMEOUT_MS).
+    openrouter_proxy::shared::start(&app).await;
     let Some(listener) = bind(&app.config) else {
         return ExitCode::from(69);
     };

@@ -21,8 +21,10 @@ pub const DEFAULT_DAILY_LIMIT: u32 = 50;
 pub mod cli;
 pub mod env_file;
 mod read;
+mod redis;
 mod variables;
 
+pub use redis::RedisTarget;
 pub use variables::{Variable, VARIABLES};
 
 use read::{parse_base_url, parse_host, parse_keys, parse_log_level, Reader};
@@ -113,6 +115,8 @@ pub struct Config {
     /// `None` when persistence is off (`STATE_FILE=`).
     pub state_file: Option<std::path::PathBuf>,
     pub state_flush_interval: Duration,
+    /// `None` without `REDIS_URL`: one process, its state file its only memory.
+    pub redis: Option<RedisTarget>,
 }
 
 impl fmt::Debug for Config {
@@ -123,6 +127,7 @@ impl fmt::Debug for Config {
             .field("timezone", &self.timezone_name)
             .field("listen", &self.listen)
             .field("upstream", &self.upstream)
+            .field("redis", &self.redis)
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +211,7 @@ impl Config {
                 Some(path) => Some(path.into()),
             },
             state_flush_interval: r.seconds("STATE_FLUSH_INTERVAL", 1, 3600),
+            redis: redis::parse_redis(&mut r),
         };
         if r.problems.is_empty() {
             Ok(config)

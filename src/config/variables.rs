@@ -137,6 +137,21 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds between state file writes when something changed (0 = only at shutdown); at most 3600",
     },
     Variable {
+        names: &["REDIS_URL"],
+        default: "(none: one process)",
+        help: "redis://[user:password@]host:port[/db] or rediss:// (TLS): replicas share quota, limiter and blocks through this Redis or Valkey",
+    },
+    Variable {
+        names: &["REDIS_PREFIX"],
+        default: "openrouter-proxy:",
+        help: "prefix of every Redis key, so two deployments can share one Redis",
+    },
+    Variable {
+        names: &["REDIS_TIMEOUT_MS"],
+        default: "250",
+        help: "milliseconds one Redis command may take before the replica decides alone (1-5000)",
+    },
+    Variable {
         names: &["SHUTDOWN_GRACE"],
         default: "30",
         help: "seconds in-flight requests get to finish after SIGTERM/SIGINT; at most 3600",

@@ -20,7 +20,8 @@ use crate::forward::held::{hold, Held};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::upstream::strip_hop_by_hop;
-use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Unavailable};
+use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Unavailable, Via};
+use crate::shared::Confirmed;
 
 /// The most of an upstream body held back to look for an error before committing to it.
 pub const INSPECT_LIMIT: usize = 64 * 1024;
@@ -129,6 +130,7 @@ impl Journey {
             Some(Pick {
                 index,
                 charged: pick.charged.map(|(_, date)| (account, date)),
+                ..pick
             })
         });
     }
@@ -192,7 +194,13 @@ impl Journey {
             self.follow();
             let now = now_ms();
             match self.pool.pick(self.outgoing.demand, now, &self.excluded) {
-                Ok(pick) => return Ok(pick),
+                Ok(pick) => {
+                    if let Some(pick) = self.confirm(pick, now).await {
+                        return Ok(pick);
+                    }
+                    // The fleet refused it (its account is used up, blocked or throttled
+                    // for the fleet); the local view knows now: pick again.
+                }
                 Err(unavailable) if unavailable.until_ms <= deadline => {
                     let pause = (unavailable.until_ms - now).max(1);
                     tokio::time::sleep(Duration::from_millis(pause as u64)).await;
@@ -200,6 +208,28 @@ impl Journey {
                 Err(unavailable) => return Err(no_key(&self.pool, unavailable)),
             }
         }
+    }
+
+    /// With `REDIS_URL`, confirms a free-model pick for the whole fleet in Redis (`None`: the
+    /// fleet refused it), or counts it alone while Redis is away.
+    async fn confirm(&self, pick: Pick, now: i64) -> Option<Pick> {
+        let (Some(shared), Some((account, date))) = (&self.app.shared, pick.charged) else {
+            return Some(pick);
+        };
+        let confirmed = if shared.in_use() {
+            shared.confirm(&self.pool, pick, now).await
+        } else {
+            Confirmed::Away
+        };
+        let via = match confirmed {
+            Confirmed::Taken => Via::Redis,
+            Confirmed::Refused => return None,
+            Confirmed::Away => {
+                self.pool.accounts()[account].count_alone(date, false);
+                Via::Alone
+            }
+        };
+        Some(Pick { via, ..pick })
     }
 
     fn remaining(&self) -> Duration {
@@ -348,8 +378,18 @@ impl Journey {
         if react.give_back {
             if let Some(pick) = self.last_pick.take() {
                 self.pool.give_back(pick);
+                if let (Some(shared), Via::Redis) = (&self.app.shared, pick.via) {
+                    shared.give_back(&self.pool, pick);
+                }
             }
             self.app.breaker.unreached();
+        }
+        if let (Some(shared), true) = (
+            &self.app.shared,
+            react.block.is_some() || react.exhaust_daily.is_some(),
+        ) {
+            // The fleet learns the refusal now, not at the next merge.
+            shared.nudge();
         }
         if let Some(key) = self.last_key {
             if let Some((until, reason)) = react.block {

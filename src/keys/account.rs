@@ -52,6 +52,12 @@ pub struct Account {
     /// OpenRouter's own reset instant of the window the count belongs to (epoch ms); when it
     /// passes, the count starts again from 0. 0 when OpenRouter named none.
     window_ends_ms: AtomicI64,
+    /// While Redis is away: `(date << 32) | units` of the day's quota left to the other
+    /// replicas (this one decides alone with its fair share).
+    withheld: AtomicU64,
+    /// `(date << 32) | picks` counted while Redis was away, added to the shared count when
+    /// it is back.
+    alone: AtomicU64,
     /// The `@name` it was configured with; `None` for a key's account of its own.
     pub name: Option<String>,
     /// The OpenRouter user id learned from its answers, once known.
@@ -85,6 +91,8 @@ impl Account {
             daily_limit: AtomicU32::new(daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT)),
             usage: AtomicU64::new(0),
             window_ends_ms: AtomicI64::new(0),
+            withheld: AtomicU64::new(0),
+            alone: AtomicU64::new(0),
             limiter: Gcra::new(per_minute, burst),
             free_block: BlockWord::default(),
             block: BlockWord::default(),
@@ -113,6 +121,57 @@ impl Account {
     #[must_use]
     pub fn daily_limit(&self) -> u32 {
         self.daily_limit.load(Relaxed)
+    }
+
+    /// The limit this replica may use on `date`: the daily limit, less what it leaves to
+    /// the other replicas while Redis is away.
+    #[must_use]
+    pub fn limit_on(&self, date: u32) -> u32 {
+        self.daily_limit()
+            .saturating_sub(used_in(self.withheld.load(Relaxed), date) as u32)
+    }
+
+    /// Leaves `units` of `date`'s quota to the other replicas (0: none).
+    pub(crate) fn withhold(&self, date: u32, units: u32) {
+        self.withheld
+            .store(usage_word(date, u64::from(units)), Relaxed);
+    }
+
+    /// Counts a pick made on `date` while Redis was away (`undo`: one given back).
+    pub(crate) fn count_alone(&self, date: u32, undo: bool) {
+        let _ = self.alone.fetch_update(Relaxed, Relaxed, |word| {
+            let n = used_in(word, date);
+            Some(if undo {
+                usage_word(date, n.saturating_sub(1))
+            } else {
+                usage_word(date, n + 1)
+            })
+        });
+    }
+
+    /// Picks counted alone on `date` that Redis has not seen yet.
+    #[must_use]
+    pub fn alone_on(&self, date: u32) -> u32 {
+        used_in(self.alone.load(Relaxed), date) as u32
+    }
+
+    /// Redis has taken `units` of the picks counted alone on `date`.
+    pub(crate) fn shared_alone(&self, date: u32, units: u32) {
+        let _ = self.alone.fetch_update(Relaxed, Relaxed, |word| {
+            (date_of(word) == date)
+                .then(|| usage_word(date, used_in(word, date).saturating_sub(u64::from(units))))
+        });
+    }
+
+    /// The per-minute limiter.
+    #[must_use]
+    pub fn limiter(&self) -> &Gcra {
+        &self.limiter
+    }
+
+    /// Adopts OpenRouter's reset instant another replica learned, if later than the one known.
+    pub(crate) fn learn_window_end(&self, ends_ms: i64) {
+        self.window_ends_ms.fetch_max(ends_ms, Relaxed);
     }
 
     /// Starts the count again from 0 once OpenRouter's reset instant has passed.
@@ -156,7 +215,7 @@ impl Account {
     /// `date`, or the stored day when that is newer (a pick that computed its date just
     /// before midnight counts against the new day rather than wiping it).
     pub(crate) fn reserve_daily(&self, date: u32) -> Option<u32> {
-        let limit = u64::from(self.daily_limit());
+        let limit = u64::from(self.limit_on(date));
         let mut charged = date;
         self.usage
             .fetch_update(Relaxed, Relaxed, |word| {

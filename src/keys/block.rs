@@ -20,7 +20,7 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
-    fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::DailyLimit,
             2 => Self::PerMinuteLimit,

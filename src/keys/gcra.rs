@@ -19,6 +19,9 @@ pub struct Gcra {
     interval: i64,
     /// How far ahead of now the arrival time may run: `(burst - 1) × interval`.
     tolerance: i64,
+    /// Extra spacing per admission (µs): 0, or while replicas decide alone (Redis away),
+    /// `(replicas - 1) × interval`, so together they stay within one account's rate.
+    widening: AtomicI64,
 }
 
 impl Gcra {
@@ -30,6 +33,7 @@ impl Gcra {
             arrival: AtomicI64::new(0),
             interval,
             tolerance: interval.saturating_mul(i64::from(burst.max(1)) - 1),
+            widening: AtomicI64::new(0),
         }
     }
 
@@ -52,7 +56,7 @@ impl Gcra {
                     refused_until = tat - self.tolerance;
                     None
                 } else {
-                    Some(tat + self.interval)
+                    Some(tat + self.interval + self.widening.load(Relaxed))
                 }
             })
             .map(drop)
@@ -61,9 +65,41 @@ impl Gcra {
 
     /// Gives back a slot taken by [`Self::take`] whose request never left the proxy's host.
     pub fn give_back(&self) {
-        let _ = self.arrival.fetch_update(Relaxed, Relaxed, |stored| {
-            Some(stored.saturating_sub(self.interval))
-        });
+        let step = self.interval + self.widening.load(Relaxed);
+        let _ = self
+            .arrival
+            .fetch_update(Relaxed, Relaxed, |stored| Some(stored.saturating_sub(step)));
+    }
+
+    /// Spaces admissions as if `replicas` limiters shared this one's rate (1: as configured).
+    pub fn widen_for(&self, replicas: u32) {
+        let extra = self.interval * i64::from(replicas.max(1) - 1);
+        self.widening.store(extra, Relaxed);
+    }
+
+    /// Admits nothing before `until_ms`: another holder of the rate (a replica, through Redis)
+    /// said the next slot is then.
+    pub fn defer_until(&self, until_ms: i64) {
+        self.arrival
+            .fetch_max(until_ms.saturating_mul(1000) + self.tolerance, Relaxed);
+    }
+
+    /// How far the arrival time runs ahead of `now_ms` (ms, 0 when idle): what Redis gets.
+    #[must_use]
+    pub fn ahead_ms(&self, now_ms: i64) -> i64 {
+        (self.arrival.load(Relaxed) / 1000 - now_ms).max(0)
+    }
+
+    /// Raises the arrival time to `ahead_ms` past `now_ms` (what Redis holds), never lowers it.
+    pub fn raise_ahead(&self, now_ms: i64, ahead_ms: i64) {
+        let arrival = now_ms.saturating_add(ahead_ms).saturating_mul(1000);
+        self.arrival.fetch_max(arrival, Relaxed);
+    }
+
+    /// The spacing between admissions and the burst tolerance, in milliseconds.
+    #[must_use]
+    pub fn shape_ms(&self) -> (i64, i64) {
+        (self.interval / 1000, self.tolerance / 1000)
     }
 
     /// Takes over `other`'s state when two limiters turn out to guard one account: the later

@@ -74,6 +74,19 @@ pub struct Pick {
     pub index: usize,
     /// The account charged and the quota day, for a free-model pick (`None` for others).
     pub charged: Option<(usize, u32)>,
+    /// Where a free-model pick's unit was counted, so a give-back undoes it there.
+    pub via: Via,
+}
+
+/// Where a free-model pick was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// In this process only (no Redis configured, or not a free-model pick).
+    Local,
+    /// Confirmed by Redis for the whole fleet.
+    Redis,
+    /// Counted alone while Redis was away; added to the shared count when it is back.
+    Alone,
 }
 
 /// All configured keys and their accounts.

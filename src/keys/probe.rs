@@ -74,13 +74,23 @@ pub fn spawn(app: &Arc<App>) {
             let count = u32::try_from(pool.keys().len()).unwrap_or(u32::MAX);
             let spacing = (interval / count.max(1)).min(MAX_SPACING);
             for key in pool.keys() {
+                // With replicas, one of them probes each key per interval and shares the result.
+                if let Some(shared) = &app.shared {
+                    if !shared.may_probe(&key.fingerprint, interval).await {
+                        tokio::time::sleep(spacing).await;
+                        continue;
+                    }
+                }
                 let outcome = probe(&app, &key.authorization).await;
                 let now = now_ms();
+                let next_at = now.saturating_add(interval.as_millis() as i64);
                 // Applied to the pool in force now, which a reload may have replaced meanwhile.
                 let live = app.keys();
                 if let Some(index) = live.index_of(&key.fingerprint) {
-                    let next_at = now.saturating_add(interval.as_millis() as i64);
                     live.apply_probe(index, &outcome, now, next_at);
+                }
+                if let Some(shared) = &app.shared {
+                    shared.publish_probe(&key.fingerprint, &outcome, now, next_at);
                 }
                 tokio::time::sleep(spacing).await;
             }

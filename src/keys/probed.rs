@@ -67,6 +67,12 @@ impl ProbeState {
         self.no_credit.load(Relaxed)
     }
 
+    /// When the last probe's answer arrived (epoch ms; 0 = never).
+    #[must_use]
+    pub fn at_ms(&self) -> i64 {
+        self.at_ms.load(Relaxed)
+    }
+
     pub(crate) fn record(&self, outcome: &ProbeOutcome, now_ms: i64, next_at_ms: i64) {
         self.at_ms.store(now_ms, Relaxed);
         self.next_at_ms.store(next_at_ms, Relaxed);

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
-    Account, Block, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable,
+    Account, Block, BlockReason, Day, Demand, KeyPool, KeySlot, Pick, Shortage, Unavailable, Via,
 };
 
 /// A candidate's rank: remaining quota over limit (compared by cross-multiplying), then
@@ -60,6 +60,9 @@ impl KeyPool {
             let account = &self.accounts[account];
             account.release_daily(date);
             account.give_back_slot();
+            if pick.via == Via::Alone {
+                account.count_alone(date, true);
+            }
         }
     }
 
@@ -106,7 +109,7 @@ impl KeyPool {
             }
             let account = &self.accounts[key.account()];
             account.roll_window(day.date, now_ms);
-            let limit = u64::from(account.daily_limit());
+            let limit = u64::from(account.limit_on(day.date));
             let used = u64::from(account.used_on(day.date));
             if used >= limit || !account_admits_free(account, now_ms) {
                 continue;
@@ -141,7 +144,11 @@ impl KeyPool {
             account.last_pick.store(pick, Relaxed);
         }
         key.mark_used(now_ms, pick);
-        Some(Pick { index, charged })
+        Some(Pick {
+            index,
+            charged,
+            via: Via::Local,
+        })
     }
 
     fn shortage(&self, demand: Demand, day: Day, now_ms: i64, exclude: &[usize]) -> Unavailable {
@@ -219,7 +226,7 @@ fn available_from(
     }
     if demand == Demand::Free {
         account.roll_window(day.date, now_ms);
-        if account.used_on(day.date) >= account.daily_limit() {
+        if account.used_on(day.date) >= account.limit_on(day.date) {
             // The count starts again at OpenRouter's reset if it named one, else at midnight.
             let reset = account
                 .window_ends_ms()

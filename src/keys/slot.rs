@@ -45,6 +45,14 @@ impl Totals {
     pub fn values(&self) -> [u64; 5] {
         self.counters().map(|c| c.load(Relaxed))
     }
+
+    /// Moves each counter from what it was (`read`) to the fleet's figure (`fleet`), keeping
+    /// whatever was counted in between.
+    pub(crate) fn adjust(&self, read: &[u64; 5], fleet: &[u64; 5]) {
+        for ((counter, read), fleet) in self.counters().into_iter().zip(read).zip(fleet) {
+            counter.fetch_add(fleet.wrapping_sub(*read), Relaxed);
+        }
+    }
 }
 
 /// How one attempt with a key ended, for its lifetime totals.
@@ -137,7 +145,7 @@ impl KeySlot {
     }
 
     /// Restores when the key was last used and its place in the pick order.
-    pub(crate) fn set_last_used(&self, at_ms: i64, pick: u64) {
+    pub fn set_last_used(&self, at_ms: i64, pick: u64) {
         self.last_used_ms.store(at_ms, Relaxed);
         self.last_pick.store(pick, Relaxed);
     }

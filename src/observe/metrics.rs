@@ -117,11 +117,16 @@ impl Metrics {
     }
 
     /// The whole exposition: these metrics and every key's.
+    /// `shared`: with `REDIS_URL`, whether Redis is in use and the fleet's size.
     #[must_use]
-    pub fn render(&self, keys: &KeyPool) -> String {
+    pub fn render(&self, keys: &KeyPool, shared: Option<(bool, u32)>) -> String {
         let mut out = String::with_capacity(4096 + keys.keys().len() * 600);
         self.write_requests(&mut out);
         write_keys(&mut out, keys);
+        if let Some((in_use, replicas)) = shared {
+            let _ = writeln!(out, "# HELP openrouter_proxy_redis_in_use 1 while key state is shared through Redis, 0 while this replica decides alone.\n# TYPE openrouter_proxy_redis_in_use gauge\nopenrouter_proxy_redis_in_use {}", u8::from(in_use));
+            let _ = writeln!(out, "# HELP openrouter_proxy_replicas Replicas alive at the last heartbeat in Redis.\n# TYPE openrouter_proxy_replicas gauge\nopenrouter_proxy_replicas {replicas}");
+        }
         self.before_upstream.write(
             &mut out,
             "openrouter_proxy_overhead_before_upstream_seconds",

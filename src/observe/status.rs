@@ -10,21 +10,27 @@ use bytes::Bytes;
 
 /// `GET /health`: `OK` (the process serves), or with `?format=json` also whether
 /// OpenRouter is reachable: `{"status":"OK","upstream":"ok"}`, or `degraded` and
-/// `unreachable` while the circuit breaker is open.
+/// `unreachable` while the circuit breaker is open; with `REDIS_URL` also whether Redis
+/// is in use (`"redis":"ok"`, or `"unreachable"` and `degraded` while the replica decides
+/// alone).
 #[must_use]
 pub fn health(app: &App, query: Option<&str>) -> Response<Bytes> {
     let json = query.is_some_and(|q| q.split('&').any(|pair| pair == "format=json"));
     let (body, content_type) = if json {
-        let body = if app.breaker.is_open() {
-            r#"{"status":"degraded","upstream":"unreachable"}"#
-        } else {
-            r#"{"status":"OK","upstream":"ok"}"#
-        };
-        (body, "application/json")
+        let upstream_ok = !app.breaker.is_open();
+        let redis_ok = app.shared.as_ref().map(|shared| shared.in_use());
+        let mut body = json!({
+            "status": if upstream_ok && redis_ok != Some(false) { "OK" } else { "degraded" },
+            "upstream": if upstream_ok { "ok" } else { "unreachable" },
+        });
+        if let Some(ok) = redis_ok {
+            body["redis"] = json!(if ok { "ok" } else { "unreachable" });
+        }
+        (Bytes::from(body.to_string()), "application/json")
     } else {
-        ("OK", "text/plain; charset=utf-8")
+        (Bytes::from_static(b"OK"), "text/plain; charset=utf-8")
     };
-    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
+    let mut response = Response::new(body);
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -134,7 +140,10 @@ fn account_json(pool: &KeyPool, index: usize, members: &[usize], now: i64) -> Va
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 #[must_use]
 pub fn metrics(app: &App) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(app.metrics.render(&app.keys())));
+    let mut response = Response::new(Bytes::from(app.metrics.render(
+        &app.keys(),
+        app.shared.as_ref().map(|s| (s.in_use(), s.fleet())),
+    )));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub mod process;
+pub mod redis_server;
 #[allow(unused_imports)] // only the process-level test files use it
 pub use process::Running;
 

@@ -1,0 +1,282 @@
+//! The background merge: every 250 ms (at once when nudged), one pipeline of
+//! scripts merges this replica's view of every account and key with the fleet's
+//! and brings the result back, plus a heartbeat that gives the fleet's size.
+//! Totals travel as deltas; counts, blocks and the limiter merge by "the larger
+//! (later) wins", so a merge can be repeated and nothing counted is lost. A
+//! failing merge means Redis is away; the next one that works brings it back.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{RedisResult, Value};
+
+use super::{probes, scripts, Shared};
+use crate::app::App;
+use crate::keys::{now_ms, Block, BlockReason, KeyPool};
+
+/// How often a replica merges with the fleet: the age limit of a paid pick's view of blocks.
+const ROUND: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A window end this close to now may already have passed for Redis' clock: a count of a
+/// window about to reset is not pushed, so it cannot outlive the reset.
+const SKEW_MARGIN_MS: i64 = 10_000;
+
+/// Each key's totals as last merged, so only what changed since travels.
+type Baselines = HashMap<String, [u64; 5]>;
+
+/// Merges once (bounded by `REDIS_TIMEOUT_MS`, before the port opens, so a replica starts
+/// with the fleet's counts), then keeps merging in the background.
+pub async fn start(app: &Arc<App>) {
+    let Some(shared) = app.shared.clone() else {
+        return;
+    };
+    let mut baselines = Baselines::new();
+    merge_round(&shared, &app.keys(), &mut baselines).await;
+    let app = Arc::clone(app);
+    tokio::spawn(async move {
+        let mut pause = ROUND;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shared.nudge.notified() => {}
+            }
+            let ok = merge_round(&shared, &app.keys(), &mut baselines).await;
+            // Away: try again with backoff, 250 ms doubling up to 5 s.
+            pause = if ok {
+                ROUND
+            } else {
+                (pause * 2).min(MAX_BACKOFF)
+            };
+        }
+    });
+}
+
+/// One merge, with its outcome applied to the replica's state; true if Redis answered.
+async fn merge_round(shared: &Shared, pool: &KeyPool, baselines: &mut Baselines) -> bool {
+    let now = now_ms();
+    let plan = Plan::new(shared, pool, baselines, now);
+    let answer = tokio::time::timeout(shared.target.timeout * 4, plan.send(shared)).await;
+    match answer {
+        Ok(Ok(values)) => {
+            plan.apply(shared, pool, baselines, values, now);
+            shared.reached(pool);
+            true
+        }
+        Ok(Err(err)) => {
+            shared.lost(pool, &err.to_string());
+            false
+        }
+        Err(_) => {
+            shared.lost(pool, "no answer in REDIS_TIMEOUT_MS");
+            false
+        }
+    }
+}
+
+/// What one merge sends: the pipeline, and what each part pushed.
+struct Plan {
+    pipe: redis::Pipeline,
+    date: u32,
+    /// Per live account: its index and the picks counted alone that this merge adds.
+    accounts: Vec<(usize, u32)>,
+    /// Per key: the totals read when the merge was planned.
+    totals: Vec<[u64; 5]>,
+}
+
+impl Plan {
+    fn new(shared: &Shared, pool: &KeyPool, baselines: &Baselines, now: i64) -> Plan {
+        let day = pool.calendar().today(now);
+        let mut pipe = redis::pipe();
+        let mut accounts = Vec::new();
+        for (index, _) in pool.live_accounts() {
+            let account = &pool.accounts()[index];
+            account.roll_window(day.date, now);
+            let alone = account.alone_on(day.date);
+            let window = account.window_ends_ms().unwrap_or(0);
+            let stale = window != 0 && window <= now + SKEW_MARGIN_MS;
+            let floor = if stale {
+                0
+            } else {
+                account.used_on(day.date).saturating_sub(alone)
+            };
+            let (b, br) = block_args(account.block_at(now));
+            let (fb, fbr) = block_args(account.free_block_at(now));
+            pipe.cmd("EVALSHA")
+                .arg(scripts::SYNC_ACCOUNT.get_hash())
+                .arg(1)
+                .arg(shared.names.account(pool, index))
+                .arg(day.date)
+                .arg(floor)
+                .arg(alone)
+                .arg(b)
+                .arg(br)
+                .arg(fb)
+                .arg(fbr)
+                .arg(account.limiter().ahead_ms(now))
+                .arg(if stale { 0 } else { window })
+                .arg(day.end_ms);
+            accounts.push((index, alone));
+        }
+        let mut totals = Vec::with_capacity(pool.keys().len());
+        for key in pool.keys() {
+            let values = key.totals.values();
+            // First merge of this key: Redis is the truth, nothing local is added to it
+            // (unless Redis has no record of the key, then the full totals fill it).
+            let base = baselines.get(&key.fingerprint).copied().unwrap_or(values);
+            let (b, br) = block_args(key.block_at(now));
+            let invocation = pipe
+                .cmd("EVALSHA")
+                .arg(scripts::SYNC_KEY.get_hash())
+                .arg(1)
+                .arg(shared.names.key(&key.fingerprint));
+            for (value, base) in values.iter().zip(base) {
+                invocation.arg(value.saturating_sub(base));
+            }
+            invocation
+                .arg(&values[..])
+                .arg(key.last_used_ms())
+                .arg(b)
+                .arg(br)
+                .arg(key.user_id.get().map_or("", String::as_str));
+            totals.push(values);
+        }
+        pipe.cmd("EVALSHA")
+            .arg(scripts::HEARTBEAT.get_hash())
+            .arg(1)
+            .arg(shared.names.replicas())
+            .arg(&shared.replica);
+        Plan {
+            pipe,
+            date: day.date,
+            accounts,
+            totals,
+        }
+    }
+
+    /// Sends the pipeline; scripts Redis does not know (restarted, flushed) are loaded and
+    /// the pipeline sent once more.
+    async fn send(&self, shared: &Shared) -> RedisResult<Vec<Value>> {
+        let mut connection = shared.connection.clone();
+        match self.pipe.query_async(&mut connection).await {
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                for script in scripts::all() {
+                    script.prepare_invoke().load_async(&mut connection).await?;
+                }
+                self.pipe.query_async(&mut connection).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Brings the fleet's view back into the replica's.
+    fn apply(
+        &self,
+        shared: &Shared,
+        pool: &KeyPool,
+        baselines: &mut Baselines,
+        values: Vec<Value>,
+        now: i64,
+    ) {
+        let mut values = values.into_iter();
+        let accounts: Vec<Value> = values.by_ref().take(self.accounts.len()).collect();
+        // Keys first: a user id learned from the fleet merges accounts here, and the
+        // accounts' figures then land on the survivor (an absorbed account has no keys left).
+        for ((key_index, pushed), value) in self.totals.iter().enumerate().zip(values.by_ref()) {
+            if let Value::Array(fields) = value {
+                let merged = apply_key(pool, key_index, pushed, &fields, now);
+                baselines.insert(pool.keys()[key_index].fingerprint.clone(), merged);
+            }
+        }
+        for (&(index, alone), value) in self.accounts.iter().zip(accounts) {
+            if let Ok(fields) = redis::from_redis_value::<Vec<i64>>(value) {
+                apply_account(pool, index, &fields, self.date, now);
+                pool.accounts()[index].shared_alone(self.date, alone);
+            }
+        }
+        if let Some(Ok(fleet)) = values.next().map(redis::from_redis_value::<u32>) {
+            shared.fleet.store(fleet.max(1), Relaxed);
+        }
+    }
+}
+
+fn block_args(block: Option<Block>) -> (i64, u8) {
+    block.map_or((0, 0), |b| (b.until_ms, b.reason as u8))
+}
+
+fn block_from(until_ms: i64, reason: i64, now: i64) -> Option<Block> {
+    let reason = BlockReason::from_u8(u8::try_from(reason).ok()?)?;
+    (until_ms > now).then_some(Block { until_ms, reason })
+}
+
+/// `{day, used, b, br, fb, fbr, ahead, wend}` from the account script.
+fn apply_account(pool: &KeyPool, index: usize, fields: &[i64], date: u32, now: i64) {
+    let [day, used, b, br, fb, fbr, ahead, wend] = fields else {
+        return;
+    };
+    let account = &pool.accounts()[index];
+    if *wend > now {
+        account.learn_window_end(*wend);
+    }
+    if u32::try_from(*day) == Ok(date) {
+        account.raise_used(date, u32::try_from(*used).unwrap_or(u32::MAX));
+    }
+    for block in [block_from(*b, *br, now), block_from(*fb, *fbr, now)]
+        .into_iter()
+        .flatten()
+    {
+        account.block_until(block, now);
+    }
+    account.limiter().raise_ahead(now, *ahead);
+}
+
+/// `{5 totals, last, b, br, user, probe at, probe}` from the key script; returns the
+/// fleet's totals, the key's next baseline.
+fn apply_key(
+    pool: &KeyPool,
+    index: usize,
+    pushed: &[u64; 5],
+    fields: &[Value],
+    now: i64,
+) -> [u64; 5] {
+    let number = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+            .unwrap_or(0)
+    };
+    let text = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .unwrap_or_default()
+    };
+    let key = &pool.keys()[index];
+    let mut fleet = [0u64; 5];
+    for (i, slot) in fleet.iter_mut().enumerate() {
+        *slot = u64::try_from(number(i)).unwrap_or(0);
+    }
+    // Relative, so increments made while the merge was on its way are kept.
+    key.totals.adjust(pushed, &fleet);
+    let last = number(5);
+    if last > key.last_used_ms() {
+        key.set_last_used(last, key.last_pick.load(Relaxed));
+    }
+    if let Some(block) = block_from(number(6), number(7), now) {
+        pool.block(index, block.until_ms, block.reason, now);
+    }
+    let user = text(8);
+    if !user.is_empty() && key.user_id.get().is_none() {
+        pool.learn_user(index, &user, now);
+    }
+    let probe_at = number(9);
+    if probe_at > key.probe.at_ms() {
+        if let Some((outcome, next)) = probes::decode(&text(10)) {
+            pool.apply_probe(index, &outcome, probe_at, next);
+        }
+    }
+    fleet
+}

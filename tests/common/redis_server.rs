@@ -1,0 +1,150 @@
+//! A real `redis-server` for the tests of several replicas: started on a loopback
+//! port the OS picked, persistence off, in a directory of its own. Where it is not
+//! installed the tests that need it say so and do not run, unless `REQUIRE_REDIS=1`
+//! (set by `.ci/run`) makes that a failure.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    password: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// A fresh server (with `requirepass` when `password` is given), or `None` (after saying
+    /// why) when `redis-server` is not installed and `REQUIRE_REDIS` is not set.
+    pub fn start(test: &str, password: Option<&str>) -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("REQUIRE_REDIS").is_none(),
+                "REQUIRE_REDIS is set but redis-server is not installed"
+            );
+            eprintln!("SKIPPED {test}: redis-server is not installed (apt-get install redis-server); this test did not run");
+            return None;
+        }
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            password: password.map(str::to_owned),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.launch();
+        Some(server)
+    }
+
+    /// Starts the server again (empty) on its port, after [`Self::kill`] or the first time.
+    pub fn launch(&mut self) {
+        for _ in 0..20 {
+            if self.port == 0 {
+                // The OS picks the port; redis-server cannot be handed a bound socket.
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                self.port = probe.local_addr().unwrap().port();
+            }
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(password) = &self.password {
+                command.args(["--requirepass", password]);
+            }
+            let child = command.spawn().unwrap();
+            self.child = Some(child);
+            if self.wait_ready() {
+                return;
+            }
+            self.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().unwrap().is_some() {
+                    return false; // the port was taken meanwhile
+                }
+            }
+            if self
+                .connection()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Stops the server at once (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection()
+    }
+
+    /// Every key and every value it holds, as text.
+    pub fn dump(&self) -> String {
+        let mut connection = self.connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
+        let mut out = String::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+            let values: Vec<String> = match kind.as_str() {
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query(&mut connection)
+                    .unwrap(),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query(&mut connection)
+                    .unwrap(),
+                "string" => vec![redis::cmd("GET").arg(&key).query(&mut connection).unwrap()],
+                other => vec![format!("({other})")],
+            };
+            let _ = writeln!(out, "{key} = {values:?}");
+        }
+        out
+    }
+
+    /// The directory it runs in (for its own files).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
