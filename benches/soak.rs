@@ -131,7 +131,7 @@ fn main() {
         // No retries: every client request is exactly one attempt, so /key_status must match it.
         let (mut proxy, port) = start_proxy(&format!("http://127.0.0.1:{mock_port}/api/v1"), &[("MAX_RETRIES", "0")]);
         let pid = proxy.id();
-        let target = Target { url: format!("http://127.0.0.1:{port}/api/v1"), auth: Some(format!("Bearer {PROXY_KEY}")) };
+        let target = Target::proxy(port);
         let seen = Arc::new(Seen::default());
         let started = Instant::now();
         // Each round a share of the requests, then the same share of the streams (at most 1,000

@@ -17,8 +17,12 @@ use crate::mock::now_nanos;
 
 pub type BenchClient = Client<HttpConnector, Full<Bytes>>;
 
-const BODY: &[u8] =
+/// A free-model request (what most traffic through the proxy is).
+pub const FREE_BODY: &[u8] =
     br#"{"model":"bench/model:free","messages":[{"role":"user","content":"Say hello."}]}"#;
+/// A paid-model request: needs no quota unit or limiter slot.
+pub const PAID_BODY: &[u8] =
+    br#"{"model":"bench/model","messages":[{"role":"user","content":"Say hello."}]}"#;
 
 pub fn client() -> BenchClient {
     let mut http = HttpConnector::new();
@@ -33,6 +37,27 @@ pub fn client() -> BenchClient {
 pub struct Target {
     pub url: String,
     pub auth: Option<String>,
+    pub body: &'static [u8],
+}
+
+impl Target {
+    /// The mock itself, asked directly.
+    pub fn direct(url: &str) -> Target {
+        Target {
+            url: url.to_owned(),
+            auth: None,
+            body: FREE_BODY,
+        }
+    }
+
+    /// The proxy listening on `port`, with the proxy key.
+    pub fn proxy(port: u16) -> Target {
+        Target {
+            url: format!("http://127.0.0.1:{port}/api/v1"),
+            auth: Some(format!("Bearer {}", crate::procs::PROXY_KEY)),
+            body: FREE_BODY,
+        }
+    }
 }
 
 impl Target {
@@ -44,7 +69,7 @@ impl Target {
             builder = builder.header("authorization", auth);
         }
         builder
-            .body(Full::new(Bytes::from_static(BODY)))
+            .body(Full::new(Bytes::from_static(self.body)))
             .expect("valid request")
     }
 }

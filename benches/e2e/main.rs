@@ -3,7 +3,8 @@
 //! allocations, direct and proxied side by side in the same run.
 //!
 //! Run: `cargo bench --bench e2e` (release proxy binary as its own process;
-//! `E2E_ROUNDS=N` repeats the timed measurements and reports medians, default 3).
+//! `E2E_ROUNDS=N` repeats the timed measurements and reports medians, default 3;
+//! `E2E_SHARED=0` skips the second table, the price of sharing state through Redis).
 //! Under `cargo test` it runs a seconds-long smoke version of itself.
 
 mod child;
@@ -11,13 +12,14 @@ mod load;
 mod mock;
 mod procs;
 mod report;
+mod shared;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use load::{percentile, StreamRun, Target};
-use procs::{proxy_env, rss_mb, spawn_mock, spawn_ready, start_proxy, PROXY_KEY};
+use procs::{proxy_env, rss_mb, spawn_mock, spawn_ready, start_proxy};
 use report::{Allocations, Hold, Results};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -79,7 +81,8 @@ fn plan() -> Plan {
     }
 }
 
-fn us(d: Duration) -> f64 {
+#[must_use]
+pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
@@ -187,10 +190,7 @@ impl Counter {
 /// and live heap bytes per held stream.
 async fn allocations(upstream: &str, full: bool) -> Allocations {
     let (mut counter, port) = Counter::start(upstream);
-    let target = Target {
-        url: format!("http://127.0.0.1:{port}/api/v1"),
-        auth: Some(format!("Bearer {PROXY_KEY}")),
-    };
+    let target = Target::proxy(port);
     let client = load::client();
     let n = if full { 5000 } else { 100 };
     load::latencies(&client, &target, 0, 200).await;
@@ -269,6 +269,25 @@ fn main() {
         .expect("runtime");
     let results = runtime.block_on(measure(&plan));
     report::print(&plan_summary(&plan), &results);
+    if std::env::var("E2E_SHARED").map_or(true, |v| v != "0") {
+        let sharing = runtime.block_on(async {
+            let (mut mock, mock_port) = spawn_mock();
+            let upstream = format!("http://127.0.0.1:{mock_port}/api/v1");
+            let sharing = shared::measure(
+                &upstream,
+                plan.rounds.max(1),
+                plan.latency_n,
+                plan.throughput_for,
+            )
+            .await;
+            let _ = mock.kill();
+            let _ = mock.wait();
+            sharing
+        });
+        if let Some(sharing) = sharing {
+            shared::print(&sharing, !plan.full);
+        }
+    }
 }
 
 fn plan_summary(plan: &Plan) -> report::Summary {
@@ -286,16 +305,7 @@ async fn measure(plan: &Plan) -> Results {
     let pid = proxy.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss_mb(pid);
-    let targets = [
-        Target {
-            url: upstream.clone(),
-            auth: None,
-        },
-        Target {
-            url: format!("http://127.0.0.1:{port}/api/v1"),
-            auth: Some(format!("Bearer {PROXY_KEY}")),
-        },
-    ];
+    let targets = [Target::direct(&upstream), Target::proxy(port)];
     let mut rounds = Vec::new();
     for i in 0..plan.rounds {
         eprintln!("round {}/{}", i + 1, plan.rounds);

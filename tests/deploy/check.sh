@@ -19,6 +19,21 @@ assert all(p.startswith("127.0.0.1:") for p in service["ports"]), service
 assert "openrouter-proxy-state" in doc["volumes"], doc
 print("compose.yaml: ok")
 PY
+python3 - docs/deploy/compose-replicas.yaml <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+services = doc["services"]
+replicas = [s for name, s in services.items() if name.startswith("proxy-")]
+assert len(replicas) == 3, services
+for service in replicas:
+    assert service["environment"]["REDIS_URL"] == "redis://valkey:6379/0", service
+    assert service["environment"]["STATE_FILE"] == "/data/state.json", service
+    assert service["env_file"].endswith(".env"), service
+    assert all(p.startswith("127.0.0.1:") for p in service["ports"]), service
+    assert "valkey" in service["depends_on"], service
+assert "valkey" in services, services
+print("compose-replicas.yaml: ok")
+PY
 unit=docs/deploy/openrouter-proxy.service
 for needed in '^\[Unit\]' '^\[Service\]' '^\[Install\]' '^ExecStart=/usr/local/bin/openrouter-proxy$' \
   '^DynamicUser=yes$' '^StateDirectory=openrouter-proxy$' '^NoNewPrivileges=yes$' '^ProtectSystem=strict$' '^Restart=on-failure$'; do
