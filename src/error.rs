@@ -33,6 +33,8 @@ pub enum ProxyError {
     UpstreamProtocol(&'static str),
     /// Upstream sent no response headers in time.
     UpstreamTimeout,
+    /// No attempt produced a first token within `FIRST_TOKEN_TIMEOUT`, and retries ran out.
+    NoFirstToken,
 }
 
 impl ProxyError {
@@ -51,6 +53,8 @@ impl ProxyError {
             | ProxyError::UpstreamBroken
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // OpenRouter's own code for a generation that took too long.
+            ProxyError::NoFirstToken => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -79,6 +83,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => {
                 "OpenRouter did not answer within UPSTREAM_TIMEOUT".to_owned()
             }
+            ProxyError::NoFirstToken => NO_FIRST_TOKEN.to_owned(),
         }
     }
 
@@ -98,6 +103,10 @@ impl ProxyError {
         response
     }
 }
+
+/// Why a request that never got a first token ended.
+pub const NO_FIRST_TOKEN: &str =
+    "no token arrived within FIRST_TOKEN_TIMEOUT on any attempt; the model's providers may be overloaded";
 
 /// An OpenRouter-shaped JSON error response.
 #[must_use]

@@ -100,6 +100,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub request_body_timeout: Duration,
     pub stream_idle_timeout: Duration,
+    /// How long an attempt may go without its first token (0: no limit).
+    pub first_token_timeout: Duration,
     pub free_rpm: u32,
     pub free_burst: u32,
     pub max_wait: Duration,
@@ -189,6 +191,7 @@ impl Config {
             header_read_timeout: r.seconds("HEADER_READ_TIMEOUT", 30, 3600),
             request_body_timeout: r.seconds("REQUEST_BODY_TIMEOUT", 30, 3600),
             stream_idle_timeout: r.seconds("STREAM_IDLE_TIMEOUT", 300, 86400),
+            first_token_timeout: r.seconds("FIRST_TOKEN_TIMEOUT", 180, 3600),
             free_rpm: r.positive("FREE_RPM", 20),
             free_burst: r.positive("FREE_BURST", 1),
             max_wait: r.seconds("MAX_WAIT", 30, 3600),

@@ -66,6 +66,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "seconds an event stream may go without a byte from OpenRouter before it is ended (0 = never); at most 86400",
     },
     Variable {
+        names: &["FIRST_TOKEN_TIMEOUT"],
+        default: "180",
+        help: "seconds an attempt may go without its first data event (stream) or JSON byte before it is abandoned and retried (0 = no limit); at most 3600",
+    },
+    Variable {
         names: &["HEADER_READ_TIMEOUT"],
         default: "30",
         help: "seconds a client has, from connecting, to send its first request head, and then each next one (0 = no limit); at most 3600",

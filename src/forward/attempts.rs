@@ -16,7 +16,7 @@ use log::warn;
 
 use crate::app::App;
 use crate::error::ProxyError;
-use crate::forward::held::{hold, Held};
+use crate::forward::held::{hold, Held, HoldError};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::upstream::strip_hop_by_hop;
@@ -78,6 +78,8 @@ pub struct Journey {
     started: Instant,
     /// When the latest upstream response headers arrived.
     pub headers_at: Option<Instant>,
+    /// When the latest attempt was sent.
+    sent_at: Option<Instant>,
 }
 
 impl Journey {
@@ -95,6 +97,7 @@ impl Journey {
             excluded: Vec::new(),
             started,
             headers_at: None,
+            sent_at: None,
         }
     }
 
@@ -102,6 +105,18 @@ impl Journey {
     #[must_use]
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+
+    /// When the latest attempt must have shown its first token (`FIRST_TOKEN_TIMEOUT` after
+    /// it was sent), if there is such a limit.
+    #[must_use]
+    pub fn first_token_deadline(&self) -> Option<tokio::time::Instant> {
+        let limit = self.app.config.first_token_timeout;
+        if limit.is_zero() {
+            return None;
+        }
+        let sent = self.sent_at?;
+        tokio::time::Instant::from_std(sent).checked_add(limit)
     }
 
     /// The key pool its picks come from.
@@ -250,14 +265,13 @@ impl Journey {
             metrics.upstream_retries.fetch_add(1, Relaxed);
         }
         let sent = Instant::now();
+        self.sent_at = Some(sent);
         let pending = self.app.client.request(request);
-        let timeout = self.app.config.upstream_timeout;
-        let result = if timeout.is_zero() {
-            pending.await
-        } else {
-            tokio::time::timeout(timeout, pending)
+        let result = match self.header_wait() {
+            None => pending.await,
+            Some((limit, on_timeout)) => tokio::time::timeout(limit, pending)
                 .await
-                .map_err(|_| Sent::TimedOut)?
+                .map_err(|_| on_timeout)?,
         };
         let response = result.map_err(|err| {
             // A connect error (refused, DNS, TLS handshake, connect timeout) means the request
@@ -277,6 +291,20 @@ impl Journey {
         metrics.upstream_headers.observe(now - sent);
         self.headers_at = Some(now);
         Ok(response)
+    }
+
+    /// How long to wait for response headers, and what it means when they do not come: the
+    /// shorter of `UPSTREAM_TIMEOUT` (a 504, not retried) and `FIRST_TOKEN_TIMEOUT` (retried).
+    fn header_wait(&self) -> Option<(Duration, Sent)> {
+        let config = &self.app.config;
+        let upstream = Some(config.upstream_timeout).filter(|t| !t.is_zero());
+        let first_token = Some(config.first_token_timeout).filter(|t| !t.is_zero());
+        match (upstream, first_token) {
+            (Some(u), Some(f)) if f < u => Some((f, Sent::Failed(Verdict::NoFirstToken))),
+            (Some(u), _) => Some((u, Sent::TimedOut)),
+            (None, Some(f)) => Some((f, Sent::Failed(Verdict::NoFirstToken))),
+            (None, None) => None,
+        }
     }
 
     /// Looks at an upstream response (holding back at most [`INSPECT_LIMIT`] of its body) and classifies it.
@@ -321,11 +349,20 @@ impl Journey {
     /// including an error object inside a 200.
     async fn inspect_held(&mut self, head: Parts, body: Incoming) -> Inspected {
         let status = head.status;
-        // A success body may take as long as the generation; an error body is bounded by UPSTREAM_TIMEOUT.
-        let start = if status.is_success() || self.app.config.upstream_timeout.is_zero() {
-            hold(body, INSPECT_LIMIT).await.ok()
+        // A success body may take as long as the generation, but its first JSON byte must come
+        // within FIRST_TOKEN_TIMEOUT; an error body is bounded by UPSTREAM_TIMEOUT.
+        let start = if status.is_success() {
+            match hold(body, INSPECT_LIMIT, self.first_token_deadline()).await {
+                Err(HoldError::NoFirstByte) => {
+                    return Inspected::Failed(Verdict::NoFirstToken, None);
+                }
+                held => held.ok(),
+            }
+        } else if self.app.config.upstream_timeout.is_zero() {
+            hold(body, INSPECT_LIMIT, None).await.ok()
         } else {
-            tokio::time::timeout(self.app.config.upstream_timeout, hold(body, INSPECT_LIMIT))
+            let held = hold(body, INSPECT_LIMIT, None);
+            tokio::time::timeout(self.app.config.upstream_timeout, held)
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -459,6 +496,7 @@ enum Sent {
 fn failure_of(verdict: Verdict) -> ProxyError {
     match verdict {
         Verdict::Broken { .. } => ProxyError::UpstreamBroken,
+        Verdict::NoFirstToken => ProxyError::NoFirstToken,
         _ => ProxyError::UpstreamUnreachable,
     }
 }

@@ -45,20 +45,39 @@ pub struct Held {
     pub rest: Option<Incoming>,
 }
 
+/// Why an answer's start could not be held.
+pub enum HoldError {
+    /// The body broke off.
+    Broken,
+    /// Only whitespace (OpenRouter's heartbeats) arrived before the first-byte deadline.
+    NoFirstByte,
+}
+
 /// Reads `body` until it ends or more than `limit` bytes past leading
-/// whitespace (OpenRouter's heartbeats) have arrived. A body that arrives in
-/// one frame is held without a copy.
-pub async fn hold(mut body: Incoming, limit: usize) -> Result<Held, hyper::Error> {
+/// whitespace (OpenRouter's heartbeats) have arrived; the first byte past the
+/// whitespace must arrive by `first_byte_by` when one is given. A body that
+/// arrives in one frame is held without a copy.
+pub async fn hold(
+    mut body: Incoming,
+    limit: usize,
+    first_byte_by: Option<tokio::time::Instant>,
+) -> Result<Held, HoldError> {
     let mut joined = Joined::default();
     let mut significant = 0usize;
     while significant <= limit {
-        let Some(frame) = body.frame().await else {
+        let next = match first_byte_by.filter(|_| significant == 0) {
+            Some(deadline) => tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .map_err(|_| HoldError::NoFirstByte)?,
+            None => body.frame().await,
+        };
+        let Some(frame) = next else {
             return Ok(Held {
                 bytes: joined.into_bytes(),
                 rest: None,
             });
         };
-        let Ok(data) = frame?.into_data() else {
+        let Ok(data) = frame.map_err(|_| HoldError::Broken)?.into_data() else {
             continue;
         };
         significant += if significant == 0 {

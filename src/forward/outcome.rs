@@ -38,6 +38,9 @@ pub enum Verdict {
     /// when the answer had already shown that no generation happened (an error status, or an
     /// event stream before its first content event).
     Broken { nothing_generated: bool },
+    /// No data event (stream) or JSON byte arrived within `FIRST_TOKEN_TIMEOUT` of sending:
+    /// the attempt was abandoned before anything reached the client.
+    NoFirstToken,
 }
 
 impl Verdict {
@@ -56,6 +59,7 @@ impl Verdict {
             Verdict::Server { .. } => "server",
             Verdict::Unreached => "unreachable",
             Verdict::Broken { .. } => "broken",
+            Verdict::NoFirstToken => "first-token",
         }
     }
 }

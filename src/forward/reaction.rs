@@ -111,6 +111,9 @@ pub fn reaction(verdict: Verdict, now_ms: i64) -> Reaction {
             give_back: true,
             ..Reaction::new(Outcome::Unreached, Retry::BackoffUnlessDown)
         },
+        // OpenRouter counted the attempt (it had started generating, or waiting for a provider):
+        // its quota unit stays used; another key (or provider) may answer sooner.
+        Verdict::NoFirstToken => Reaction::new(Outcome::Error, Retry::Now),
         Verdict::Broken { nothing_generated } => Reaction::new(
             Outcome::Error,
             if nothing_generated {

@@ -26,7 +26,7 @@ pub enum Route {
 const ROUTES: [&str; 4] = ["chat_completions", "other_proxied", "own", "malformed_head"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Classified upstream errors, as named by `Verdict::class`.
-pub const ERROR_CLASSES: [&str; 10] = [
+pub const ERROR_CLASSES: [&str; 11] = [
     "free-daily",
     "free-per-minute",
     "provider-upstream",
@@ -37,6 +37,7 @@ pub const ERROR_CLASSES: [&str; 10] = [
     "unreachable",
     "broken",
     "request",
+    "first-token",
 ];
 /// Histogram bucket upper bounds in microseconds.
 const BUCKETS_US: [u64; 12] = [

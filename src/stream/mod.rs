@@ -5,6 +5,7 @@
 //! inside the same client stream; plus the SSE event scanning that inspection
 //! uses. Nothing here parses or copies frames once content flows.
 
+pub mod accounted;
 pub mod body;
 pub mod relay;
 pub mod sse;

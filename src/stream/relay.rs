@@ -19,11 +19,12 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::error::error_body;
+use crate::error::{error_body, NO_FIRST_TOKEN};
 use crate::forward::attempts::INSPECT_LIMIT;
 use crate::forward::attempts::{Journey, Settled};
 use crate::forward::outcome::{classify, error_object, Verdict};
 use crate::keys::Outcome;
+use crate::stream::accounted::Ended;
 use crate::stream::sse::{classify_event, event_len_from, Event};
 
 type Retry = Pin<Box<dyn Future<Output = (Journey, Settled)> + Send>>;
@@ -54,6 +55,10 @@ pub struct SseRelay {
     /// Fires `STREAM_IDLE_TIMEOUT` after the last upstream frame; re-armed lazily, not per frame.
     idle: Option<Pin<Box<Sleep>>>,
     last_frame: Instant,
+    /// Fires `FIRST_TOKEN_TIMEOUT` after the attempt was sent, unless a data event came first.
+    first_token: Option<Pin<Box<Sleep>>>,
+    /// How the relay itself ended the stream, if it did.
+    ended: Option<Ended>,
 }
 
 impl Drop for SseRelay {
@@ -69,7 +74,12 @@ impl SseRelay {
         app.metrics.open_streams.fetch_add(1, Relaxed);
         let idle_after = app.config.stream_idle_timeout;
         let idle = (!idle_after.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_after)));
+        let first_token = journey
+            .first_token_deadline()
+            .map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
         SseRelay {
+            first_token,
+            ended: None,
             mode: Mode::Inspecting,
             upstream: Some(upstream),
             pending: BytesMut::new(),
@@ -126,7 +136,14 @@ impl SseRelay {
         non_empty(forwarded)
     }
 
+    /// How the relay itself ended the stream (idle, no first token, broken upstream), if it did.
+    #[must_use]
+    pub fn ended(&self) -> Option<Ended> {
+        self.ended
+    }
+
     fn start_piping(&mut self, outcome: Outcome) -> Bytes {
+        self.first_token = None;
         // No retry can follow content: let the request body and headers go now rather
         // than hold them for the rest of a possibly hours-long stream.
         if let Some(mut journey) = self.journey.take() {
@@ -165,6 +182,15 @@ impl SseRelay {
                 self.upstream = Some(response.into_body());
                 // The idle clock restarts with the new stream: the retry's own wait is not silence.
                 self.last_frame = Instant::now();
+                // And the new attempt has its own first-token deadline.
+                let deadline = self.journey.as_ref().and_then(Journey::first_token_deadline);
+                match (deadline, self.first_token.as_mut()) {
+                    (Some(deadline), Some(sleep)) => sleep.as_mut().reset(deadline),
+                    (Some(deadline), None) => {
+                        self.first_token = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                    }
+                    (None, _) => self.first_token = None,
+                }
                 Mode::Inspecting
             }
             Settled::Answer(response) => {
@@ -198,12 +224,22 @@ impl SseRelay {
             return None;
         };
         let Poll::Ready(frame) = Pin::new(upstream).poll_frame(cx) else {
+            if self.first_token_expired(cx) {
+                // Abandoned (closing it upstream too) and retried like a pre-content error.
+                self.upstream = None;
+                if !self.retry(Verdict::NoFirstToken) {
+                    self.ended = Some(Ended::FirstTokenTimeout);
+                    self.mode = Mode::Last(error_event(StatusCode::REQUEST_TIMEOUT, NO_FIRST_TOKEN));
+                }
+                return None;
+            }
             if !self.idle_expired(cx) {
                 return Some(Poll::Pending);
             }
             let after = self.app.config.stream_idle_timeout.as_secs();
             let message = format!("OpenRouter sent nothing for {after} s (STREAM_IDLE_TIMEOUT)");
             self.upstream = None;
+            self.ended = Some(Ended::IdleTimeout);
             self.mode = Mode::Last(error_event(StatusCode::GATEWAY_TIMEOUT, &message));
             return None;
         };
@@ -224,6 +260,7 @@ impl SseRelay {
                         nothing_generated: true,
                     }) => {}
             Some(Err(_)) => {
+                self.ended = Some(Ended::UpstreamError);
                 let message = "the OpenRouter stream broke off";
                 self.mode = Mode::Last(error_event(StatusCode::BAD_GATEWAY, message));
             }
@@ -237,6 +274,15 @@ impl SseRelay {
             }
         }
         None
+    }
+
+    /// True once the attempt's first-token deadline passed while events are still inspected.
+    fn first_token_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        matches!(self.mode, Mode::Inspecting)
+            && self
+                .first_token
+                .as_mut()
+                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 
     /// True once `STREAM_IDLE_TIMEOUT` has passed since the last upstream frame.

@@ -62,6 +62,8 @@ pub enum Reply {
     Full(u16, Vec<(&'static str, String)>, Bytes),
     /// 200 `text/event-stream`, with chunks fed through the sender the test keeps.
     Stream(mpsc::Receiver<Bytes>),
+    /// 200 with this content type, chunks fed through the sender the test keeps.
+    Fed(&'static str, mpsc::Receiver<Bytes>),
     /// Accept the request and never answer.
     Hang,
 }
@@ -206,16 +208,37 @@ async fn render(reply: Reply) -> Response<MockBody> {
             }
             response
         }
-        Reply::Stream(chunks) => {
-            let mut response = Response::new(Either::Right(ChannelBody(chunks)));
-            response.headers_mut().insert(
-                "content-type",
-                HeaderValue::from_static("text/event-stream"),
-            );
-            response
-        }
+        Reply::Stream(chunks) => fed("text/event-stream", chunks),
+        Reply::Fed(content_type, chunks) => fed(content_type, chunks),
         Reply::Hang => std::future::pending().await,
     }
+}
+
+fn fed(content_type: &'static str, chunks: mpsc::Receiver<Bytes>) -> Response<MockBody> {
+    let mut response = Response::new(Either::Right(ChannelBody(chunks)));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static(content_type));
+    response
+}
+
+/// A 200 of `content_type` that repeats `heartbeat` every 100 ms and never sends anything
+/// else (OpenRouter waiting for a provider); the flag turns true once the proxy closed it.
+pub fn heartbeats(content_type: &'static str, heartbeat: &'static str) -> (Reply, Arc<std::sync::atomic::AtomicBool>) {
+    let (tx, rx) = mpsc::channel(4);
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&closed);
+    tokio::spawn(async move {
+        // Bounded: a test that forgets it still ends (10 minutes of heartbeats at most).
+        for _ in 0..6000 {
+            if tx.send(Bytes::from_static(heartbeat.as_bytes())).await.is_err() {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (Reply::Fed(content_type, rx), closed)
 }
 
 /// The mock's response body: whole, or chunks as the test sends them.
