@@ -45,7 +45,9 @@ async fn stalling(stalls: usize) -> (Upstream, Arc<Mutex<Vec<Arc<AtomicBool>>>>)
 }
 
 fn stream_body(model: &str) -> Bytes {
-    Bytes::from(format!(r#"{{"model":"{model}","stream":true,"messages":[]}}"#))
+    Bytes::from(format!(
+        r#"{{"model":"{model}","stream":true,"messages":[]}}"#
+    ))
 }
 
 async fn post(proxy: &Proxy, body: Bytes) -> Answer {
@@ -69,7 +71,10 @@ async fn a_stream_of_comments_only_is_abandoned_at_the_first_token_deadline_and_
     assert!(text.contains(CONTENT), "{text}");
     assert!(!text.contains("error"), "{text}");
     assert_eq!(upstream.requests().len(), 2);
-    let closed = eventually(Duration::from_secs(5), || closed.lock().unwrap()[0].load(Relaxed)).await;
+    let closed = eventually(Duration::from_secs(5), || {
+        closed.lock().unwrap()[0].load(Relaxed)
+    })
+    .await;
     assert!(closed, "the abandoned upstream request was kept open");
     let status = get(&proxy, "/key_status").await.json();
     // OpenRouter counted the abandoned attempt: both took a unit of quota.
@@ -93,7 +98,10 @@ async fn when_every_attempt_stalls_the_client_gets_one_error_event_after_the_ret
     let answer = post(&proxy, stream_body(FREE)).await;
     assert_eq!(answer.status, 200);
     let text = answer.text();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| e.starts_with("data:")).collect();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| e.starts_with("data:"))
+        .collect();
     assert_eq!(events.len(), 1, "{text}");
     let error: serde_json::Value =
         serde_json::from_str(events[0].trim_start_matches("data:").trim()).unwrap();
@@ -112,9 +120,17 @@ async fn a_json_answer_kept_open_with_whitespace_is_retried_at_the_deadline() {
     let body = Bytes::from(format!(r#"{{"model":"{FREE}","messages":[]}}"#));
     let answer = post(&proxy, body).await;
     assert_eq!(answer.status, 200);
-    assert!(answer.text().contains("\"content\":\"hi\""), "{}", answer.text());
+    assert!(
+        answer.text().contains("\"content\":\"hi\""),
+        "{}",
+        answer.text()
+    );
     assert_eq!(upstream.requests().len(), 2);
-    assert!(eventually(Duration::from_secs(5), || closed.lock().unwrap()[0].load(Relaxed)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || closed.lock().unwrap()[0]
+            .load(Relaxed))
+        .await
+    );
 }
 
 #[tokio::test]
@@ -134,6 +150,14 @@ async fn a_client_that_leaves_while_the_proxy_waits_for_the_first_token_closes_t
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert!(first.starts_with(b": OPENROUTER"));
     drop(body);
-    assert!(eventually(Duration::from_secs(5), || closed.lock().unwrap()[0].load(Relaxed)).await);
-    assert_eq!(upstream.requests().len(), 1, "no retry for a client that left");
+    assert!(
+        eventually(Duration::from_secs(5), || closed.lock().unwrap()[0]
+            .load(Relaxed))
+        .await
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "no retry for a client that left"
+    );
 }

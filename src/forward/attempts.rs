@@ -356,13 +356,13 @@ impl Journey {
                 Err(HoldError::NoFirstByte) => {
                     return Inspected::Failed(Verdict::NoFirstToken, None);
                 }
-                held => held.ok(),
+                result => result.ok(),
             }
         } else if self.app.config.upstream_timeout.is_zero() {
             hold(body, INSPECT_LIMIT, None).await.ok()
         } else {
-            let held = hold(body, INSPECT_LIMIT, None);
-            tokio::time::timeout(self.app.config.upstream_timeout, held)
+            let holding = hold(body, INSPECT_LIMIT, None);
+            tokio::time::timeout(self.app.config.upstream_timeout, holding)
                 .await
                 .ok()
                 .and_then(Result::ok)

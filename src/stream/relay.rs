@@ -183,7 +183,10 @@ impl SseRelay {
                 // The idle clock restarts with the new stream: the retry's own wait is not silence.
                 self.last_frame = Instant::now();
                 // And the new attempt has its own first-token deadline.
-                let deadline = self.journey.as_ref().and_then(Journey::first_token_deadline);
+                let deadline = self
+                    .journey
+                    .as_ref()
+                    .and_then(Journey::first_token_deadline);
                 match (deadline, self.first_token.as_mut()) {
                     (Some(deadline), Some(sleep)) => sleep.as_mut().reset(deadline),
                     (Some(deadline), None) => {
@@ -229,7 +232,8 @@ impl SseRelay {
                 self.upstream = None;
                 if !self.retry(Verdict::NoFirstToken) {
                     self.ended = Some(Ended::FirstTokenTimeout);
-                    self.mode = Mode::Last(error_event(StatusCode::REQUEST_TIMEOUT, NO_FIRST_TOKEN));
+                    self.mode =
+                        Mode::Last(error_event(StatusCode::REQUEST_TIMEOUT, NO_FIRST_TOKEN));
                 }
                 return None;
             }

@@ -224,14 +224,21 @@ fn fed(content_type: &'static str, chunks: mpsc::Receiver<Bytes>) -> Response<Mo
 
 /// A 200 of `content_type` that repeats `heartbeat` every 100 ms and never sends anything
 /// else (OpenRouter waiting for a provider); the flag turns true once the proxy closed it.
-pub fn heartbeats(content_type: &'static str, heartbeat: &'static str) -> (Reply, Arc<std::sync::atomic::AtomicBool>) {
+pub fn heartbeats(
+    content_type: &'static str,
+    heartbeat: &'static str,
+) -> (Reply, Arc<std::sync::atomic::AtomicBool>) {
     let (tx, rx) = mpsc::channel(4);
     let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&closed);
     tokio::spawn(async move {
         // Bounded: a test that forgets it still ends (10 minutes of heartbeats at most).
         for _ in 0..6000 {
-            if tx.send(Bytes::from_static(heartbeat.as_bytes())).await.is_err() {
+            if tx
+                .send(Bytes::from_static(heartbeat.as_bytes()))
+                .await
+                .is_err()
+            {
                 flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
