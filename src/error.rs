@@ -46,15 +46,14 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            // NoFirstToken: OpenRouter's own code for a generation that took too long.
+            ProxyError::BodyTimeout | ProxyError::NoFirstToken => StatusCode::REQUEST_TIMEOUT,
 
             ProxyError::NoKey { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamBroken
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            // OpenRouter's own code for a generation that took too long.
-            ProxyError::NoFirstToken => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
