@@ -125,6 +125,12 @@ impl Journey {
         &self.pool
     }
 
+    /// The key pool its picks come from, shared (for a record that outlives the journey).
+    #[must_use]
+    pub fn pool_arc(&self) -> Arc<KeyPool> {
+        Arc::clone(&self.pool)
+    }
+
     /// Moves the journey onto the pool in force when a reload replaced its own: the keys
     /// it used, excluded or took quota with are found again by fingerprint (a key the
     /// reload removed is forgotten), so what it learns from now on lands where it counts.

@@ -1,6 +1,7 @@
 //! One proxied request's journey, as named steps (the router has checked the proxy key):
 //! check the target → read body → pick key → send → classify → retry or stream back.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,8 +9,8 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use log::{info, log_enabled, Level};
+use hyper::{Method, Request, Response, Uri, Version};
+use log::Level;
 
 use crate::app::App;
 use crate::error::ProxyError;
@@ -18,6 +19,7 @@ use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstre
 use crate::ingress::model;
 use crate::ingress::request_body::{read_capped, ReadError};
 use crate::keys::Demand;
+use crate::stream::accounted::{Accounted, Served};
 use crate::stream::body::ProxyBody;
 use crate::stream::relay::SseRelay;
 
@@ -46,33 +48,41 @@ pub async fn forward(
             Demand::Other
         },
     };
+    let model = model.model.map(|name| match name {
+        // The name as it lies in the request body: a slice of it, not a copy.
+        Cow::Borrowed(name) => body.slice_ref(name.as_bytes()),
+        Cow::Owned(name) => Bytes::from(name),
+    });
     let mut journey = Journey::new(Arc::clone(app), outgoing, started);
     let settled = journey.settle().await;
-    if log_enabled!(Level::Info) {
-        let status = match &settled {
-            Settled::Stream(response) => response.status(),
-            Settled::Answer(response) => response.status(),
-            Settled::Failed(err) => err.status(),
-        };
-        log_request(&journey, model.model.as_deref(), status, started);
-    }
     if let Some(at) = journey.headers_at {
         app.metrics.after_upstream.observe(at.elapsed());
     }
-    match settled {
+    let mut served = Served {
+        method: journey.outgoing.method.clone(),
+        uri: journey.outgoing.uri.clone(),
+        model,
+        status: 0,
+        started,
+        key: journey.last_key.map(|key| (journey.pool_arc(), key)),
+        attempts: journey.attempts,
+    };
+    let response = match settled {
         Settled::Stream(response) => {
             let (mut head, upstream) = response.into_parts();
             // The relay may retry, or end the stream with its own event: the client's body is
             // not the upstream's, so its length is not either.
             head.headers.remove(CONTENT_LENGTH);
-            Ok(Response::from_parts(
-                head,
-                ProxyBody::Relay(Box::new(SseRelay::new(upstream, journey))),
-            ))
+            let relay = ProxyBody::Relay(Box::new(SseRelay::new(upstream, journey)));
+            Response::from_parts(head, relay)
         }
-        Settled::Answer(response) => Ok(response.map(ProxyBody::from)),
-        Settled::Failed(err) => Err(err),
-    }
+        Settled::Answer(response) => response.map(ProxyBody::from),
+        Settled::Failed(err) => err.into_response().map(ProxyBody::from),
+    };
+    served.status = response.status().as_u16();
+    // Recorded (log line, usage, request metrics) when the response ends, not now.
+    Ok(response
+        .map(|body| ProxyBody::Accounted(Box::new(Accounted::new(body, Arc::clone(app), served)))))
 }
 
 /// The upstream URI for the request's target, or why it cannot be forwarded.
@@ -126,21 +136,4 @@ fn model_of<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<model::ModelInfo<
         }
         (false, false) => model::peek(body),
     })
-}
-
-/// The one INFO line per request: no body, no full key.
-fn log_request(journey: &Journey, model: Option<&str>, status: StatusCode, started: Instant) {
-    let key = journey
-        .last_key
-        .map_or("-", |k| journey.pool().keys()[k].id.as_str());
-    info!(
-        "{} {} model={} key={} attempts={} status={} {:.1}ms",
-        journey.outgoing.method,
-        journey.outgoing.uri.path(),
-        model.unwrap_or("-"),
-        key,
-        journey.attempts,
-        status.as_u16(),
-        started.elapsed().as_secs_f64() * 1e3
-    );
 }

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use super::block::{Block, BlockWord, Scope};
 use super::gcra::Gcra;
+use super::usage::UsageCounters;
 use crate::config::DEFAULT_DAILY_LIMIT;
 
 // All atomics here are independent counters or self-contained packed words:
@@ -58,6 +59,8 @@ pub struct Account {
     /// `(date << 32) | picks` counted while Redis was away, added to the shared count when
     /// it is back.
     alone: AtomicU64,
+    /// Tokens and cost of the requests its keys served.
+    pub spent: UsageCounters,
     /// The `@name` it was configured with; `None` for a key's account of its own.
     pub name: Option<String>,
     /// The OpenRouter user id learned from its answers, once known.
@@ -97,6 +100,7 @@ impl Account {
             free_block: BlockWord::default(),
             block: BlockWord::default(),
             last_pick: AtomicU64::new(0),
+            spent: UsageCounters::default(),
             mismatch_logged: AtomicBool::new(false),
             disagreement_logged: AtomicBool::new(false),
         }
@@ -309,6 +313,7 @@ impl Account {
             self.window_ends_ms.store(ends, Relaxed);
         }
         self.limiter.absorb(&other.limiter);
+        self.spent.absorb(&other.spent, date);
     }
 
     /// Restores what the state file remembered: `date`'s count (never lowering it), blocks.

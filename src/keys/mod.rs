@@ -19,6 +19,7 @@ mod reload;
 mod select;
 mod slot;
 pub mod state;
+mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -30,6 +31,7 @@ pub use calendar::{day_containing, rfc3339, Calendar, Day};
 pub use gcra::Gcra;
 pub use probed::{ProbeOutcome, ProbeReport, ProbeState};
 pub use slot::{KeySlot, Outcome, Totals};
+pub use usage::{Usage, UsageCounters};
 
 use crate::config::Config;
 
@@ -250,6 +252,13 @@ impl KeyPool {
         }
         // Keys of one account report the same counter: the larger of ours and theirs, never a sum.
         account.raise_used(self.calendar.today(now_ms).date, used);
+    }
+
+    /// Adds what one request served by key `index` used, to the key and its account.
+    pub fn record_usage(&self, index: usize, usage: Usage, now_ms: i64) {
+        let date = self.calendar.today(now_ms).date;
+        self.keys[index].spent.add(date, usage);
+        self.account_of(index).spent.add(date, usage);
     }
 
     /// Counts how an attempt with key `index` ended.

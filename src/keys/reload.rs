@@ -35,7 +35,7 @@ impl KeyPool {
             }
         }
         for &(from, to) in &pairs {
-            self.keys[to].carry_from(&old.keys[from], now_ms);
+            self.keys[to].carry_from(&old.keys[from], now_ms, date);
         }
         self.picks.fetch_max(old.picks.load(Relaxed), Relaxed);
         pairs.len()
@@ -51,12 +51,13 @@ impl KeyPool {
 impl super::KeySlot {
     /// Takes over what `old` (this key in the replaced pool) knew: its own block, totals,
     /// last use, pick order and probe.
-    fn carry_from(&self, old: &super::KeySlot, now_ms: i64) {
+    fn carry_from(&self, old: &super::KeySlot, now_ms: i64, date: u32) {
         if let Some(block) = old.block_at(now_ms) {
             self.block.extend(block, now_ms);
         }
         self.restore_totals(&old.totals.values());
         self.set_last_used(old.last_used_ms(), old.last_pick.load(Relaxed));
         self.probe.copy_from(&old.probe);
+        self.spent.absorb(&old.spent, date);
     }
 }

@@ -12,6 +12,7 @@ use hyper::header::HeaderValue;
 
 use super::block::{Block, BlockWord};
 use super::probed::ProbeState;
+use super::usage::UsageCounters;
 use crate::config::KeySpec;
 use crate::mask::mask;
 
@@ -103,6 +104,8 @@ pub struct KeySlot {
     pub user_id: OnceLock<String>,
     last_used_ms: AtomicI64,
     pub totals: Totals,
+    /// Tokens and cost of the requests it served.
+    pub spent: UsageCounters,
 }
 
 impl KeySlot {
@@ -123,6 +126,7 @@ impl KeySlot {
             last_used_ms: AtomicI64::new(0),
             last_pick: AtomicU64::new(0),
             totals: Totals::default(),
+            spent: UsageCounters::default(),
         })
     }
 

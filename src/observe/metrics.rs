@@ -39,23 +39,70 @@ pub const ERROR_CLASSES: [&str; 11] = [
     "request",
     "first-token",
 ];
-/// Histogram bucket upper bounds in microseconds.
+/// How proxied requests end, in the order of `stream::accounted::Ended`.
+pub const ENDINGS: [&str; 5] = [
+    "completed",
+    "client_closed",
+    "upstream_error",
+    "idle_timeout",
+    "first_token_timeout",
+];
+/// Histogram bucket upper bounds in microseconds: the proxy's own overheads.
 const BUCKETS_US: [u64; 12] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000, 10_000_000,
 ];
+/// Bucket upper bounds in microseconds for whole requests, up to long generations.
+const LONG_BUCKETS_US: [u64; 12] = [
+    10_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+];
 
 /// A latency histogram with fixed buckets.
-#[derive(Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_US.len()],
+    bounds: &'static [u64; 12],
+    buckets: [AtomicU64; 12],
     count: AtomicU64,
     sum_us: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_bounds(&BUCKETS_US)
+    }
+}
+
+/// A histogram of whole requests (up to minutes).
+pub struct LongHistogram(pub Histogram);
+
+impl Default for LongHistogram {
+    fn default() -> Self {
+        LongHistogram(Histogram::with_bounds(&LONG_BUCKETS_US))
+    }
+}
+
 impl Histogram {
+    fn with_bounds(bounds: &'static [u64; 12]) -> Self {
+        Histogram {
+            bounds,
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, elapsed: Duration) {
         let us = elapsed.as_micros() as u64;
-        if let Some(bucket) = BUCKETS_US.iter().position(|&bound| us <= bound) {
+        if let Some(bucket) = self.bounds.iter().position(|&bound| us <= bound) {
             self.buckets[bucket].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
@@ -65,7 +112,7 @@ impl Histogram {
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS_US.iter().zip(&self.buckets) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Relaxed);
             let _ = writeln!(
                 out,
@@ -95,6 +142,12 @@ pub struct Metrics {
     pub after_upstream: Histogram,
     /// Upstream request sent → upstream response headers.
     pub upstream_headers: Histogram,
+    /// Request arrival → the response's end (its last byte, the client gone, an error).
+    pub request_duration: LongHistogram,
+    /// Request arrival → the first content event (streams) or first byte (other answers).
+    pub time_to_first_content: LongHistogram,
+    /// Proxied requests by how they ended (see [`ENDINGS`]).
+    pub ended: [AtomicU64; ENDINGS.len()],
 }
 
 impl Metrics {
@@ -143,6 +196,24 @@ impl Metrics {
             "openrouter_proxy_upstream_time_to_headers_seconds",
             "Time from sending an upstream request to its response headers.",
         );
+        self.request_duration.0.write(
+            &mut out,
+            "openrouter_proxy_request_duration_seconds",
+            "Time from a proxied request's arrival to the end of its response.",
+        );
+        self.time_to_first_content.0.write(
+            &mut out,
+            "openrouter_proxy_time_to_first_content_seconds",
+            "Time from a proxied request's arrival to its first content event (streams) or first byte.",
+        );
+        let _ = writeln!(out, "# HELP openrouter_proxy_requests_ended_total Proxied requests by how their response ended.\n# TYPE openrouter_proxy_requests_ended_total counter");
+        for (name, count) in ENDINGS.iter().zip(&self.ended) {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_requests_ended_total{{ended=\"{name}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
         out
     }
 

@@ -1,6 +1,6 @@
 //! Accounted when it ends, not when its headers arrive.
 
-/// How a proxied response ended.
+/// How a proxied response ended (named by [`ENDINGS`], in this order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
     /// Its last byte was sent.
@@ -16,23 +16,276 @@ pub enum Ended {
 }
 
 impl Ended {
-    pub const ALL: [Ended; 5] = [
-        Ended::Completed,
-        Ended::ClientClosed,
-        Ended::UpstreamError,
-        Ended::IdleTimeout,
-        Ended::FirstTokenTimeout,
-    ];
-
     /// The name used in logs and metrics.
     #[must_use]
     pub fn as_str(self) -> &'static str {
-        match self {
-            Ended::Completed => "completed",
-            Ended::ClientClosed => "client_closed",
-            Ended::UpstreamError => "upstream_error",
-            Ended::IdleTimeout => "idle_timeout",
-            Ended::FirstTokenTimeout => "first_token_timeout",
+        ENDINGS[self as usize]
+    }
+}
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{Method, Uri};
+use log::{info, log_enabled, Level};
+use serde_json::Value;
+
+use super::body::ProxyBody;
+use crate::app::App;
+use crate::keys::{now_ms, KeyPool, Usage};
+use crate::observe::metrics::ENDINGS;
+
+/// The request a response answers, as the record at its end shows it.
+pub struct Served {
+    pub method: Method,
+    pub uri: Uri,
+    /// The requested model: a slice of the request body, not a copy.
+    pub model: Option<Bytes>,
+    pub status: u16,
+    pub started: Instant,
+    /// The key that answered (the relay may retry on another) and the attempts so far.
+    pub key: Option<(Arc<KeyPool>, usize)>,
+    pub attempts: u32,
+}
+
+/// How many bytes of a response's end are kept to find its `usage` object in: OpenRouter
+/// puts it in the last event before `[DONE]`, or at the end of a JSON answer.
+const TAIL: usize = 1536;
+
+/// The last [`TAIL`] bytes that passed, in a fixed ring (no allocation per frame).
+struct Tail {
+    ring: [u8; TAIL],
+    /// Bytes written in all; the ring's next write position is this modulo `TAIL`.
+    written: usize,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        let data = &data[data.len().saturating_sub(TAIL)..];
+        let at = self.written % TAIL;
+        let first = data.len().min(TAIL - at);
+        self.ring[at..at + first].copy_from_slice(&data[..first]);
+        self.ring[..data.len() - first].copy_from_slice(&data[first..]);
+        self.written += data.len();
+    }
+
+    /// The kept bytes in order (made once, when the response ends).
+    fn bytes(&self) -> Vec<u8> {
+        if self.written <= TAIL {
+            return self.ring[..self.written].to_vec();
         }
+        let at = self.written % TAIL;
+        [&self.ring[at..], &self.ring[..at]].concat()
+    }
+}
+
+/// The `usage` object nearest the end of `tail`, if one is there whole.
+fn usage_in(tail: &[u8]) -> Option<Usage> {
+    let at = tail.windows(7).rposition(|w| w == b"\"usage\"")?;
+    let rest = &tail[at + 7..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = rest.get(colon..)?.strip_prefix(b":")?;
+    let value = serde_json::Deserializer::from_slice(rest)
+        .into_iter::<Value>()
+        .next()?
+        .ok()?;
+    Usage::from_json(&value)
+}
+
+/// A proxied response body that writes the request's record when the response ends: its
+/// last byte sent, the client gone, the upstream broken, or a timeout of the relay's.
+pub struct Accounted {
+    inner: ProxyBody,
+    app: Arc<App>,
+    served: Served,
+    first_byte: Option<Instant>,
+    bytes: u64,
+    tail: Tail,
+    done: bool,
+}
+
+impl Accounted {
+    #[must_use]
+    pub fn new(inner: ProxyBody, app: Arc<App>, served: Served) -> Self {
+        Accounted {
+            inner,
+            app,
+            served,
+            first_byte: None,
+            bytes: 0,
+            tail: Tail {
+                ring: [0; TAIL],
+                written: 0,
+            },
+            done: false,
+        }
+    }
+
+    /// Writes the record once: usage to the key and account, metrics, the log line.
+    fn finish(&mut self, ended: Ended) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let ended = match (&self.inner, ended) {
+            (ProxyBody::Relay(relay), Ended::Completed) => relay.ended().unwrap_or(ended),
+            _ => ended,
+        };
+        if let ProxyBody::Relay(relay) = &self.inner {
+            if let Some((pool, key, attempts)) = relay.served() {
+                self.served.key = Some((pool, key));
+                self.served.attempts = attempts;
+            }
+        }
+        let usage = usage_in(&self.tail.bytes());
+        if let (Some(usage), Some((pool, key))) = (usage, &self.served.key) {
+            pool.record_usage(*key, usage, now_ms());
+        }
+        let total = self.served.started.elapsed();
+        let first_content = match &self.inner {
+            ProxyBody::Relay(relay) => relay.content_at(),
+            _ => self.first_byte,
+        };
+        let metrics = &self.app.metrics;
+        metrics.request_duration.0.observe(total);
+        if let Some(at) = first_content {
+            metrics
+                .time_to_first_content
+                .0
+                .observe(at.saturating_duration_since(self.served.started));
+        }
+        metrics.ended[ended as usize].fetch_add(1, Relaxed);
+        if log_enabled!(Level::Info) {
+            self.log(ended, usage, total);
+        }
+    }
+
+    /// The one INFO line per request: no body, no full key.
+    fn log(&self, ended: Ended, usage: Option<Usage>, total: std::time::Duration) {
+        let served = &self.served;
+        let (key, account) = served.key.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |(pool, k)| {
+                (
+                    pool.keys()[*k].id.clone(),
+                    pool.account_id(pool.keys()[*k].account()),
+                )
+            },
+        );
+        let model = served
+            .model
+            .as_deref()
+            .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
+        let ttfb = self.first_byte.map_or_else(
+            || "-".to_owned(),
+            |at| {
+                format!(
+                    "{:.1}ms",
+                    at.saturating_duration_since(served.started).as_secs_f64() * 1e3
+                )
+            },
+        );
+        let spent = usage.map_or_else(String::new, |u| {
+            format!(
+                " tokens={}/{} cost={:.6}",
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cost_nano as f64 / 1e9
+            )
+        });
+        info!(
+            "{} {} model={model} key={key} account={account} attempts={} status={} ended={} ttfb={ttfb} total={:.1}ms bytes={}{spent}",
+            served.method,
+            served.uri.path(),
+            served.attempts,
+            served.status,
+            ended.as_str(),
+            total.as_secs_f64() * 1e3,
+            self.bytes,
+        );
+    }
+}
+
+impl Drop for Accounted {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or its connection was closed).
+        self.finish(Ended::ClientClosed);
+    }
+}
+
+impl Body for Accounted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.first_byte.get_or_insert_with(Instant::now);
+                    this.bytes += data.len() as u64;
+                    this.tail.push(data);
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Ended::Completed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Ended::UpstreamError),
+            Poll::Ready(None) => this.finish(Ended::Completed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes_in_order_across_the_ring_s_end() {
+        let mut tail = Tail {
+            ring: [0; TAIL],
+            written: 0,
+        };
+        tail.push(b"abc");
+        assert_eq!(tail.bytes(), b"abc");
+        let long: Vec<u8> = (0..TAIL + 100).map(|i| (i % 251) as u8).collect();
+        tail.push(&long[..700]);
+        tail.push(&long[700..]);
+        assert_eq!(tail.bytes(), &long[100..]);
+    }
+
+    #[test]
+    fn usage_is_found_in_the_last_event_before_done_and_at_the_end_of_json() {
+        let sse = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15,\"cost\":0.00042}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            usage_in(sse),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 3,
+                cost_nano: 420_000
+            })
+        );
+        let json = b"{\"id\":\"gen-1\",\"usage\" : {\"prompt_tokens\":7,\"completion_tokens\":1}}";
+        assert_eq!(usage_in(json).map(|u| u.prompt_tokens), Some(7));
+        assert_eq!(usage_in(b"{\"usage\":{\"prompt_tok"), None);
+        assert_eq!(usage_in(b"no usage here"), None);
     }
 }

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::accounted::Accounted;
 use super::relay::SseRelay;
 use crate::forward::held::Held;
 
@@ -14,8 +15,13 @@ use crate::forward::held::Held;
 /// prefix) frame by frame, or an event stream under pre-content inspection.
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Upstream { held: Option<Bytes>, rest: Incoming },
+    Upstream {
+        held: Option<Bytes>,
+        rest: Incoming,
+    },
     Relay(Box<SseRelay>),
+    /// A proxied response, recorded when it ends.
+    Accounted(Box<Accounted>),
 }
 
 impl ProxyBody {
@@ -69,6 +75,7 @@ impl Body for ProxyBody {
                 None => Pin::new(rest).poll_frame(cx),
             },
             ProxyBody::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
+            ProxyBody::Accounted(accounted) => Pin::new(accounted.as_mut()).poll_frame(cx),
         }
     }
 
@@ -77,6 +84,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Upstream { held, rest } => held.is_none() && rest.is_end_stream(),
             ProxyBody::Relay(relay) => relay.is_end_stream(),
+            ProxyBody::Accounted(accounted) => accounted.is_end_stream(),
         }
     }
 
@@ -86,6 +94,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ProxyBody::Upstream { held: None, rest } => rest.size_hint(),
+            ProxyBody::Accounted(accounted) => accounted.size_hint(),
             ProxyBody::Upstream { .. } | ProxyBody::Relay(_) => SizeHint::default(),
         }
     }

@@ -23,7 +23,7 @@ use crate::error::{error_body, NO_FIRST_TOKEN};
 use crate::forward::attempts::INSPECT_LIMIT;
 use crate::forward::attempts::{Journey, Settled};
 use crate::forward::outcome::{classify, error_object, Verdict};
-use crate::keys::Outcome;
+use crate::keys::{KeyPool, Outcome};
 use crate::stream::accounted::Ended;
 use crate::stream::sse::{classify_event, event_len_from, Event};
 
@@ -59,6 +59,10 @@ pub struct SseRelay {
     first_token: Option<Pin<Box<Sleep>>>,
     /// How the relay itself ended the stream, if it did.
     ended: Option<Ended>,
+    /// When the first content event arrived.
+    content_at: Option<std::time::Instant>,
+    /// The key that served the content and the attempts it took, kept when the journey goes.
+    served: Option<(Arc<KeyPool>, usize, u32)>,
 }
 
 impl Drop for SseRelay {
@@ -80,6 +84,8 @@ impl SseRelay {
         SseRelay {
             first_token,
             ended: None,
+            content_at: None,
+            served: None,
             mode: Mode::Inspecting,
             upstream: Some(upstream),
             pending: BytesMut::new(),
@@ -142,12 +148,32 @@ impl SseRelay {
         self.ended
     }
 
+    /// When the first content event arrived, if it did.
+    #[must_use]
+    pub fn content_at(&self) -> Option<std::time::Instant> {
+        self.content_at
+    }
+
+    /// The key that served the stream (the last one tried), and the attempts made.
+    #[must_use]
+    pub fn served(&self) -> Option<(Arc<KeyPool>, usize, u32)> {
+        if let Some(journey) = &self.journey {
+            let key = journey.last_key?;
+            return Some((journey.pool_arc(), key, journey.attempts));
+        }
+        self.served.clone()
+    }
+
     fn start_piping(&mut self, outcome: Outcome) -> Bytes {
         self.first_token = None;
+        self.content_at = Some(std::time::Instant::now());
         // No retry can follow content: let the request body and headers go now rather
         // than hold them for the rest of a possibly hours-long stream.
         if let Some(mut journey) = self.journey.take() {
             journey.record(outcome);
+            self.served = journey
+                .last_key
+                .map(|key| (journey.pool_arc(), key, journey.attempts));
         }
         self.mode = Mode::Piping;
         let rest = self.pending.split().freeze();
