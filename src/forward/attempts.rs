@@ -20,7 +20,7 @@ use crate::forward::held::{hold, Held, HoldError};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::upstream::strip_hop_by_hop;
-use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Unavailable, Via};
+use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Tally, Unavailable, Via};
 use crate::shared::Confirmed;
 
 /// The most of an upstream body held back to look for an error before committing to it.
@@ -417,6 +417,9 @@ impl Journey {
         let now = now_ms();
         let react = reaction(verdict, now);
         self.record(react.outcome);
+        if react.outcome == Outcome::RateLimited {
+            self.pool.tally(self.last_key, Tally::OpenRouter429, 1, now);
+        }
         self.app.metrics.count_error(verdict.class());
         if react.give_back {
             if let Some(pick) = self.last_pick.take() {

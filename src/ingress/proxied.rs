@@ -64,7 +64,10 @@ pub async fn forward(
         model,
         status: 0,
         started,
-        key: journey.last_key.map(|key| (journey.pool_arc(), key)),
+        free: journey.outgoing.demand == Demand::Free,
+        refused_by_proxy: matches!(settled, Settled::Failed(ProxyError::NoKey { .. })),
+        pool: journey.pool_arc(),
+        key: journey.last_key,
         attempts: journey.attempts,
     };
     let response = match settled {

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use super::block::{Block, BlockWord, Scope};
 use super::gcra::Gcra;
+use super::history::History;
 use super::usage::UsageCounters;
 use crate::config::DEFAULT_DAILY_LIMIT;
 
@@ -61,6 +62,8 @@ pub struct Account {
     alone: AtomicU64,
     /// Tokens and cost of the requests its keys served.
     pub spent: UsageCounters,
+    /// Its last hour, minute by minute.
+    pub history: History,
     /// The `@name` it was configured with; `None` for a key's account of its own.
     pub name: Option<String>,
     /// The OpenRouter user id learned from its answers, once known.
@@ -101,6 +104,7 @@ impl Account {
             block: BlockWord::default(),
             last_pick: AtomicU64::new(0),
             spent: UsageCounters::default(),
+            history: History::default(),
             mismatch_logged: AtomicBool::new(false),
             disagreement_logged: AtomicBool::new(false),
         }
@@ -314,6 +318,7 @@ impl Account {
         }
         self.limiter.absorb(&other.limiter);
         self.spent.absorb(&other.spent, date);
+        self.history.absorb(&other.history, now_ms);
     }
 
     /// Restores what the state file remembered: `date`'s count (never lowering it), blocks.

@@ -12,6 +12,7 @@ mod account;
 mod block;
 mod calendar;
 mod gcra;
+mod history;
 mod merge;
 pub mod probe;
 mod probed;
@@ -29,6 +30,7 @@ pub use account::Account;
 pub use block::{Block, BlockReason, Scope};
 pub use calendar::{day_containing, rfc3339, Calendar, Day};
 pub use gcra::Gcra;
+pub use history::{History, Tally};
 pub use probed::{ProbeOutcome, ProbeReport, ProbeState};
 pub use slot::{KeySlot, Outcome, Totals};
 pub use usage::{Usage, UsageCounters};
@@ -97,6 +99,8 @@ pub struct KeyPool {
     accounts: Box<[Account]>,
     calendar: Calendar,
     picks: AtomicU64,
+    /// The last hour of every account together.
+    pub history: History,
     /// Serialises account merges (rare; never on the request path).
     merging: Mutex<()>,
 }
@@ -142,6 +146,7 @@ impl KeyPool {
             accounts: accounts.into(),
             calendar: Calendar::new(config.timezone.clone()),
             picks: AtomicU64::new(0),
+            history: History::default(),
             merging: Mutex::new(()),
         }
     }
@@ -252,6 +257,14 @@ impl KeyPool {
         }
         // Keys of one account report the same counter: the larger of ours and theirs, never a sum.
         account.raise_used(self.calendar.today(now_ms).date, used);
+    }
+
+    /// Counts `n` of `tally` this minute, for the account of key `index` (if any) and for all.
+    pub fn tally(&self, index: Option<usize>, tally: Tally, n: u64, now_ms: i64) {
+        if let Some(index) = index {
+            self.account_of(index).history.add(tally, n, now_ms);
+        }
+        self.history.add(tally, n, now_ms);
     }
 
     /// Adds what one request served by key `index` used, to the key and its account.

@@ -38,6 +38,7 @@ impl KeyPool {
             self.keys[to].carry_from(&old.keys[from], now_ms, date);
         }
         self.picks.fetch_max(old.picks.load(Relaxed), Relaxed);
+        self.history.absorb(&old.history, now_ms);
         pairs.len()
     }
 

@@ -17,7 +17,7 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::keys::{now_ms, Block, BlockReason, KeyPool};
+use crate::keys::{now_ms, Block, BlockReason, KeyPool, Usage, UsageCounters};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -62,6 +62,49 @@ struct KeyRecord {
     daily_used: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     free_block: Option<BlockRecord>,
+    /// Tokens and cost: today's and lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageRecord>,
+}
+
+/// Tokens and cost as `[prompt tokens, completion tokens, nano-USD]`, today's (the quota
+/// day `day`) and lifetime.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct UsageRecord {
+    day: u32,
+    today: [u64; 3],
+    lifetime: [u64; 3],
+}
+
+impl UsageRecord {
+    /// `None` while nothing was ever used (older files and idle keys stay as they were).
+    fn of(counters: &UsageCounters, date: u32) -> Option<UsageRecord> {
+        let lifetime = counters.lifetime();
+        if lifetime == Usage::default() {
+            return None;
+        }
+        let parts = |u: Usage| [u.prompt_tokens, u.completion_tokens, u.cost_nano];
+        Some(UsageRecord {
+            day: date,
+            today: parts(counters.today(date)),
+            lifetime: parts(lifetime),
+        })
+    }
+
+    /// Into `counters`; today's part only if it is of `today`.
+    fn restore(&self, counters: &UsageCounters, today: u32) {
+        let usage = |p: [u64; 3]| Usage {
+            prompt_tokens: p[0],
+            completion_tokens: p[1],
+            cost_nano: p[2],
+        };
+        let kept = if self.day == today {
+            usage(self.today)
+        } else {
+            Usage::default()
+        };
+        counters.restore(today, kept, usage(self.lifetime));
+    }
 }
 
 /// One account, named by its configured name or else by its keys' SHA-256 prefixes.
@@ -82,6 +125,8 @@ struct AccountRecord {
     learned: bool,
     #[serde(default)]
     user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageRecord>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -128,6 +173,7 @@ fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
             day: None,
             daily_used: None,
             free_block: None,
+            usage: UsageRecord::of(&key.spent, day.date),
         })
         .collect();
     let accounts = pool
@@ -148,6 +194,7 @@ fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
                 block: account.block_at(now).map(block_record),
                 learned: account.learned.load(Relaxed),
                 user_id: account.user_id.get().cloned(),
+                usage: UsageRecord::of(&account.spent, day.date),
             }
         })
         .collect();
@@ -244,6 +291,9 @@ fn restore_keys(
             pool.block(index, block.until_ms, block.reason, now);
         }
         pool.keys()[index].restore_totals(&record.totals);
+        if let Some(usage) = &record.usage {
+            usage.restore(&pool.keys()[index].spent, today);
+        }
         // Version 1: the key's count is its account's (the larger of its keys', never a sum).
         if record.day == Some(today) {
             pool.account_of(index)
@@ -281,6 +331,9 @@ fn restore_accounts(
             0
         };
         pool.account_of(index).restore(today, used, &blocks, window);
+        if let Some(usage) = &record.usage {
+            usage.restore(&pool.account_of(index).spent, today);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::keys::{now_ms, Account, KeyPool};
+use crate::keys::{now_ms, Account, KeyPool, Usage};
 
 // Every figure is an independent counter or gauge: `Relaxed` throughout.
 
@@ -273,6 +273,9 @@ type KeyFigure = fn(&KeyPool, usize, i64) -> f64;
 /// One per-account figure: the account, today's date and now (epoch ms) give its value.
 type AccountFigure = fn(&Account, u32, i64) -> f64;
 
+/// One usage figure of a key or an account.
+type UsageFigure = fn(Usage) -> f64;
+
 /// A label value with Prometheus' escapes.
 fn label(value: &str) -> String {
     value
@@ -285,6 +288,50 @@ fn write_keys(out: &mut String, pool: &KeyPool) {
     let now = now_ms();
     write_account_figures(out, pool, now);
     write_key_figures(out, pool, now);
+    write_usage(out, pool);
+}
+
+/// Lifetime tokens and cost, per key (labels `key`, `account`) and per account.
+fn write_usage(out: &mut String, pool: &KeyPool) {
+    let series: [(&str, &str, UsageFigure); 3] = [
+        (
+            "prompt_tokens_total",
+            "Prompt tokens of the requests",
+            |u| u.prompt_tokens as f64,
+        ),
+        (
+            "completion_tokens_total",
+            "Completion tokens of the requests",
+            |u| u.completion_tokens as f64,
+        ),
+        (
+            "cost_usd_total",
+            "Cost in USD, as OpenRouter reported it, of the requests",
+            |u| u.cost_nano as f64 / 1e9,
+        ),
+    ];
+    let live = pool.live_accounts();
+    for (name, help, figure) in series {
+        let _ = writeln!(out, "# HELP openrouter_proxy_key_{name} {help} the key served.\n# TYPE openrouter_proxy_key_{name} counter");
+        for key in pool.keys() {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_key_{name}{{key=\"{}\",account=\"{}\"}} {}",
+                label(&key.id),
+                label(&pool.account_id(key.account())),
+                figure(key.spent.lifetime())
+            );
+        }
+        let _ = writeln!(out, "# HELP openrouter_proxy_account_{name} {help} the account's keys served.\n# TYPE openrouter_proxy_account_{name} counter");
+        for (index, _) in &live {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_account_{name}{{account=\"{}\"}} {}",
+                label(&pool.account_id(*index)),
+                figure(pool.accounts()[*index].spent.lifetime())
+            );
+        }
+    }
 }
 
 /// The quota series, one per account (label `account`).

@@ -58,6 +58,7 @@ pub fn key_status(app: &App) -> Response<Bytes> {
         "next_reset": calendar.rfc3339(day.end_ms),
         "keys": keys,
         "accounts": accounts,
+        "history": pool.history.to_json(now),
         "upstream_errors": app.metrics.errors_by_class().iter().map(|(class, n)| ((*class).to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     let mut response = Response::new(Bytes::from(body.to_string()));
@@ -101,6 +102,7 @@ fn key_json(pool: &KeyPool, index: usize, now: i64) -> Value {
             "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
             "block_reason": block.map(|b| b.reason.as_str()),
             "last_used": (key.last_used_ms() > 0).then(|| calendar.rfc3339(key.last_used_ms())),
+            "usage": key.spent.to_json(calendar.today(now).date),
             "totals": {
                 "requests": totals[0],
                 "successes": totals[1],
@@ -129,6 +131,8 @@ fn account_json(pool: &KeyPool, index: usize, members: &[usize], now: i64) -> Va
             "blocked_until": block.map(|b| calendar.rfc3339(b.until_ms)),
             "block_reason": block.map(|b| b.reason.as_str()),
             "learned": account.learned.load(std::sync::atomic::Ordering::Relaxed),
+            "usage": account.spent.to_json(calendar.today(now).date),
+            "history": account.history.to_json(now),
         })
         .as_object()
         .cloned()

@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use super::body::ProxyBody;
 use crate::app::App;
-use crate::keys::{now_ms, KeyPool, Usage};
+use crate::keys::{now_ms, KeyPool, Tally, Usage};
 use crate::observe::metrics::ENDINGS;
 
 /// The request a response answers, as the record at its end shows it.
@@ -48,8 +48,14 @@ pub struct Served {
     pub model: Option<Bytes>,
     pub status: u16,
     pub started: Instant,
-    /// The key that answered (the relay may retry on another) and the attempts so far.
-    pub key: Option<(Arc<KeyPool>, usize)>,
+    /// A free-model request.
+    pub free: bool,
+    /// The proxy itself refused it (no key could serve in time).
+    pub refused_by_proxy: bool,
+    /// The pool its key came from, the key that answered (the relay may retry on another)
+    /// and the attempts so far.
+    pub pool: Arc<KeyPool>,
+    pub key: Option<usize>,
     pub attempts: u32,
 }
 
@@ -137,13 +143,23 @@ impl Accounted {
         };
         if let ProxyBody::Relay(relay) = &self.inner {
             if let Some((pool, key, attempts)) = relay.served() {
-                self.served.key = Some((pool, key));
+                (self.served.pool, self.served.key) = (pool, Some(key));
                 self.served.attempts = attempts;
             }
         }
         let usage = usage_in(&self.tail.bytes());
-        if let (Some(usage), Some((pool, key))) = (usage, &self.served.key) {
-            pool.record_usage(*key, usage, now_ms());
+        let (pool, key, now) = (&self.served.pool, self.served.key, now_ms());
+        if let (Some(usage), Some(key)) = (usage, key) {
+            pool.record_usage(key, usage, now);
+            let tokens = usage.prompt_tokens + usage.completion_tokens;
+            pool.tally(Some(key), Tally::Tokens, tokens, now);
+        }
+        pool.tally(key, Tally::Requests, 1, now);
+        if self.served.free {
+            pool.tally(key, Tally::FreeRequests, 1, now);
+        }
+        if self.served.refused_by_proxy {
+            pool.tally(None, Tally::Proxy429, 1, now);
         }
         let total = self.served.started.elapsed();
         let first_content = match &self.inner {
@@ -167,12 +183,13 @@ impl Accounted {
     /// The one INFO line per request: no body, no full key.
     fn log(&self, ended: Ended, usage: Option<Usage>, total: std::time::Duration) {
         let served = &self.served;
-        let (key, account) = served.key.as_ref().map_or_else(
+        let pool = &served.pool;
+        let (key, account) = served.key.map_or_else(
             || ("-".to_owned(), "-".to_owned()),
-            |(pool, k)| {
+            |k| {
                 (
-                    pool.keys()[*k].id.clone(),
-                    pool.account_id(pool.keys()[*k].account()),
+                    pool.keys()[k].id.clone(),
+                    pool.account_id(pool.keys()[k].account()),
                 )
             },
         );

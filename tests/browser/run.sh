@@ -42,11 +42,13 @@ proxy_port=$(port_from "$work/proxy.log" "listening on 127.0.0.1:") || { echo "F
 python3 - "$proxy_port" "$proxy_key" <<'PY'
 import json, sys, urllib.request
 port, key = sys.argv[1], sys.argv[2]
-for _ in range(2):
+for stream in (False, False, True):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/chat/completions",
-        data=json.dumps({"model": "qwen/qwen3-coder:free", "messages": []}).encode(),
+        data=json.dumps({"model": "qwen/qwen3-coder:free", "messages": [], "stream": stream}).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    assert urllib.request.urlopen(req, timeout=10).status == 200
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        assert answer.status == 200
+        answer.read()
 PY
 
 url="http://127.0.0.1:$proxy_port/status#key=$proxy_key"
@@ -65,6 +67,13 @@ check "the daily-limited key row" 'data-key="#2 sk-or-v1-pe…0002"'
 check "the blocked key's countdown" 'unblocks in [0-9]*m [0-9]*s · per minute limit'
 check "the daily limit badge" 'badge daily_limit_reached'
 check "the active key's badge" 'badge active\|badge throttled'
+check "the last hour of all accounts" 'data-chart="all accounts"'
+check "the last hour of an account" 'data-chart="this account"'
+check "the last hour's bars" '<rect[^>]*class="ok"'
+check "the last hour's OpenRouter 429s" '<rect[^>]*class="or429"'
+check "the last hour's totals" 'last hour: 3 requests (3 free), 23 tokens'
+check "today's tokens and cost of an account" '5 + 4 tokens · \$0.0000 today\|3 + 4 tokens · \$0.0002 today'
+check "today's tokens of all accounts" '23 tokens today'
 for secret in "$blocked" "$daily" "$active" "$one_a_day" "$alice2" "$proxy_key"; do
   if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
 done

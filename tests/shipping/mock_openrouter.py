@@ -49,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
                 "model": body.get("model", "mock/model"),
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": "Hello from the mock."}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "cost": 0.00021},
             })
 
     def reply_json(self, status, obj):
@@ -70,6 +70,10 @@ class Handler(BaseHTTPRequestHandler):
             events.append("data: " + json.dumps({
                 "id": "gen-mock-2", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": model, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+        events.append("data: " + json.dumps({
+            "id": "gen-mock-2", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9, "cost": 0.00003}}))
         events.append("data: [DONE]")
         for event in events:
             chunk = (event + "\n\n").encode()
