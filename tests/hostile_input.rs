@@ -507,18 +507,7 @@ async fn an_http2_client_that_stops_reading_is_cut_off_and_its_upstream_request_
             br#"{"model":"a/b","stream":true}"#,
         )))
         .unwrap();
-    let event = bytes::Bytes::from(format!(
-        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
-        "x".repeat(16 * 1024)
-    ));
-    let feeding = tokio::spawn(async move {
-        for _ in 0..100_000 {
-            if chunks.send(event.clone()).await.is_err() {
-                return true; // the proxy dropped the upstream request
-            }
-        }
-        false
-    });
+    let feeding = feed_until_closed(chunks);
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     let closed = tokio::time::timeout(Duration::from_secs(20), feeding)

@@ -381,17 +381,6 @@ async fn sighup_and_sigusr_write_the_state_and_do_not_kill_the_proxy() {
     }
 }
 
-/// The key in `status` whose masked id ends like `secret`.
-fn key_named<'s>(status: &'s serde_json::Value, secret: &str) -> &'s serde_json::Value {
-    let tail = &secret[secret.len() - 4..];
-    status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"].as_str().unwrap().ends_with(tail))
-        .unwrap_or_else(|| panic!("no key …{tail} in {status}"))
-}
-
 const CONTENT_EVENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
 
 #[tokio::test]
@@ -410,7 +399,7 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
     }
     let before = proxy.key_status().await;
     let (used, requests, successes) = {
-        let a = key_named(&before, KEY_A);
+        let a = key_in(&before, KEY_A);
         let number = |v: &serde_json::Value| v.as_u64().unwrap();
         (
             number(&a["daily_used"]),
@@ -443,7 +432,7 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
         ids.len() == 2 && ids[0].ends_with("0003") && ids[1].ends_with("0001"),
         "{after}"
     );
-    let a = key_named(&after, KEY_A);
+    let a = key_in(&after, KEY_A);
     assert_eq!(a["account"], "team");
     assert_eq!(a["daily_limit"], 5);
     assert_eq!(a["daily_used"], used, "A's count came along: {after}");
@@ -456,12 +445,12 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
     while stream.frame().await.is_some() {}
     let after_stream = proxy.key_status().await;
     assert_eq!(
-        key_named(&after_stream, KEY_A)["totals"]["successes"],
+        key_in(&after_stream, KEY_A)["totals"]["successes"],
         successes + 1
     );
     assert_eq!(proxy.chat(FREE).await.status, 200);
     assert_eq!(
-        key_named(&proxy.key_status().await, KEY_A)["daily_used"],
+        key_in(&proxy.key_status().await, KEY_A)["daily_used"],
         used + 1
     );
 

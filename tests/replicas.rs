@@ -108,19 +108,8 @@ async fn text_of(replica: &Running, path: &str) -> String {
     .text()
 }
 
-/// The key in `status` whose masked id ends like `secret`.
-fn key<'s>(status: &'s serde_json::Value, secret: &str) -> &'s serde_json::Value {
-    let tail = &secret[secret.len() - 4..];
-    status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"].as_str().unwrap().ends_with(tail))
-        .unwrap_or_else(|| panic!("no key …{tail} in {status}"))
-}
-
 fn used(status: &serde_json::Value, secret: &str) -> u64 {
-    key(status, secret)["daily_used"].as_u64().unwrap()
+    key_in(status, secret)["daily_used"].as_u64().unwrap()
 }
 
 fn chats_seen(upstream: &Upstream) -> Vec<Seen> {
@@ -227,7 +216,7 @@ async fn a_refusal_learned_on_one_replica_is_honoured_by_the_others_within_a_sec
         assert_eq!(a.chat(FREE).await.status, 200);
     }
     let learned = Instant::now();
-    let honoured = wait_for(b, |s| key(s, KEY_A)["status"] == "daily_limit_reached").await;
+    let honoured = wait_for(b, |s| key_in(s, KEY_A)["status"] == "daily_limit_reached").await;
     let took = learned.elapsed();
     assert!(honoured, "{}", b.key_status().await);
     assert!(
@@ -254,7 +243,7 @@ async fn a_refusal_learned_on_one_replica_is_honoured_by_the_others_within_a_sec
         assert_eq!(b.chat(PAID).await.status, 200);
     }
     let learned = Instant::now();
-    assert!(wait_for(c, |s| key(s, KEY_B)["status"] == "blocked").await);
+    assert!(wait_for(c, |s| key_in(s, KEY_B)["status"] == "blocked").await);
     let took = learned.elapsed();
     assert!(
         took < Duration::from_secs(1),
@@ -381,8 +370,8 @@ async fn a_fleet_restarted_with_redis_kept_finds_counts_blocks_and_learned_accou
     }
     let before = first.key_status().await;
     assert_eq!(
-        key(&before, KEY_A)["account"],
-        key(&before, KEY_B)["account"],
+        key_in(&before, KEY_A)["account"],
+        key_in(&before, KEY_B)["account"],
         "{before}"
     );
     let shared_used = used(&before, KEY_A);
@@ -393,10 +382,10 @@ async fn a_fleet_restarted_with_redis_kept_finds_counts_blocks_and_learned_accou
     fleet.launch(&upstream, &redis.url(), &vars).await;
     let remembered = fleet
         .all_show(Duration::from_secs(5), |s| {
-            key(s, KEY_C)["status"] == "blocked"
-                && key(s, KEY_A)["account"] == key(s, KEY_B)["account"]
+            key_in(s, KEY_C)["status"] == "blocked"
+                && key_in(s, KEY_A)["account"] == key_in(s, KEY_B)["account"]
                 && used(s, KEY_A) == shared_used
-                && key(s, KEY_A)["totals"]["requests"].as_u64() > Some(0)
+                && key_in(s, KEY_A)["totals"]["requests"].as_u64() > Some(0)
         })
         .await;
     assert!(remembered, "{}", fleet.replicas[1].key_status().await);

@@ -439,18 +439,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_request_closed(
     );
     client.write_all(head.as_bytes()).await.unwrap();
     // The upstream streams content as fast as it is taken; the client reads nothing.
-    let event = Bytes::from(format!(
-        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
-        "x".repeat(16 * 1024)
-    ));
-    let closed = tokio::spawn(async move {
-        for _ in 0..100_000 {
-            if chunks.send(event.clone()).await.is_err() {
-                return true; // the proxy dropped the upstream request
-            }
-        }
-        false
-    });
+    let closed = feed_until_closed(chunks);
     let closed = tokio::time::timeout(Duration::from_secs(20), closed)
         .await
         .expect("the upstream request stayed open for a client that reads nothing")

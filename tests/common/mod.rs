@@ -248,6 +248,34 @@ pub fn heartbeats(
     (Reply::Fed(content_type, rx), closed)
 }
 
+/// Feeds 16 KiB content events into `chunks` as fast as they are taken (a bounded number);
+/// the task ends true once the proxy dropped the upstream request.
+pub fn feed_until_closed(chunks: mpsc::Sender<Bytes>) -> tokio::task::JoinHandle<bool> {
+    let event = Bytes::from(format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "x".repeat(16 * 1024)
+    ));
+    tokio::spawn(async move {
+        for _ in 0..100_000 {
+            if chunks.send(event.clone()).await.is_err() {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// The key in a `/key_status` answer whose masked id ends like `secret`.
+pub fn key_in<'s>(status: &'s serde_json::Value, secret: &str) -> &'s serde_json::Value {
+    let tail = &secret[secret.len() - 4..];
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"].as_str().unwrap().ends_with(tail))
+        .unwrap_or_else(|| panic!("no key …{tail} in {status}"))
+}
+
 /// The mock's response body: whole, or chunks as the test sends them.
 pub type MockBody = Either<Full<Bytes>, ChannelBody>;
 
