@@ -45,7 +45,10 @@ for _ in $(seq 100); do
 done
 env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" /openrouter-proxy --health-check || { echo "FAIL: --health-check"; cat "$root.log"; exit 1; }
 echo "--health-check inside the empty root: ok"
-echo "static binary: $(stat -c %s "$bin") bytes; idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$proxy_pid/status)"
+size=$(stat -c %s "$bin")
+echo "static binary: $size bytes; idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$proxy_pid/status)"
+# The shipped binary stays small enough for a scratch image (Redis client and all).
+[ "$size" -le $((10 * 1024 * 1024)) ] || { echo "FAIL: the static binary is over 10 MiB"; exit 1; }
 
 python3 "$here/smoke.py" "$proxy_port" "$mock_port" "$proxy_key" "$or_key"
 python3 "$here/test_openai_sdk.py" "http://127.0.0.1:$proxy_port/api/v1" "$proxy_key"
