@@ -31,6 +31,9 @@ pub fn init(env: &HashMap<String, String>) {
         // Not a terminal: write plain lines and pass them straight through, instead of
         // styling every request's line and then scanning it again to strip the styles.
         builder.write_style(env_logger::WriteStyle::Always);
+        // A pipe target: env_logger then writes without asking the terminal about colours
+        // on every line (one failing TCGETS ioctl a request, seen with strace).
+        builder.target(env_logger::Target::Pipe(Box::new(std::io::stderr())));
         builder.format(|buf, record| {
             use std::io::Write as _;
             writeln!(
