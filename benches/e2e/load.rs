@@ -50,6 +50,15 @@ impl Target {
         }
     }
 
+    /// nginx listening on `port` in front of the mock (no key).
+    pub fn nginx(port: u16) -> Target {
+        Target {
+            url: format!("http://127.0.0.1:{port}/api/v1"),
+            auth: None,
+            body: FREE_BODY,
+        }
+    }
+
     /// The proxy listening on `port`, with the proxy key.
     pub fn proxy(port: u16) -> Target {
         Target {

@@ -10,6 +10,7 @@
 mod child;
 mod load;
 mod mock;
+mod nginx;
 mod procs;
 mod report;
 mod shared;
@@ -105,7 +106,14 @@ fn stream_delays(run: &mut StreamRun) -> [f64; 2] {
     ]
 }
 
-async fn round(plan: &Plan, targets: &[Target; 2], proxy_pid: u32) -> Round {
+/// One round against `targets` (direct, then the proxy in front); `rss_of` reads the
+/// proxy's memory (the process, or nginx's process tree).
+async fn round(
+    plan: &Plan,
+    targets: &[Target; 2],
+    proxy_pid: u32,
+    rss_of: fn(u32) -> f64,
+) -> Round {
     let client = load::client();
     let mut r = Round::default();
     for (i, target) in targets.iter().enumerate() {
@@ -114,7 +122,8 @@ async fn round(plan: &Plan, targets: &[Target; 2], proxy_pid: u32) -> Round {
             us(percentile(&mut lat, 50.0)),
             us(percentile(&mut lat, 99.0)),
         ];
-        let sampler = (i == 1).then(|| tokio::spawn(sample_rss(proxy_pid, plan.throughput_for)));
+        let sampler =
+            (i == 1).then(|| tokio::spawn(sample_rss(proxy_pid, plan.throughput_for, rss_of)));
         r.rps0[i] = load::throughput(&client, target, "", 64, plan.throughput_for).await;
         if let Some(sampler) = sampler {
             r.rss_load = sampler.await.expect("sampler");
@@ -131,11 +140,11 @@ async fn round(plan: &Plan, targets: &[Target; 2], proxy_pid: u32) -> Round {
     r
 }
 
-async fn sample_rss(pid: u32, over: Duration) -> f64 {
+async fn sample_rss(pid: u32, over: Duration, rss_of: fn(u32) -> f64) -> f64 {
     let mut peak: f64 = 0.0;
     let deadline = tokio::time::Instant::now() + over;
     while tokio::time::Instant::now() < deadline {
-        peak = peak.max(rss_mb(pid));
+        peak = peak.max(rss_of(pid));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     peak
@@ -306,11 +315,18 @@ async fn measure(plan: &Plan) -> Results {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss_mb(pid);
     let targets = [Target::direct(&upstream), Target::proxy(port)];
+    let nginx = nginx::start(mock_port);
     let mut rounds = Vec::new();
+    let mut nginx_rounds = Vec::new();
     for i in 0..plan.rounds {
         eprintln!("round {}/{}", i + 1, plan.rounds);
-        rounds.push(round(plan, &targets, pid).await);
+        rounds.push(round(plan, &targets, pid, rss_mb).await);
+        if let Some(nginx) = &nginx {
+            let through_nginx = [Target::direct(&upstream), Target::nginx(nginx.port)];
+            nginx_rounds.push(round(plan, &through_nginx, nginx.pid(), nginx::rss_tree_mb).await);
+        }
     }
+    drop(nginx);
     let mut holds = Vec::new();
     for &count in &plan.hold_streams {
         eprintln!("holding {count} streams");
@@ -344,6 +360,7 @@ async fn measure(plan: &Plan) -> Results {
     let _ = mock.wait();
     Results {
         rounds,
+        nginx_rounds,
         rss_idle,
         holds,
         allocations,

@@ -21,6 +21,8 @@ pub struct Hold {
 /// Everything measured.
 pub struct Results {
     pub rounds: Vec<Round>,
+    /// The same rounds through nginx (empty without nginx).
+    pub nginx_rounds: Vec<Round>,
     pub rss_idle: f64,
     pub holds: Vec<Hold>,
     pub allocations: Allocations,
@@ -94,6 +96,8 @@ fn added_row(t: &mut Table, name: &str, direct: f64, proxied: f64, added: f64, t
 }
 
 type Pair = fn(&Round) -> [f64; 2];
+/// One figure of a round.
+type Figure = fn(&Round) -> f64;
 
 pub fn print(summary: &Summary, r: &Results) {
     let mut t = Table(Vec::new());
@@ -113,6 +117,70 @@ pub fn print(summary: &Summary, r: &Results) {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     t.print(5);
+    if !r.nginx_rounds.is_empty() {
+        nginx_table(r);
+    }
+}
+
+/// The proxy next to nginx, each against direct measured in its own round.
+fn nginx_table(r: &Results) {
+    let ours = |f: &dyn Fn(&Round) -> f64| median(r.rounds.iter().map(f).collect());
+    let theirs = |f: &dyn Fn(&Round) -> f64| median(r.nginx_rounds.iter().map(f).collect());
+    let mut t = Table(Vec::new());
+    t.row([
+        "measure (added to direct, or ratio of direct)",
+        "nginx",
+        "proxy",
+        "",
+        "",
+    ]);
+    let added: [(&str, Figure); 6] = [
+        ("latency c=1 p50", |x| x.lat[1][0] - x.lat[0][0]),
+        ("latency c=1 p99", |x| x.lat[1][1] - x.lat[0][1]),
+        ("SSE time to first byte p50", |x| {
+            x.ttfb[1][0] - x.ttfb[0][0]
+        }),
+        ("SSE time to first byte p99", |x| {
+            x.ttfb[1][1] - x.ttfb[0][1]
+        }),
+        ("chunk delay p50", |x| x.chunk[1][0] - x.chunk[0][0]),
+        ("chunk delay p99", |x| x.chunk[1][1] - x.chunk[0][1]),
+    ];
+    for (name, f) in added {
+        t.row([
+            name,
+            &format!("{:+.0} µs", theirs(&f)),
+            &format!("{:+.0} µs", ours(&f)),
+            "",
+            "",
+        ]);
+    }
+    let ratios: [(&str, Figure); 2] = [
+        ("throughput c=64, 0 ms upstream", |x| x.rps0[1] / x.rps0[0]),
+        ("throughput c=64, 20 ms upstream", |x| {
+            x.rps20[1] / x.rps20[0]
+        }),
+    ];
+    for (name, f) in ratios {
+        t.row([
+            name,
+            &format!("{:.2} ×", theirs(&f)),
+            &format!("{:.2} ×", ours(&f)),
+            "",
+            "",
+        ]);
+    }
+    let peak = |x: &Round| x.rss_load;
+    t.row([
+        "RSS peak, c=64 load",
+        &format!("{:.1} MB", theirs(&peak)),
+        &format!("{:.1} MB", ours(&peak)),
+        "",
+        "",
+    ]);
+    println!();
+    println!("next to nginx (same run, same mock; nginx: proxy_buffering off, no access log, one worker per core)");
+    t.print(3);
 }
 
 fn timing_rows(t: &mut Table, summary: &Summary, r: &Results) {

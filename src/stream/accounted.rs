@@ -80,13 +80,14 @@ impl Tail {
         self.written += data.len();
     }
 
-    /// The kept bytes in order (made once, when the response ends).
-    fn bytes(&self) -> Vec<u8> {
+    /// The kept bytes in order: the ring turned in place once, when the response ends.
+    fn bytes(&mut self) -> &[u8] {
         if self.written <= TAIL {
-            return self.ring[..self.written].to_vec();
+            return &self.ring[..self.written];
         }
-        let at = self.written % TAIL;
-        [&self.ring[at..], &self.ring[..at]].concat()
+        self.ring.rotate_left(self.written % TAIL);
+        self.written = TAIL;
+        &self.ring
     }
 }
 
@@ -147,7 +148,7 @@ impl Accounted {
                 self.served.attempts = attempts;
             }
         }
-        let usage = usage_in(&self.tail.bytes());
+        let usage = usage_in(self.tail.bytes());
         let (pool, key, now) = (&self.served.pool, self.served.key, now_ms());
         if let (Some(usage), Some(key)) = (usage, key) {
             pool.record_usage(key, usage, now);
@@ -184,46 +185,56 @@ impl Accounted {
     fn log(&self, ended: Ended, usage: Option<Usage>, total: std::time::Duration) {
         let served = &self.served;
         let pool = &served.pool;
-        let (key, account) = served.key.map_or_else(
-            || ("-".to_owned(), "-".to_owned()),
-            |k| {
-                (
-                    pool.keys()[k].id.clone(),
-                    pool.account_id(pool.keys()[k].account()),
-                )
-            },
-        );
+        let key = served.key.map(|k| &pool.keys()[k]);
+        let account = key.map(|k| pool.account_id(k.account()));
         let model = served
             .model
             .as_deref()
             .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
-        let ttfb = self.first_byte.map_or_else(
-            || "-".to_owned(),
-            |at| {
-                format!(
-                    "{:.1}ms",
-                    at.saturating_duration_since(served.started).as_secs_f64() * 1e3
-                )
-            },
-        );
-        let spent = usage.map_or_else(String::new, |u| {
-            format!(
-                " tokens={}/{} cost={:.6}",
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cost_nano as f64 / 1e9
-            )
-        });
+        let ms = |at: Instant| at.saturating_duration_since(served.started).as_secs_f64() * 1e3;
         info!(
-            "{} {} model={model} key={key} account={account} attempts={} status={} ended={} ttfb={ttfb} total={:.1}ms bytes={}{spent}",
+            "{} {} model={model} key={} account={} attempts={} status={} ended={} ttfb={} total={:.1}ms bytes={}{}",
             served.method,
             served.uri.path(),
+            key.map_or("-", |k| k.id.as_str()),
+            account.as_deref().unwrap_or("-"),
             served.attempts,
             served.status,
             ended.as_str(),
+            Millis(self.first_byte.map(ms)),
             total.as_secs_f64() * 1e3,
             self.bytes,
+            Spent(usage),
         );
+    }
+}
+
+/// A time in the log line: `12.3ms`, or `-` when there is none.
+struct Millis(Option<f64>);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ms) => write!(f, "{ms:.1}ms"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Tokens and cost in the log line, when the answer carried them.
+struct Spent(Option<Usage>);
+
+impl std::fmt::Display for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(u) = self.0 else {
+            return Ok(());
+        };
+        let cost = u.cost_nano as f64 / 1e9;
+        write!(
+            f,
+            " tokens={}/{} cost={cost:.6}",
+            u.prompt_tokens, u.completion_tokens
+        )
     }
 }
 

@@ -1,0 +1,125 @@
+//! The C reference: nginx as a plain reverse proxy in front of the same mock
+//! (`proxy_buffering off`, keep-alive on both sides, no access log, one worker
+//! per core), measured in the same run as the proxy. Skipped (and said) where
+//! nginx is not installed (`apt-get install nginx`) or `E2E_NGINX=0`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running nginx and the directory holding its configuration and temporary files.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx proxying to the mock on `upstream_port`, or `None` (said) when it cannot run.
+pub fn start(upstream_port: u16) -> Option<Nginx> {
+    if std::env::var("E2E_NGINX").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(binary) = binary else {
+        eprintln!("nginx is not installed (apt-get install nginx): no nginx column");
+        return None;
+    };
+    let dir = tempfile::tempdir().ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let conf = format!(
+        "worker_processes {workers};
+error_log stderr error;
+pid {dir}/nginx.pid;
+events {{ worker_connections 20000; }}
+worker_rlimit_nofile 40000;
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  upstream mock {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    keepalive_requests 1000000;
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }}
+  }}
+}}
+",
+        dir = dir.path().display()
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).ok()?;
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir.path())
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut nginx = Nginx {
+        child,
+        port,
+        _dir: dir,
+    };
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(nginx);
+        }
+        if nginx.child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("nginx did not start: no nginx column");
+    let _ = nginx.child.kill();
+    None
+}
+
+/// Resident memory of `pid` and its children (nginx's workers), in MB.
+pub fn rss_tree_mb(pid: u32) -> f64 {
+    let mut total = crate::procs::rss_mb(pid);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The parent pid is the fourth field, after the ")" that ends the command name.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(pid) {
+                total += crate::procs::rss_mb(child);
+            }
+        }
+    }
+    total
+}
