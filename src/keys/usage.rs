@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 // Independent counters: Relaxed throughout. A request counted across midnight may land on
@@ -18,21 +19,31 @@ pub struct Usage {
     pub cost_nano: u64,
 }
 
+/// The fields of OpenRouter's `usage` object the proxy keeps; the rest (details, totals)
+/// is skipped without being built, so reading it allocates nothing.
+#[derive(Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cost: Option<f64>,
+}
+
 impl Usage {
-    /// Reads an OpenRouter `usage` object; `None` when it has no token counts.
+    /// Reads the OpenRouter `usage` object at the start of `json` (anything may follow it);
+    /// `None` when it is not one or has no token counts.
     #[must_use]
-    pub fn from_json(usage: &Value) -> Option<Usage> {
-        let prompt = usage["prompt_tokens"].as_u64();
-        let completion = usage["completion_tokens"].as_u64();
-        if prompt.is_none() && completion.is_none() {
+    pub fn read(json: &[u8]) -> Option<Usage> {
+        let fields = serde_json::Deserializer::from_slice(json)
+            .into_iter::<UsageFields>()
+            .next()?
+            .ok()?;
+        if fields.prompt_tokens.is_none() && fields.completion_tokens.is_none() {
             return None;
         }
-        let cost = usage["cost"]
-            .as_f64()
-            .filter(|c| c.is_finite() && *c >= 0.0);
+        let cost = fields.cost.filter(|c| c.is_finite() && *c >= 0.0);
         Some(Usage {
-            prompt_tokens: prompt.unwrap_or(0),
-            completion_tokens: completion.unwrap_or(0),
+            prompt_tokens: fields.prompt_tokens.unwrap_or(0),
+            completion_tokens: fields.completion_tokens.unwrap_or(0),
             cost_nano: cost.map_or(0, |c| (c * 1e9).round() as u64),
         })
     }
@@ -143,10 +154,11 @@ mod tests {
 
     #[test]
     fn usage_is_read_from_openrouter_s_object_and_today_resets_with_the_day() {
-        let usage = Usage::from_json(&json!({
-            "prompt_tokens": 194, "completion_tokens": 2, "total_tokens": 196,
-            "cost": 0.000_123_4, "prompt_tokens_details": {"cached_tokens": 0}
-        }))
+        let usage = Usage::read(
+            br#"{"prompt_tokens":194,"completion_tokens":2,"total_tokens":196,
+               "cost":0.0001234,"prompt_tokens_details":{"cached_tokens":0}}}
+data: [DONE]"#,
+        )
         .unwrap();
         assert_eq!(
             usage,
@@ -156,7 +168,8 @@ mod tests {
                 cost_nano: 123_400
             }
         );
-        assert_eq!(Usage::from_json(&json!({"cost": 1})), None);
+        assert_eq!(Usage::read(br#"{"cost":1}"#), None);
+        assert_eq!(Usage::read(br#"{"prompt_tokens":"#), None);
         let counters = UsageCounters::default();
         counters.add(20_261_206, usage);
         counters.add(20_261_206, usage);

@@ -33,7 +33,6 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Uri};
 use log::{info, log_enabled, Level};
-use serde_json::Value;
 
 use super::body::ProxyBody;
 use crate::app::App;
@@ -96,12 +95,7 @@ fn usage_in(tail: &[u8]) -> Option<Usage> {
     let at = tail.windows(7).rposition(|w| w == b"\"usage\"")?;
     let rest = &tail[at + 7..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    let rest = rest.get(colon..)?.strip_prefix(b":")?;
-    let value = serde_json::Deserializer::from_slice(rest)
-        .into_iter::<Value>()
-        .next()?
-        .ok()?;
-    Usage::from_json(&value)
+    Usage::read(rest.get(colon..)?.strip_prefix(b":")?)
 }
 
 /// A proxied response body that writes the request's record when the response ends: its
