@@ -21,7 +21,9 @@ def test_non_streaming_completion():
 def test_streaming_completion_arrives_in_chunks():
     stream = client.chat.completions.create(
         model="qwen/qwen3-coder:free", messages=[{"role": "user", "content": "hi"}], stream=True)
-    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
+    # The last chunk carries finish_reason and usage with an empty delta, as OpenRouter's does.
+    pieces = [chunk.choices[0].delta.content for chunk in stream
+              if chunk.choices and chunk.choices[0].delta.content is not None]
     assert pieces == ["Hello", " from", " the", " mock."], pieces
 
 
