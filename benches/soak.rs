@@ -15,6 +15,7 @@
 mod load;
 #[path = "e2e/mock.rs"]
 mod mock;
+#[allow(dead_code)]
 #[path = "e2e/procs.rs"]
 mod procs;
 

@@ -95,6 +95,9 @@ pub struct Round {
     pub ttfb: [[f64; 2]; 2],
     pub chunk: [[f64; 2]; 2],
     pub rss_load: f64,
+    /// Proxy CPU µs per request at c=64 (0 ms upstream) and per forwarded chunk.
+    pub cpu_per_request: f64,
+    pub cpu_per_chunk: f64,
 }
 
 fn stream_delays(run: &mut StreamRun) -> [f64; 2] {
@@ -106,14 +109,16 @@ fn stream_delays(run: &mut StreamRun) -> [f64; 2] {
     ]
 }
 
-/// One round against `targets` (direct, then the proxy in front); `rss_of` reads the
-/// proxy's memory (the process, or nginx's process tree).
-async fn round(
-    plan: &Plan,
-    targets: &[Target; 2],
-    proxy_pid: u32,
-    rss_of: fn(u32) -> f64,
-) -> Round {
+/// How to read a proxy's memory and CPU time: its process, or nginx's process tree.
+#[derive(Clone, Copy)]
+struct Watched {
+    pid: u32,
+    rss: fn(u32) -> f64,
+    cpu: fn(u32) -> f64,
+}
+
+/// One round against `targets` (direct, then the proxy in front, which `proxy` watches).
+async fn round(plan: &Plan, targets: &[Target; 2], proxy: Watched) -> Round {
     let client = load::client();
     let mut r = Round::default();
     for (i, target) in targets.iter().enumerate() {
@@ -123,10 +128,13 @@ async fn round(
             us(percentile(&mut lat, 99.0)),
         ];
         let sampler =
-            (i == 1).then(|| tokio::spawn(sample_rss(proxy_pid, plan.throughput_for, rss_of)));
+            (i == 1).then(|| tokio::spawn(sample_rss(proxy.pid, plan.throughput_for, proxy.rss)));
+        let cpu_before = (proxy.cpu)(proxy.pid);
         r.rps0[i] = load::throughput(&client, target, "", 64, plan.throughput_for).await;
         if let Some(sampler) = sampler {
             r.rss_load = sampler.await.expect("sampler");
+            let requests = r.rps0[i] * plan.throughput_for.as_secs_f64();
+            r.cpu_per_request = ((proxy.cpu)(proxy.pid) - cpu_before) * 1e6 / requests.max(1.0);
         }
         r.rps20[i] = load::throughput(&client, target, "latency=20", 64, plan.throughput_for).await;
         let mut ttfb = load::ttfb(&client, target, plan.ttfb_n).await;
@@ -134,7 +142,12 @@ async fn round(
             us(percentile(&mut ttfb, 50.0)),
             us(percentile(&mut ttfb, 99.0)),
         ];
+        let cpu_before = (proxy.cpu)(proxy.pid);
         let mut run = load::streams(target, plan.many_streams, 20, 50, || {}).await;
+        if i == 1 {
+            let chunks = run.chunks.max(1) as f64;
+            r.cpu_per_chunk = ((proxy.cpu)(proxy.pid) - cpu_before) * 1e6 / chunks;
+        }
         r.chunk[i] = stream_delays(&mut run);
     }
     r
@@ -320,10 +333,20 @@ async fn measure(plan: &Plan) -> Results {
     let mut nginx_rounds = Vec::new();
     for i in 0..plan.rounds {
         eprintln!("round {}/{}", i + 1, plan.rounds);
-        rounds.push(round(plan, &targets, pid, rss_mb).await);
+        let ours = Watched {
+            pid,
+            rss: rss_mb,
+            cpu: procs::cpu_seconds,
+        };
+        rounds.push(round(plan, &targets, ours).await);
         if let Some(nginx) = &nginx {
             let through_nginx = [Target::direct(&upstream), Target::nginx(nginx.port)];
-            nginx_rounds.push(round(plan, &through_nginx, nginx.pid(), nginx::rss_tree_mb).await);
+            let theirs = Watched {
+                pid: nginx.pid(),
+                rss: nginx::rss_tree_mb,
+                cpu: nginx::cpu_tree_seconds,
+            };
+            nginx_rounds.push(round(plan, &through_nginx, theirs).await);
         }
     }
     drop(nginx);

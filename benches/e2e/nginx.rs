@@ -104,7 +104,17 @@ http {{
 
 /// Resident memory of `pid` and its children (nginx's workers), in MB.
 pub fn rss_tree_mb(pid: u32) -> f64 {
-    let mut total = crate::procs::rss_mb(pid);
+    over_tree(pid, crate::procs::rss_mb)
+}
+
+/// CPU seconds of `pid` and its children (nginx's workers).
+pub fn cpu_tree_seconds(pid: u32) -> f64 {
+    over_tree(pid, crate::procs::cpu_seconds)
+}
+
+/// `figure` of `pid` plus its children's.
+fn over_tree(pid: u32, figure: fn(u32) -> f64) -> f64 {
+    let mut total = figure(pid);
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -117,7 +127,7 @@ pub fn rss_tree_mb(pid: u32) -> f64 {
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
             if parent == Some(pid) {
-                total += crate::procs::rss_mb(child);
+                total += figure(child);
             }
         }
     }

@@ -99,3 +99,20 @@ pub fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(0.0);
     kb / 1024.0
 }
+
+/// CPU time (user + system) process `pid` has used, in seconds (100 Hz ticks).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime are the 14th and 15th fields; the command name before them is in
+    // parentheses and may hold spaces, so count from the ")".
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}

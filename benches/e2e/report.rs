@@ -170,6 +170,21 @@ fn nginx_table(r: &Results) {
             "",
         ]);
     }
+    for (name, f) in [
+        (
+            "CPU per request, c=64",
+            (|x: &Round| x.cpu_per_request) as Figure,
+        ),
+        ("CPU per forwarded chunk", |x: &Round| x.cpu_per_chunk),
+    ] {
+        t.row([
+            name,
+            &format!("{:.1} µs", theirs(&f)),
+            &format!("{:.1} µs", ours(&f)),
+            "",
+            "",
+        ]);
+    }
     let peak = |x: &Round| x.rss_load;
     t.row([
         "RSS peak, c=64 load",
@@ -263,6 +278,20 @@ fn memory_rows(t: &mut Table, r: &Results) {
         "proxy RSS peak, c=64 load",
         "",
         &format!("{:.1} MB", med(&|x| x.rss_load)),
+        "",
+        "",
+    ]);
+    t.row([
+        "proxy CPU per request, c=64",
+        "",
+        &format!("{:.1} µs", med(&|x| x.cpu_per_request)),
+        "",
+        "",
+    ]);
+    t.row([
+        "proxy CPU per forwarded chunk",
+        "",
+        &format!("{:.1} µs", med(&|x| x.cpu_per_chunk)),
         "",
         "",
     ]);
