@@ -46,7 +46,7 @@ impl App {
         })
     }
 
-    /// The key pool in force, and its generation (see [`Self::generation`]).
+    /// The key pool in force (its generation: [`Self::generation`]).
     #[must_use]
     pub fn keys(&self) -> Arc<KeyPool> {
         Arc::clone(
@@ -79,7 +79,8 @@ impl App {
             .pool
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Under the lock: no request picks from either pool while counts move over.
+        // Under the lock: no new request takes the old pool while counts move over; one that
+        // already holds it moves onto the new pool at its next step (`Journey::follow`).
         let stayed = fresh.carry_over(&pool, now_ms());
         *pool = Arc::clone(&fresh);
         self.generation.fetch_add(1, Ordering::Release);

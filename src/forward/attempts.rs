@@ -119,16 +119,18 @@ impl Journey {
         tokio::time::Instant::from_std(sent).checked_add(limit)
     }
 
-    /// The key pool its picks come from.
-    #[must_use]
-    pub fn pool(&self) -> &KeyPool {
-        &self.pool
-    }
-
     /// The key pool its picks come from, shared (for a record that outlives the journey).
     #[must_use]
     pub fn pool_arc(&self) -> Arc<KeyPool> {
         Arc::clone(&self.pool)
+    }
+
+    /// The key that answered last, its pool, and the attempts made: what the request's
+    /// record names.
+    #[must_use]
+    pub fn served(&self) -> Option<(Arc<KeyPool>, usize, u32)> {
+        let key = self.last_key?;
+        Some((self.pool_arc(), key, self.attempts))
     }
 
     /// Moves the journey onto the pool in force when a reload replaced its own: the keys

@@ -83,27 +83,21 @@ impl UsageRecord {
         if lifetime == Usage::default() {
             return None;
         }
-        let parts = |u: Usage| [u.prompt_tokens, u.completion_tokens, u.cost_nano];
         Some(UsageRecord {
             day: date,
-            today: parts(counters.today(date)),
-            lifetime: parts(lifetime),
+            today: counters.today(date).parts(),
+            lifetime: lifetime.parts(),
         })
     }
 
     /// Into `counters`; today's part only if it is of `today`.
     fn restore(&self, counters: &UsageCounters, today: u32) {
-        let usage = |p: [u64; 3]| Usage {
-            prompt_tokens: p[0],
-            completion_tokens: p[1],
-            cost_nano: p[2],
-        };
         let kept = if self.day == today {
-            usage(self.today)
+            Usage::from_parts(self.today)
         } else {
             Usage::default()
         };
-        counters.restore(today, kept, usage(self.lifetime));
+        counters.restore(today, kept, Usage::from_parts(self.lifetime));
     }
 }
 

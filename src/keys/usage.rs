@@ -48,11 +48,14 @@ impl Usage {
         })
     }
 
-    fn parts(self) -> [u64; 3] {
+    /// `[prompt tokens, completion tokens, nano-USD]`, as the state file keeps them.
+    #[must_use]
+    pub fn parts(self) -> [u64; 3] {
         [self.prompt_tokens, self.completion_tokens, self.cost_nano]
     }
 
-    fn from_parts(parts: [u64; 3]) -> Usage {
+    #[must_use]
+    pub fn from_parts(parts: [u64; 3]) -> Usage {
         Usage {
             prompt_tokens: parts[0],
             completion_tokens: parts[1],

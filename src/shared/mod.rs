@@ -174,13 +174,21 @@ impl Shared {
         let Some((account_index, date)) = pick.charged else {
             return;
         };
-        let name = self.names.account(pool, account_index);
         let (interval, _) = pool.accounts()[account_index].limiter().shape_ms();
+        let mut invocation = scripts::GIVE_BACK.prepare_invoke();
+        invocation
+            .key(self.names.account(pool, account_index))
+            .arg(date)
+            .arg(interval);
+        self.in_background(invocation);
+    }
+
+    /// Runs `invocation` in its own task, bounded by `REDIS_TIMEOUT_MS`; its answer is not
+    /// needed (the next merge brings the fleet's state back either way).
+    fn in_background(self: &Arc<Self>, invocation: redis::ScriptInvocation<'static>) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             let mut connection = shared.connection.clone();
-            let mut invocation = scripts::GIVE_BACK.prepare_invoke();
-            invocation.key(name).arg(date).arg(interval);
             let call = invocation.invoke_async::<i64>(&mut connection);
             let _ = tokio::time::timeout(shared.target.timeout, call).await;
         });

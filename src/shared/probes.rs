@@ -50,12 +50,7 @@ impl Shared {
             .key(self.names.key(fingerprint))
             .arg(at_ms)
             .arg(encode(outcome, next_at_ms));
-        let shared = Arc::clone(self);
-        let mut connection = self.connection.clone();
-        tokio::spawn(async move {
-            let call = invocation.invoke_async::<i64>(&mut connection);
-            let _ = tokio::time::timeout(shared.target.timeout, call).await;
-        });
+        self.in_background(invocation);
     }
 }
 

@@ -157,11 +157,10 @@ impl SseRelay {
     /// The key that served the stream (the last one tried), and the attempts made.
     #[must_use]
     pub fn served(&self) -> Option<(Arc<KeyPool>, usize, u32)> {
-        if let Some(journey) = &self.journey {
-            let key = journey.last_key?;
-            return Some((journey.pool_arc(), key, journey.attempts));
+        match &self.journey {
+            Some(journey) => journey.served(),
+            None => self.served.clone(),
         }
-        self.served.clone()
     }
 
     fn start_piping(&mut self, outcome: Outcome) -> Bytes {
@@ -171,9 +170,7 @@ impl SseRelay {
         // than hold them for the rest of a possibly hours-long stream.
         if let Some(mut journey) = self.journey.take() {
             journey.record(outcome);
-            self.served = journey
-                .last_key
-                .map(|key| (journey.pool_arc(), key, journey.attempts));
+            self.served = journey.served();
         }
         self.mode = Mode::Piping;
         let rest = self.pending.split().freeze();
