@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, KeySpec};
 use crate::forward::breaker::Breaker;
-use crate::forward::upstream::{build_client, UpstreamClient};
+use crate::forward::upstream::UpstreamClients;
 use crate::ingress::auth::RefusalLog;
 use crate::keys::{now_ms, KeyPool};
 use crate::observe::metrics::Metrics;
@@ -23,7 +23,7 @@ pub struct App {
     pub breaker: Breaker,
     /// Rate-limits the WARN lines about refused proxy keys.
     pub refusals: RefusalLog,
-    pub(crate) client: UpstreamClient,
+    pub(crate) clients: UpstreamClients,
     /// The fleet's shared state, with `REDIS_URL`.
     pub shared: Option<Arc<Shared>>,
 }
@@ -32,7 +32,7 @@ impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
         let pool = Arc::new(KeyPool::from_config(&config));
-        let client = build_client(config.upstream_http2);
+        let clients = UpstreamClients::new(config.upstream_http2);
         let shared = config.redis.clone().map(Shared::new);
         Arc::new(App {
             shared,
@@ -42,7 +42,7 @@ impl App {
             metrics: Metrics::default(),
             breaker: Breaker::default(),
             refusals: RefusalLog::default(),
-            client,
+            clients,
         })
     }
 

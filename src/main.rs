@@ -50,10 +50,9 @@ fn run(env: &std::collections::HashMap<String, String>, env_file: &EnvFileReport
             return ExitCode::from(64);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts");
+    // This thread accepts connections and runs the background work (state file, probes,
+    // Redis merges); requests are served on one worker thread per core (server::workers).
+    let runtime = server::workers::runtime().expect("the tokio runtime starts");
     runtime.block_on(serve(config))
 }
 

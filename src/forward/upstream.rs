@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamBase;
+use crate::server::workers;
 
 /// The original proxy's header.
 pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
@@ -21,22 +22,44 @@ pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// Idle keep-alive connections kept per upstream host.
 pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
 
-/// The one shared client: pooled connections, HTTP/1.1 or HTTP/2 by ALPN.
+/// A pooled client: HTTP/1.1 or HTTP/2 by ALPN.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the client once at startup; TLS roots are compiled in (webpki-roots),
-/// so it works in an empty container.
+/// One pooled client per server worker, plus one for every other thread (probes,
+/// tests): a pooled connection's task runs on the worker that opened it, so a request
+/// only ever uses connections polled on its own thread (see `server::workers`).
+pub struct UpstreamClients(Box<[UpstreamClient]>);
+
+impl UpstreamClients {
+    /// Builds them once at startup, sharing one connector (and its TLS configuration).
+    #[must_use]
+    pub fn new(http2_only: bool) -> UpstreamClients {
+        let connector = connector();
+        let clients = (0..=workers::count())
+            .map(|_| client(connector.clone(), http2_only))
+            .collect();
+        UpstreamClients(clients)
+    }
+
+    /// The client whose connections are polled on this thread.
+    #[must_use]
+    pub fn here(&self) -> &UpstreamClient {
+        let last = self.0.len() - 1;
+        &self.0[workers::current().map_or(last, |worker| worker.min(last))]
+    }
+}
+
+/// TLS roots are compiled in (webpki-roots), so it works in an empty container.
 ///
 /// # Panics
 /// Never in practice: the ring provider supports the default protocol versions.
-#[must_use]
-pub fn build_client(http2_only: bool) -> UpstreamClient {
+fn connector() -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = HttpsConnectorBuilder::new()
+    HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -44,7 +67,10 @@ pub fn build_client(http2_only: bool) -> UpstreamClient {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http)
+}
+
+fn client(connector: HttpsConnector<HttpConnector>, http2_only: bool) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         // OpenRouter speaks HTTP/2 (one multiplexed connection); for HTTP/1.1 upstreams this
@@ -53,7 +79,7 @@ pub fn build_client(http2_only: bool) -> UpstreamClient {
         // HTTPS upstreams negotiate HTTP/2 by ALPN anyway; this also makes plain-http
         // upstreams (local gateways) use HTTP/2 with prior knowledge.
         .http2_only(http2_only)
-        .build(https)
+        .build(connector)
 }
 
 /// The request path without the proxy's own `/api/v1` or `/v1` prefix.

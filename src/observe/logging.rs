@@ -1,4 +1,4 @@
-//! Logging setup: `env_logger` with timestamps, or one JSON object per line with
+//! Logging setup: `RUST_LOG`-style filters (`env_filter`), lines with timestamps, or one JSON object per line with
 //! `LOG_FORMAT=json`; `RUST_LOG` wins over `UVICORN_LOG_LEVEL`. Also the once-a-second
 //! limit for log lines a client could otherwise repeat at will.
 
@@ -6,59 +6,42 @@ use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
+use super::log_lines::{Format, Lines};
+
 /// Initialises logging before the configuration is validated, so nothing is lost.
 /// An invalid level falls back to `info` here; configuration parsing reports it.
 pub fn init(env: &HashMap<String, String>) {
-    let mut builder = env_logger::Builder::new();
+    let mut filter = env_filter::Builder::new();
     let level = ["UVICORN_LOG_LEVEL", "LOG_LEVEL"]
         .iter()
         .find_map(|name| env.get(*name))
         .and_then(|level| crate::config::level_named(level))
         .unwrap_or(log::LevelFilter::Info);
-    builder.filter_level(level);
+    filter.filter_level(level);
     // Dependencies' debug chatter (connection pools, TLS) stays out unless RUST_LOG asks for it.
     for noisy in ["hyper", "hyper_util", "rustls", "h2"] {
-        builder.filter_module(noisy, level.min(log::LevelFilter::Info));
+        filter.filter_module(noisy, level.min(log::LevelFilter::Info));
     }
     if let Some(spec) = env.get("RUST_LOG") {
-        builder.parse_filters(spec);
+        filter.parse(spec);
     }
-    builder.format_timestamp_millis();
+    let filter = filter.build();
     let json = env
         .get("LOG_FORMAT")
         .is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
-    if !json && !std::io::stderr().is_terminal() {
-        // Not a terminal: write plain lines and pass them straight through, instead of
-        // styling every request's line and then scanning it again to strip the styles.
-        builder.write_style(env_logger::WriteStyle::Always);
-        // A pipe target: env_logger then writes without asking the terminal about colours
-        // on every line (one failing TCGETS ioctl a request, seen with strace).
-        builder.target(env_logger::Target::Pipe(Box::new(std::io::stderr())));
-        builder.format(|buf, record| {
-            use std::io::Write as _;
-            writeln!(
-                buf,
-                "[{} {:<5} {}] {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.target(),
-                record.args()
-            )
-        });
+    // Asked once: colours only for a terminal.
+    let format = if json {
+        Format::Json
+    } else if std::io::stderr().is_terminal() {
+        Format::Styled
+    } else {
+        Format::Plain
+    };
+    let max = filter.filter();
+    if log::set_boxed_logger(Box::new(Lines { filter, format })).is_ok() {
+        // Lines below this level cost one comparison at the call site and nothing else.
+        log::set_max_level(max);
     }
-    if json {
-        builder.format(|buf, record| {
-            use std::io::Write as _;
-            let line = serde_json::json!({
-                "ts": buf.timestamp_millis().to_string(),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
-        });
-    }
-    let _ = builder.try_init();
 }
 
 /// Lets one log line through a second, so a flood (of connections, of refused keys) cannot

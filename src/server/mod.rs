@@ -24,6 +24,7 @@ use crate::observe::metrics::Route;
 pub mod first_head;
 mod idle;
 mod replay;
+pub mod workers;
 
 /// How often an HTTP/2 connection is pinged, and how long the answer may take.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -32,6 +33,7 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 use first_head::{FirstHead, MAX_HEAD_BYTES};
 use idle::{Activity, Closing};
 use replay::Replay;
+use workers::Workers;
 
 /// One open connection counted against `MAX_CONNECTIONS`; given back when dropped.
 struct ConnectionSlot(Arc<AtomicUsize>);
@@ -148,6 +150,7 @@ async fn connection(
 /// in-flight requests finish for up to `SHUTDOWN_GRACE`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let builder = connection_builder(&app);
+    let workers = Workers::start();
     let graceful = GracefulShutdown::new();
     // Connections still sending their first head have no request to finish: dropping this
     // sender ends them as shutdown begins, instead of holding it up for HEADER_READ_TIMEOUT.
@@ -182,9 +185,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Registered again with the worker's own reactor, so its readiness wakes that worker.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let (app, builder) = (Arc::clone(&app), builder.clone());
         let (watcher, closing) = (graceful.watcher(), closing.subscribe());
-        tokio::spawn(async move {
+        workers.spawn(async move {
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
             connection(stream, app, builder, watcher, closing).await;
             drop(slot);
         });
