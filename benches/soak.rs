@@ -130,7 +130,7 @@ fn main() {
     runtime.block_on(async {
         let (mut mock, mock_port) = spawn_mock();
         // No retries: every client request is exactly one attempt, so /key_status must match it.
-        let (mut proxy, port) = start_proxy(&format!("http://127.0.0.1:{mock_port}/api/v1"), &[("MAX_RETRIES", "0")]);
+        let (mut proxy, port) = start_proxy(&procs::default_binary(), &format!("http://127.0.0.1:{mock_port}/api/v1"), &[("MAX_RETRIES", "0")]);
         let pid = proxy.id();
         let target = Target::proxy(port);
         let seen = Arc::new(Seen::default());

@@ -8,6 +8,7 @@
 //! Under `cargo test` it runs a seconds-long smoke version of itself.
 
 mod child;
+mod contenders;
 mod load;
 mod mock;
 mod nginx;
@@ -19,9 +20,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
+use contenders::{Contender, RssReader};
 use load::{percentile, StreamRun, Target};
-use procs::{proxy_env, rss_mb, spawn_mock, spawn_ready, start_proxy};
-use report::{Allocations, Hold, Results};
+use procs::{proxy_env, spawn_mock, spawn_ready};
+use report::{Allocations, Hold, Measured, Results};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -34,25 +36,27 @@ struct Plan {
     latency_n: usize,
     throughput_for: Duration,
     ttfb_n: usize,
+    few_streams: usize,
     many_streams: usize,
-    hold_streams: Vec<usize>,
+    /// Streams held open at once (0: not measured), and how long after they close RSS is read.
+    hold_streams: usize,
     hold_interval_ms: u64,
+    settle: Duration,
     count_allocations: bool,
 }
 
 fn plan() -> Plan {
     let full = std::env::args().any(|a| a == "--bench");
-    // For focused runs: E2E_ROUNDS=0 skips the timed rounds, E2E_HOLD=9900 picks the held
-    // stream counts (empty skips them), E2E_ALLOC=0 skips allocation counting.
+    // For focused runs: E2E_ROUNDS=0 skips the timed rounds, E2E_HOLD=0 the held streams,
+    // E2E_ALLOC=0 the allocation counting.
     let var = |name: &str| std::env::var(name).ok();
     let rounds = var("E2E_ROUNDS")
         .and_then(|r| r.parse().ok())
         .unwrap_or(if full { 3 } else { 1 });
-    let holds = |default: &[usize]| {
-        var("E2E_HOLD").map_or_else(
-            || default.to_vec(),
-            |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-        )
+    let hold = |default: usize| {
+        var("E2E_HOLD")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(default)
     };
     let count_allocations = var("E2E_ALLOC").is_none_or(|v| v != "0");
     if full {
@@ -62,9 +66,11 @@ fn plan() -> Plan {
             latency_n: 2000,
             throughput_for: Duration::from_secs(3),
             ttfb_n: 500,
+            few_streams: 100,
             many_streams: 1000,
-            hold_streams: holds(&[1000, 9900]),
+            hold_streams: hold(9900),
             hold_interval_ms: 1000,
+            settle: Duration::from_secs(60),
             count_allocations,
         }
     } else {
@@ -74,9 +80,11 @@ fn plan() -> Plan {
             latency_n: 50,
             throughput_for: Duration::from_millis(200),
             ttfb_n: 20,
+            few_streams: 5,
             many_streams: 20,
-            hold_streams: holds(&[10, 20]),
+            hold_streams: hold(20),
             hold_interval_ms: 20,
+            settle: Duration::from_millis(100),
             count_allocations,
         }
     }
@@ -87,15 +95,21 @@ pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-#[derive(Default)]
-pub struct Round {
-    pub lat: [[f64; 2]; 2], // [direct, proxy][p50, p99] in µs
-    pub rps0: [f64; 2],
-    pub rps20: [f64; 2],
-    pub ttfb: [[f64; 2]; 2],
-    pub chunk: [[f64; 2]; 2],
+/// What one round measured for direct or for one contender (µs, req/s, MB).
+#[derive(Default, Clone)]
+pub struct Figures {
+    /// c=1 latency [p50, p99], then with everything pinned to one CPU.
+    pub lat: [f64; 2],
+    pub lat_pinned: [f64; 2],
+    pub rps0: f64,
+    pub rps20: f64,
+    pub ttfb: [f64; 2],
+    /// Chunk delay [p50, p99] with a hundred, then a thousand streams.
+    pub chunk_few: [f64; 2],
+    pub chunk_many: [f64; 2],
     pub rss_load: f64,
-    /// Proxy CPU µs per request at c=64 (0 ms upstream) and per forwarded chunk.
+    pub rss_streams: f64,
+    /// CPU µs per request at c=64 (0 ms upstream) and per forwarded chunk (many streams).
     pub cpu_per_request: f64,
     pub cpu_per_chunk: f64,
 }
@@ -109,55 +123,74 @@ fn stream_delays(run: &mut StreamRun) -> [f64; 2] {
     ]
 }
 
-/// How to read a proxy's memory and CPU time: its process, or nginx's process tree.
-#[derive(Clone, Copy)]
-struct Watched {
-    pid: u32,
-    rss: fn(u32) -> f64,
-    cpu: fn(u32) -> f64,
+fn p50_p99(mut values: Vec<Duration>) -> [f64; 2] {
+    [
+        us(percentile(&mut values, 50.0)),
+        us(percentile(&mut values, 99.0)),
+    ]
 }
 
-/// One round against `targets` (direct, then the proxy in front, which `proxy` watches).
-async fn round(plan: &Plan, targets: &[Target; 2], proxy: Watched) -> Round {
+/// The processes every measurement involves besides the contender: this one (the
+/// client) and the mock; pinned with the contender for the pinned rows.
+struct Bystanders {
+    pids: Vec<u32>,
+    all_cpus: String,
+}
+
+/// One round against `target`; `contender` is what is in front of the mock (`None`: direct).
+async fn round(
+    plan: &Plan,
+    target: &Target,
+    contender: Option<&Contender>,
+    bystanders: &Bystanders,
+) -> Figures {
     let client = load::client();
-    let mut r = Round::default();
-    for (i, target) in targets.iter().enumerate() {
-        let mut lat = load::latencies(&client, target, plan.latency_n, plan.latency_n / 10).await;
-        r.lat[i] = [
-            us(percentile(&mut lat, 50.0)),
-            us(percentile(&mut lat, 99.0)),
-        ];
-        let sampler =
-            (i == 1).then(|| tokio::spawn(sample_rss(proxy.pid, plan.throughput_for, proxy.rss)));
-        let cpu_before = (proxy.cpu)(proxy.pid);
-        r.rps0[i] = load::throughput(&client, target, "", 64, plan.throughput_for).await;
-        if let Some(sampler) = sampler {
-            r.rss_load = sampler.await.expect("sampler");
-            let requests = r.rps0[i] * plan.throughput_for.as_secs_f64();
-            r.cpu_per_request = ((proxy.cpu)(proxy.pid) - cpu_before) * 1e6 / requests.max(1.0);
-        }
-        r.rps20[i] = load::throughput(&client, target, "latency=20", 64, plan.throughput_for).await;
-        let mut ttfb = load::ttfb(&client, target, plan.ttfb_n).await;
-        r.ttfb[i] = [
-            us(percentile(&mut ttfb, 50.0)),
-            us(percentile(&mut ttfb, 99.0)),
-        ];
-        let cpu_before = (proxy.cpu)(proxy.pid);
-        let mut run = load::streams(target, plan.many_streams, 20, 50, || {}).await;
-        if i == 1 {
-            let chunks = run.chunks.max(1) as f64;
-            r.cpu_per_chunk = ((proxy.cpu)(proxy.pid) - cpu_before) * 1e6 / chunks;
-        }
-        r.chunk[i] = stream_delays(&mut run);
+    let mut f = Figures::default();
+    let cpu = || contender.map_or(0.0, Contender::cpu);
+    let rss = || contender.map_or(0.0, Contender::rss);
+    f.lat = p50_p99(load::latencies(&client, target, plan.latency_n, plan.latency_n / 10).await);
+    let mut pinned: Vec<u32> = bystanders.pids.clone();
+    pinned.extend(contender.map(Contender::pids).unwrap_or_default());
+    if contenders::pin(&pinned, "0") {
+        // A fresh client: its connections' tasks start on the pinned threads.
+        let client = load::client();
+        f.lat_pinned =
+            p50_p99(load::latencies(&client, target, plan.latency_n, plan.latency_n / 10).await);
+        contenders::pin(&pinned, &bystanders.all_cpus);
+    } else {
+        f.lat_pinned = [f64::NAN; 2];
     }
-    r
+    let peak = tokio::spawn(sample_rss(
+        plan.throughput_for,
+        contender.map(Contender::rss_reader),
+    ));
+    let cpu_before = cpu();
+    f.rps0 = load::throughput(&client, target, "", 64, plan.throughput_for).await;
+    f.rss_load = peak.await.expect("sampler");
+    let requests = f.rps0 * plan.throughput_for.as_secs_f64();
+    f.cpu_per_request = (cpu() - cpu_before) * 1e6 / requests.max(1.0);
+    f.rps20 = load::throughput(&client, target, "latency=20", 64, plan.throughput_for).await;
+    f.ttfb = p50_p99(load::ttfb(&client, target, plan.ttfb_n).await);
+    f.chunk_few = stream_delays(&mut load::streams(target, plan.few_streams, 20, 50, || {}).await);
+    let cpu_before = cpu();
+    let mut rss_streams = 0.0;
+    let mut run = load::streams(target, plan.many_streams, 20, 50, || rss_streams = rss()).await;
+    f.cpu_per_chunk = (cpu() - cpu_before) * 1e6 / run.chunks.max(1) as f64;
+    f.rss_streams = rss_streams;
+    f.chunk_many = stream_delays(&mut run);
+    f
 }
 
-async fn sample_rss(pid: u32, over: Duration, rss_of: fn(u32) -> f64) -> f64 {
+/// The highest RSS `reader` reports over `over` (0 without one).
+async fn sample_rss(over: Duration, reader: Option<RssReader>) -> f64 {
+    let Some(reader) = reader else {
+        tokio::time::sleep(over).await;
+        return 0.0;
+    };
     let mut peak: f64 = 0.0;
     let deadline = tokio::time::Instant::now() + over;
     while tokio::time::Instant::now() < deadline {
-        peak = peak.max(rss_of(pid));
+        peak = peak.max(reader.read());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     peak
@@ -290,7 +323,7 @@ fn main() {
         .build()
         .expect("runtime");
     let results = runtime.block_on(measure(&plan));
-    report::print(&plan_summary(&plan), &results);
+    report::print(&summary(&plan), &results);
     if std::env::var("E2E_SHARED").map_or(true, |v| v != "0") {
         let sharing = runtime.block_on(async {
             let (mut mock, mock_port) = spawn_mock();
@@ -312,9 +345,10 @@ fn main() {
     }
 }
 
-fn plan_summary(plan: &Plan) -> report::Summary {
+fn summary(plan: &Plan) -> report::Summary {
     report::Summary {
         rounds: plan.rounds,
+        few_streams: plan.few_streams,
         many_streams: plan.many_streams,
         smoke: !plan.full,
     }
@@ -323,69 +357,78 @@ fn plan_summary(plan: &Plan) -> report::Summary {
 async fn measure(plan: &Plan) -> Results {
     let (mut mock, mock_port) = spawn_mock();
     let upstream = format!("http://127.0.0.1:{mock_port}/api/v1");
-    let (mut proxy, port) = start_proxy(&upstream, &[]);
-    let pid = proxy.id();
+    let contenders = contenders::start(&upstream, mock_port, !plan.full);
+    let bystanders = Bystanders {
+        pids: vec![std::process::id(), mock.id()],
+        // Read before anything is pinned.
+        all_cpus: contenders::all_cpus(),
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_idle = rss_mb(pid);
-    let targets = [Target::direct(&upstream), Target::proxy(port)];
-    let nginx = nginx::start(mock_port);
-    let mut rounds = Vec::new();
-    let mut nginx_rounds = Vec::new();
+    let mut measured: Vec<Measured> = contenders
+        .iter()
+        .map(|c| Measured {
+            name: c.name,
+            rss_idle: c.rss(),
+            rounds: Vec::new(),
+            hold: None,
+        })
+        .collect();
+    let direct_target = Target::direct(&upstream);
+    let mut direct = Vec::new();
     for i in 0..plan.rounds {
         eprintln!("round {}/{}", i + 1, plan.rounds);
-        let ours = Watched {
-            pid,
-            rss: rss_mb,
-            cpu: procs::cpu_seconds,
-        };
-        rounds.push(round(plan, &targets, ours).await);
-        if let Some(nginx) = &nginx {
-            let through_nginx = [Target::direct(&upstream), Target::nginx(nginx.port)];
-            let theirs = Watched {
-                pid: nginx.pid(),
-                rss: nginx::rss_tree_mb,
-                cpu: nginx::cpu_tree_seconds,
-            };
-            nginx_rounds.push(round(plan, &through_nginx, theirs).await);
+        direct.push(round(plan, &direct_target, None, &bystanders).await);
+        for (contender, measured) in contenders.iter().zip(&mut measured) {
+            measured
+                .rounds
+                .push(round(plan, &contender.target, Some(contender), &bystanders).await);
         }
     }
-    drop(nginx);
-    let mut holds = Vec::new();
-    for &count in &plan.hold_streams {
+    let mut direct_hold = None;
+    if plan.hold_streams > 0 {
+        let count = plan.hold_streams;
         eprintln!("holding {count} streams");
-        let mut rss = 0.0;
-        let mut proxied = load::streams(&targets[1], count, 10, plan.hold_interval_ms, || {
-            rss = rss_mb(pid);
-        })
-        .await;
-        let mut direct = load::streams(&targets[0], count, 10, plan.hold_interval_ms, || {}).await;
-        holds.push(Hold {
-            count,
-            rss,
-            direct: stream_delays(&mut direct),
-            proxied: stream_delays(&mut proxied),
-        });
-    }
-    eprintln!("counting allocations");
-    let allocations = if plan.count_allocations {
-        allocations(&upstream, plan.full).await
-    } else {
-        Allocations {
-            per_request: f64::NAN,
-            per_chunk: f64::NAN,
-            heap_per_stream: f64::NAN,
-            heap_growth_after_bursts: f64::NAN,
+        let mut run = load::streams(&direct_target, count, 10, plan.hold_interval_ms, || {}).await;
+        direct_hold = Some(stream_delays(&mut run));
+        let mut closed = tokio::time::Instant::now();
+        for (contender, measured) in contenders.iter().zip(&mut measured) {
+            let mut rss_holding = 0.0;
+            let mut run =
+                load::streams(&contender.target, count, 10, plan.hold_interval_ms, || {
+                    rss_holding = contender.rss();
+                })
+                .await;
+            closed = tokio::time::Instant::now();
+            measured.hold = Some(Hold {
+                count,
+                rss_holding,
+                rss_after: f64::NAN,
+                delays: stream_delays(&mut run),
+            });
         }
+        // The last contender's streams closed `settle` ago, the others' earlier.
+        eprintln!("waiting {:?} for memory to settle", plan.settle);
+        tokio::time::sleep_until(closed + plan.settle).await;
+        for (contender, measured) in contenders.iter().zip(&mut measured) {
+            if let Some(hold) = &mut measured.hold {
+                hold.rss_after = contender.rss();
+            }
+        }
+    }
+    drop(contenders);
+    let allocations = if plan.count_allocations {
+        eprintln!("counting allocations");
+        Some(allocations(&upstream, plan.full).await)
+    } else {
+        None
     };
-    let _ = proxy.kill();
-    let _ = proxy.wait();
     let _ = mock.kill();
     let _ = mock.wait();
     Results {
-        rounds,
-        nginx_rounds,
-        rss_idle,
-        holds,
+        direct,
+        direct_hold,
+        measured,
         allocations,
+        settle: plan.settle,
     }
 }

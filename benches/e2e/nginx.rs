@@ -114,7 +114,12 @@ pub fn cpu_tree_seconds(pid: u32) -> f64 {
 
 /// `figure` of `pid` plus its children's.
 fn over_tree(pid: u32, figure: fn(u32) -> f64) -> f64 {
-    let mut total = figure(pid);
+    tree(pid).into_iter().map(figure).sum()
+}
+
+/// `pid` and its children.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -127,9 +132,9 @@ fn over_tree(pid: u32, figure: fn(u32) -> f64) -> f64 {
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
             if parent == Some(pid) {
-                total += figure(child);
+                pids.push(child);
             }
         }
     }
-    total
+    pids
 }

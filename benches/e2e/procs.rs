@@ -34,15 +34,19 @@ pub fn proxy_env(command: &mut Command, upstream: &str) {
     }
 }
 
-/// The release binary (or `E2E_PROXY_BIN`, e.g. the musl build), started the way users run it.
-pub fn start_proxy(upstream: &str, extra: &[(&str, &str)]) -> (Child, u16) {
+/// The binary the single-build measurements start: `E2E_PROXY_BIN`, else the glibc release build.
+pub fn default_binary() -> String {
+    std::env::var("E2E_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned())
+}
+
+/// The proxy `binary`, started the way users run it, with `extra` settings.
+pub fn start_proxy(binary: &str, upstream: &str, extra: &[(&str, &str)]) -> (Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("free port")
         .local_addr()
         .expect("port")
         .port();
-    let binary = std::env::var("E2E_PROXY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned());
     let mut command = Command::new(binary);
     proxy_env(&mut command, upstream);
     let mut child = command

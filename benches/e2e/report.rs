@@ -1,31 +1,44 @@
-//! The benchmark's one table: medians of the rounds, next to the targets.
+//! The benchmark's table: every contender next to direct and, when nginx ran, the
+//! shipped build (the last proxy column) against nginx.
 
-use crate::Round;
+use std::time::Duration;
+
+use crate::Figures;
 
 /// What the run was asked to do.
 pub struct Summary {
     pub rounds: usize,
+    pub few_streams: usize,
     pub many_streams: usize,
     /// The seconds-long run `cargo test` does: its figures only show the bench still works.
     pub smoke: bool,
 }
 
-/// Held streams: proxy RSS when all were open, and p50/p99 chunk delay direct and proxied.
+/// Held streams: RSS while all were open and once they had closed, and p50/p99 chunk delay.
 pub struct Hold {
     pub count: usize,
-    pub rss: f64,
-    pub direct: [f64; 2],
-    pub proxied: [f64; 2],
+    pub rss_holding: f64,
+    pub rss_after: f64,
+    pub delays: [f64; 2],
+}
+
+/// One contender's rounds and held streams.
+pub struct Measured {
+    pub name: &'static str,
+    pub rss_idle: f64,
+    pub rounds: Vec<Figures>,
+    pub hold: Option<Hold>,
 }
 
 /// Everything measured.
 pub struct Results {
-    pub rounds: Vec<Round>,
-    /// The same rounds through nginx (empty without nginx).
-    pub nginx_rounds: Vec<Round>,
-    pub rss_idle: f64,
-    pub holds: Vec<Hold>,
-    pub allocations: Allocations,
+    /// Direct to the mock, per round.
+    pub direct: Vec<Figures>,
+    pub direct_hold: Option<[f64; 2]>,
+    pub measured: Vec<Measured>,
+    pub allocations: Option<Allocations>,
+    /// How long after the held streams closed `rss_after` was read.
+    pub settle: Duration,
 }
 
 /// What the allocation-counting child saw.
@@ -38,42 +51,31 @@ pub struct Allocations {
     pub heap_growth_after_bursts: f64,
 }
 
-/// One row per measure: name, direct, proxied, added or ratio, target.
-pub struct Table(Vec<[String; 5]>);
+/// Rows of cells, printed as a Markdown table.
+pub struct Table(Vec<Vec<String>>);
 
 impl Table {
-    fn row(&mut self, cells: [&str; 5]) {
-        self.0.push(cells.map(str::to_owned));
-    }
-
-    /// Prints the first `columns` columns as a Markdown table.
-    fn print(&self, columns: usize) {
+    fn print(&self) {
+        let columns = self.0.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
                 self.0
                     .iter()
-                    .map(|r| r[c].chars().count())
+                    .map(|r| r.get(c).map_or(0, |cell| cell.chars().count()))
                     .max()
                     .unwrap_or(0)
             })
             .collect();
         for (i, row) in self.0.iter().enumerate() {
-            let cells: Vec<String> = row
+            let cells: Vec<String> = widths
                 .iter()
-                .take(columns)
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
+                .enumerate()
+                .map(|(c, w)| format!("{:<w$}", row.get(c).map_or("", String::as_str)))
                 .collect();
             println!("| {} |", cells.join(" | "));
             if i == 0 {
-                println!(
-                    "|{}|",
-                    widths
-                        .iter()
-                        .map(|w| "-".repeat(w + 2))
-                        .collect::<Vec<_>>()
-                        .join("|")
-                );
+                let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+                println!("|{}|", rule.join("|"));
             }
         }
     }
@@ -84,264 +86,247 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// A direct/proxied pair of microsecond figures with the added time.
-fn added_row(t: &mut Table, name: &str, direct: f64, proxied: f64, added: f64, target: &str) {
-    t.row([
-        name,
-        &format!("{direct:.0} µs"),
-        &format!("{proxied:.0} µs"),
-        &format!("{added:+.0} µs"),
-        target,
-    ]);
+/// How a row's figures read, and which way is better.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// µs added to direct (direct shows its own µs); lower is better.
+    Added,
+    /// Fraction of direct's throughput (direct shows req/s); higher is better.
+    Ratio,
+    /// The contender's own µs (CPU); lower is better.
+    Micros,
+    /// The contender's own MB; lower is better.
+    Megabytes,
 }
 
-type Pair = fn(&Round) -> [f64; 2];
-/// One figure of a round.
-type Figure = fn(&Round) -> f64;
+impl Kind {
+    fn cell(self, value: f64) -> String {
+        if value.is_nan() {
+            return "n/a".to_owned();
+        }
+        match self {
+            Kind::Added => format!("{value:+.0} µs"),
+            Kind::Ratio => format!("{value:.2} ×"),
+            Kind::Micros => format!("{value:.1} µs"),
+            Kind::Megabytes => format!("{value:.1} MB"),
+        }
+    }
+
+    fn direct_cell(self, value: f64) -> String {
+        match self {
+            Kind::Added => format!("{value:.0} µs"),
+            Kind::Ratio => format!("{value:.0} req/s"),
+            Kind::Micros | Kind::Megabytes => String::new(),
+        }
+    }
+
+    /// Whether `ours` is at least as good as `theirs`.
+    fn at_least_as_good(self, ours: f64, theirs: f64) -> bool {
+        match self {
+            Kind::Ratio => ours >= theirs,
+            _ => ours <= theirs,
+        }
+    }
+}
+
+/// A figure of one round; for `Added` and `Ratio` rows, of direct's round too.
+type Figure = fn(&Figures) -> f64;
+
+/// The table being built, and which columns the verdict compares.
+struct Comparison {
+    table: Table,
+    /// (nginx, the shipped build) column indexes among the contenders.
+    verdict: Option<(usize, usize)>,
+}
+
+impl Comparison {
+    fn new(r: &Results) -> Comparison {
+        let nginx = r.measured.iter().position(|m| m.name == "nginx");
+        // The shipped build: the last proxy column (musl when it was built).
+        let shipped = r.measured.iter().rposition(|m| m.name != "nginx");
+        let verdict = nginx.zip(shipped);
+        let mut header = vec!["measure".to_owned(), "direct".to_owned()];
+        header.extend(r.measured.iter().map(|m| m.name.to_owned()));
+        if let Some((_, shipped)) = verdict {
+            header.push(format!("{} vs nginx", r.measured[shipped].name));
+        }
+        Comparison {
+            table: Table(vec![header]),
+            verdict,
+        }
+    }
+
+    fn row(&mut self, name: String, kind: Kind, direct: f64, values: &[f64]) {
+        let mut cells = vec![name, kind.direct_cell(direct)];
+        cells.extend(values.iter().map(|v| kind.cell(*v)));
+        if let Some((nginx, shipped)) = self.verdict {
+            let (ours, theirs) = (values[shipped], values[nginx]);
+            cells.push(if ours.is_nan() || theirs.is_nan() {
+                String::new()
+            } else if kind.at_least_as_good(ours, theirs) {
+                "ahead".to_owned()
+            } else {
+                "behind".to_owned()
+            });
+        }
+        self.table.0.push(cells);
+    }
+}
+
+/// The rows measured in every round.
+fn round_rows(summary: &Summary) -> Vec<(String, Kind, Figure)> {
+    let (few, many) = (summary.few_streams, summary.many_streams);
+    vec![
+        ("c=1 latency p50".into(), Kind::Added, |x| x.lat[0]),
+        ("c=1 latency p99".into(), Kind::Added, |x| x.lat[1]),
+        ("c=1 latency p50, all on one CPU".into(), Kind::Added, |x| {
+            x.lat_pinned[0]
+        }),
+        ("c=1 latency p99, all on one CPU".into(), Kind::Added, |x| {
+            x.lat_pinned[1]
+        }),
+        ("throughput c=64, 0 ms upstream".into(), Kind::Ratio, |x| {
+            x.rps0
+        }),
+        ("throughput c=64, 20 ms upstream".into(), Kind::Ratio, |x| {
+            x.rps20
+        }),
+        ("CPU per request, c=64".into(), Kind::Micros, |x| {
+            x.cpu_per_request
+        }),
+        ("SSE time to first byte p50".into(), Kind::Added, |x| {
+            x.ttfb[0]
+        }),
+        ("SSE time to first byte p99".into(), Kind::Added, |x| {
+            x.ttfb[1]
+        }),
+        (
+            format!("chunk delay p50, {few} streams"),
+            Kind::Added,
+            |x| x.chunk_few[0],
+        ),
+        (
+            format!("chunk delay p99, {few} streams"),
+            Kind::Added,
+            |x| x.chunk_few[1],
+        ),
+        (
+            format!("chunk delay p50, {many} streams"),
+            Kind::Added,
+            |x| x.chunk_many[0],
+        ),
+        (
+            format!("chunk delay p99, {many} streams"),
+            Kind::Added,
+            |x| x.chunk_many[1],
+        ),
+        (
+            format!("CPU per forwarded chunk, {many} streams"),
+            Kind::Micros,
+            |x| x.cpu_per_chunk,
+        ),
+        ("RSS peak, c=64 load".into(), Kind::Megabytes, |x| {
+            x.rss_load
+        }),
+        (
+            format!("RSS holding {many} streams"),
+            Kind::Megabytes,
+            |x| x.rss_streams,
+        ),
+    ]
+}
+
+/// Each contender's median over the rounds of its figure, against direct's in the same round.
+fn per_round(r: &Results, kind: Kind, f: Figure) -> Vec<f64> {
+    r.measured
+        .iter()
+        .map(|m| {
+            let figures = m.rounds.iter().zip(&r.direct).map(|(c, d)| match kind {
+                Kind::Added => f(c) - f(d),
+                Kind::Ratio => f(c) / f(d),
+                Kind::Micros | Kind::Megabytes => f(c),
+            });
+            median(figures.collect())
+        })
+        .collect()
+}
+
+fn hold_rows(c: &mut Comparison, r: &Results, direct_hold: [f64; 2]) {
+    let hold = |f: &dyn Fn(&Hold) -> f64| -> Vec<f64> {
+        r.measured
+            .iter()
+            .map(|m| m.hold.as_ref().map_or(f64::NAN, f))
+            .collect()
+    };
+    let count = r
+        .measured
+        .iter()
+        .find_map(|m| m.hold.as_ref())
+        .map_or(0, |h| h.count);
+    let delays = hold(&|h| h.delays[1] - direct_hold[1]);
+    let name = format!("chunk delay p99, {count} held streams");
+    c.row(name, Kind::Added, direct_hold[1], &delays);
+    let name = format!("RSS holding {count} streams");
+    c.row(name, Kind::Megabytes, 0.0, &hold(&|h| h.rss_holding));
+    let name = format!("RSS {}s after they closed", r.settle.as_secs());
+    c.row(name, Kind::Megabytes, 0.0, &hold(&|h| h.rss_after));
+}
+
+fn allocation_table(a: &Allocations) {
+    let rows = [
+        (
+            "allocations per proxied request",
+            format!("{:.1}", a.per_request),
+        ),
+        (
+            "allocations per forwarded SSE chunk",
+            format!("{:.2}", a.per_chunk),
+        ),
+        (
+            "live heap per held SSE stream",
+            format!("{:.1} KB", a.heap_per_stream / 1024.0),
+        ),
+        (
+            "live heap gained over 5 more closed bursts (≈ 0: no leak)",
+            format!("{:+.1} KB", a.heap_growth_after_bursts / 1024.0),
+        ),
+    ];
+    let mut t = Table(vec![vec!["measure".to_owned(), "proxy".to_owned()]]);
+    t.0.extend(
+        rows.into_iter()
+            .map(|(name, value)| vec![name.to_owned(), value]),
+    );
+    println!();
+    println!("allocations (the proxy's library code in a child process with a counting allocator)");
+    t.print();
+}
 
 pub fn print(summary: &Summary, r: &Results) {
-    let mut t = Table(Vec::new());
-    t.row(["measure", "direct", "proxy", "added / ratio", "target"]);
-    timing_rows(&mut t, summary, r);
-    memory_rows(&mut t, r);
+    let mut c = Comparison::new(r);
+    if !r.direct.is_empty() {
+        for (name, kind, f) in round_rows(summary) {
+            let direct = median(r.direct.iter().map(f).collect());
+            c.row(name, kind, direct, &per_round(r, kind, f));
+        }
+    }
+    let idle: Vec<f64> = r.measured.iter().map(|m| m.rss_idle).collect();
+    c.row("RSS idle".into(), Kind::Megabytes, 0.0, &idle);
+    if let Some(direct_hold) = r.direct_hold {
+        hold_rows(&mut c, r, direct_hold);
+    }
     println!();
     if summary.smoke {
-        // A debug build for seconds on a machine busy with other tests: no target applies.
+        // A debug build for seconds on a machine busy with other tests: no figure means anything.
         println!("e2e smoke run (what `cargo test` runs to check the bench works; its numbers mean nothing, `cargo bench --bench e2e` measures)");
-        t.print(4);
-        return;
-    }
-    println!(
-        "e2e: {} round(s), medians; {} cores",
-        summary.rounds,
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
-    t.print(5);
-    if !r.nginx_rounds.is_empty() {
-        nginx_table(r);
-    }
-}
-
-/// The proxy next to nginx, each against direct measured in its own round.
-fn nginx_table(r: &Results) {
-    let ours = |f: &dyn Fn(&Round) -> f64| median(r.rounds.iter().map(f).collect());
-    let theirs = |f: &dyn Fn(&Round) -> f64| median(r.nginx_rounds.iter().map(f).collect());
-    let mut t = Table(Vec::new());
-    t.row([
-        "measure (added to direct, or ratio of direct)",
-        "nginx",
-        "proxy",
-        "",
-        "",
-    ]);
-    let added: [(&str, Figure); 6] = [
-        ("latency c=1 p50", |x| x.lat[1][0] - x.lat[0][0]),
-        ("latency c=1 p99", |x| x.lat[1][1] - x.lat[0][1]),
-        ("SSE time to first byte p50", |x| {
-            x.ttfb[1][0] - x.ttfb[0][0]
-        }),
-        ("SSE time to first byte p99", |x| {
-            x.ttfb[1][1] - x.ttfb[0][1]
-        }),
-        ("chunk delay p50", |x| x.chunk[1][0] - x.chunk[0][0]),
-        ("chunk delay p99", |x| x.chunk[1][1] - x.chunk[0][1]),
-    ];
-    for (name, f) in added {
-        t.row([
-            name,
-            &format!("{:+.0} µs", theirs(&f)),
-            &format!("{:+.0} µs", ours(&f)),
-            "",
-            "",
-        ]);
-    }
-    let ratios: [(&str, Figure); 2] = [
-        ("throughput c=64, 0 ms upstream", |x| x.rps0[1] / x.rps0[0]),
-        ("throughput c=64, 20 ms upstream", |x| {
-            x.rps20[1] / x.rps20[0]
-        }),
-    ];
-    for (name, f) in ratios {
-        t.row([
-            name,
-            &format!("{:.2} ×", theirs(&f)),
-            &format!("{:.2} ×", ours(&f)),
-            "",
-            "",
-        ]);
-    }
-    for (name, f) in [
-        (
-            "CPU per request, c=64",
-            (|x: &Round| x.cpu_per_request) as Figure,
-        ),
-        ("CPU per forwarded chunk", |x: &Round| x.cpu_per_chunk),
-    ] {
-        t.row([
-            name,
-            &format!("{:.1} µs", theirs(&f)),
-            &format!("{:.1} µs", ours(&f)),
-            "",
-            "",
-        ]);
-    }
-    let peak = |x: &Round| x.rss_load;
-    t.row([
-        "RSS peak, c=64 load",
-        &format!("{:.1} MB", theirs(&peak)),
-        &format!("{:.1} MB", ours(&peak)),
-        "",
-        "",
-    ]);
-    println!();
-    println!("next to nginx (same run, same mock; nginx: proxy_buffering off, no access log, one worker per core)");
-    t.print(3);
-}
-
-fn timing_rows(t: &mut Table, summary: &Summary, r: &Results) {
-    let med = |f: &dyn Fn(&Round) -> f64| median(r.rounds.iter().map(f).collect());
-    for (name, p, target) in [
-        ("latency c=1 p50", 0, ""),
-        ("latency c=1 p99", 1, "added ≤ 100 µs"),
-    ] {
-        added_row(
-            t,
-            name,
-            med(&|x| x.lat[0][p]),
-            med(&|x| x.lat[1][p]),
-            med(&|x| x.lat[1][p] - x.lat[0][p]),
-            target,
+    } else {
+        println!(
+            "e2e: {} round(s), medians; {} cores; added = through it minus direct in the same round",
+            summary.rounds,
+            std::thread::available_parallelism().map_or(0, usize::from)
         );
     }
-    let throughput: [(&str, Pair, &str); 2] = [
-        (
-            "throughput c=64, 0 ms upstream",
-            |x| x.rps0,
-            "≥ 0.5 × direct",
-        ),
-        (
-            "throughput c=64, 20 ms upstream",
-            |x| x.rps20,
-            "≥ 0.97 × direct",
-        ),
-    ];
-    for (name, f, target) in throughput {
-        let (d, p, ratio) = (
-            med(&|x| f(x)[0]),
-            med(&|x| f(x)[1]),
-            med(&|x| f(x)[1] / f(x)[0]),
-        );
-        t.row([
-            name,
-            &format!("{d:.0} req/s"),
-            &format!("{p:.0} req/s"),
-            &format!("{ratio:.2} ×"),
-            target,
-        ]);
+    c.table.print();
+    if let Some(a) = &r.allocations {
+        allocation_table(a);
     }
-    for (name, p, target) in [
-        ("SSE time to first byte p50", 0, ""),
-        ("SSE time to first byte p99", 1, "added ≤ 200 µs"),
-    ] {
-        added_row(
-            t,
-            name,
-            med(&|x| x.ttfb[0][p]),
-            med(&|x| x.ttfb[1][p]),
-            med(&|x| x.ttfb[1][p] - x.ttfb[0][p]),
-            target,
-        );
-    }
-    for (p, label) in [(0, "p50"), (1, "p99")] {
-        let name = format!("chunk delay {label}, {} streams", summary.many_streams);
-        added_row(
-            t,
-            &name,
-            med(&|x| x.chunk[0][p]),
-            med(&|x| x.chunk[1][p]),
-            med(&|x| x.chunk[1][p] - x.chunk[0][p]),
-            "",
-        );
-    }
-}
-
-fn memory_rows(t: &mut Table, r: &Results) {
-    let med = |f: &dyn Fn(&Round) -> f64| median(r.rounds.iter().map(f).collect());
-    t.row([
-        "proxy RSS idle",
-        "",
-        &format!("{:.1} MB", r.rss_idle),
-        "",
-        "≤ 8 MB",
-    ]);
-    t.row([
-        "proxy RSS peak, c=64 load",
-        "",
-        &format!("{:.1} MB", med(&|x| x.rss_load)),
-        "",
-        "",
-    ]);
-    t.row([
-        "proxy CPU per request, c=64",
-        "",
-        &format!("{:.1} µs", med(&|x| x.cpu_per_request)),
-        "",
-        "",
-    ]);
-    t.row([
-        "proxy CPU per forwarded chunk",
-        "",
-        &format!("{:.1} µs", med(&|x| x.cpu_per_chunk)),
-        "",
-        "",
-    ]);
-    for h in &r.holds {
-        let big = h.count >= 9900;
-        t.row([
-            &format!("proxy RSS holding {} SSE streams", h.count),
-            "",
-            &format!("{:.1} MB", h.rss),
-            "",
-            if big { "≤ 100 MB" } else { "" },
-        ]);
-        let name = format!("chunk delay p99, {} streams", h.count);
-        added_row(
-            t,
-            &name,
-            h.direct[1],
-            h.proxied[1],
-            h.proxied[1] - h.direct[1],
-            if big { "added ≤ 1 ms" } else { "" },
-        );
-    }
-    let a = &r.allocations;
-    t.row([
-        "allocations per proxied request",
-        "",
-        &format!("{:.1}", a.per_request),
-        "",
-        "",
-    ]);
-    t.row([
-        "allocations per forwarded SSE chunk",
-        "",
-        &format!("{:.2}", a.per_chunk),
-        "",
-        "≤ 2",
-    ]);
-    t.row([
-        "live heap per held SSE stream",
-        "",
-        &format!("{:.1} KB", a.heap_per_stream / 1024.0),
-        "",
-        "",
-    ]);
-    let growth = a.heap_growth_after_bursts / 1024.0;
-    t.row([
-        "live heap gained over 5 more closed bursts",
-        "",
-        &format!("{growth:+.1} KB"),
-        "",
-        "≈ 0 (no leak)",
-    ]);
 }

@@ -63,9 +63,10 @@ pub async fn measure(
         return None;
     };
     let url = format!("redis://127.0.0.1:{redis_port}/0");
-    let (embedded, embedded_port) = start_proxy(upstream, &[]);
-    let (first, first_port) = start_proxy(upstream, &[("REDIS_URL", url.as_str())]);
-    let (second, second_port) = start_proxy(upstream, &[("REDIS_URL", url.as_str())]);
+    let binary = crate::procs::default_binary();
+    let (embedded, embedded_port) = start_proxy(&binary, upstream, &[]);
+    let (first, first_port) = start_proxy(&binary, upstream, &[("REDIS_URL", url.as_str())]);
+    let (second, second_port) = start_proxy(&binary, upstream, &[("REDIS_URL", url.as_str())]);
     let client = load::client();
     let latency = |target: Target| {
         let client = client.clone();
