@@ -4,8 +4,7 @@
 //! and after, and whether `/key_status` accounts for every request exactly.
 //!
 //! Run: `cargo bench --bench soak` (`SOAK_REQUESTS`, `SOAK_STREAMS`, `SOAK_ROUNDS` to
-//! resize; `E2E_PROXY_BIN` for another build). `SOAK_TRIM=1` also asks a glibc build,
-//! through gdb, to `malloc_trim(0)` after each round and reports RSS after that: the
+//! resize; `E2E_PROXY_BIN` for another build).
 //! memory actually in use, as opposed to what the allocator keeps for later.
 //! Under `cargo test` it runs a small version of itself.
 
@@ -29,24 +28,6 @@ use procs::{rss_mb, spawn_mock, start_proxy, PROXY_KEY};
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
-/// Has glibc give freed pages back (gdb calls `malloc_trim(0)` in the proxy) and returns
-/// the RSS after it, or `None` when that is not possible (no gdb, not glibc).
-fn rss_after_trim(pid: u32) -> Option<f64> {
-    let output = std::process::Command::new("gdb")
-        .args([
-            "-p",
-            &pid.to_string(),
-            "-batch",
-            "-ex",
-            "call (int) malloc_trim(0)",
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .contains("$1 = ")
-        .then(|| rss_mb(pid))
 }
 
 fn series(values: &[f64]) -> String {
@@ -122,7 +103,6 @@ fn main() {
     let total = var("SOAK_REQUESTS", if full { 1_000_000 } else { 2_000 });
     let streams = var("SOAK_STREAMS", if full { 10_000 } else { 50 }) as usize;
     let rounds = var("SOAK_ROUNDS", 10).max(2);
-    let trim = std::env::var_os("SOAK_TRIM").is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,7 +117,7 @@ fn main() {
         let started = Instant::now();
         // Each round a share of the requests, then the same share of the streams (at most 1,000
         // open at once). "Start" is after round 1, once pools and buffers have their working size.
-        let (mut rss, mut trimmed, mut fds, mut stream_chunks) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut rss, mut fds, mut stream_chunks) = (Vec::new(), Vec::new(), 0);
         let share = |n: u64, round: u64| n * round / rounds;
         for round in 0..rounds {
             requests(&target, share(total, round)..share(total, round + 1), &seen).await;
@@ -149,12 +129,9 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (resident, open) = (rss_mb(pid), open_fds(pid));
-            let after_trim = if trim { rss_after_trim(pid) } else { None };
-            eprintln!("round {}: proxy RSS {resident:.1} MB{}, {open} fds", round + 1,
-                after_trim.map(|t| format!(" ({t:.1} MB after malloc_trim)")).unwrap_or_default());
+            eprintln!("round {}: proxy RSS {resident:.1} MB, {open} fds", round + 1);
             rss.push(resident);
             fds.push(open);
-            trimmed.extend(after_trim);
         }
         let (first, middle, last) = (0, rounds as usize / 2 - 1, rounds as usize - 1);
         let (fds_before, fds_after) = (fds[first], fds[last]);
@@ -189,7 +166,6 @@ fn main() {
             }
         };
         at(&rss, "proxy RSS");
-        at(&trimmed, "proxy RSS after malloc_trim");
         println!("| proxy open file descriptors after round 1 / at the end | {fds_before} / {fds_after} |");
         let accounted = [
             ("attempts", sum("requests"), total + streams),

@@ -14,6 +14,11 @@ use openrouter_proxy::keys::KeyPool;
 use openrouter_proxy::observe::logging;
 use openrouter_proxy::server;
 
+/// jemalloc with background purging: see the reason in `Cargo.toml` and the measurements in
+/// docs/PERFORMANCE.md ("The allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let (env, env_file) = env_file::merged_environment(std::path::Path::new("."));
     match cli::parse(std::env::args().skip(1)) {

@@ -83,7 +83,8 @@ impl Contender {
 }
 
 /// nginx (when installed), the glibc build, and the musl build (when built; said when not).
-/// `E2E_PROXY_BIN` replaces both builds with one binary, measured as "proxy".
+/// `E2E_PROXY_BIN=path` replaces both builds with one binary, measured as "proxy";
+/// `E2E_PROXY_BIN=name=path,name=path` with several (an allocator experiment, an older build).
 pub fn start(upstream: &str, mock_port: u16, smoke: bool) -> Vec<Contender> {
     let mut all = Vec::new();
     // The smoke run under `cargo test` only checks the bench works: the glibc build alone.
@@ -99,8 +100,13 @@ pub fn start(upstream: &str, mock_port: u16, smoke: bool) -> Vec<Contender> {
             });
         }
     }
-    let builds: Vec<(&'static str, String)> = if let Ok(binary) = std::env::var("E2E_PROXY_BIN") {
-        vec![("proxy", binary)]
+    let builds: Vec<(&'static str, String)> = if let Ok(list) = std::env::var("E2E_PROXY_BIN") {
+        list.split(',')
+            .map(|entry| match entry.split_once('=') {
+                Some((name, path)) => (&*Box::leak(name.trim().into()), path.trim().to_owned()),
+                None => ("proxy", entry.trim().to_owned()),
+            })
+            .collect()
     } else {
         let mut builds = vec![("glibc", env!("CARGO_BIN_EXE_openrouter-proxy").to_owned())];
         let musl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(MUSL_BUILD);

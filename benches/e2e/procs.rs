@@ -34,10 +34,21 @@ pub fn proxy_env(command: &mut Command, upstream: &str) {
     }
 }
 
-/// The binary the single-build measurements start: `E2E_PROXY_BIN`, else the glibc release build.
+/// The binary the single-build measurements start: the last in `E2E_PROXY_BIN`
+/// (`path` or `name=path,…`), else the glibc release build.
 pub fn default_binary() -> String {
     std::env::var("E2E_PROXY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned())
+        .ok()
+        .and_then(|list| {
+            let last = list.rsplit(',').next()?;
+            Some(
+                last.split_once('=')
+                    .map_or(last, |(_, path)| path)
+                    .trim()
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned())
 }
 
 /// The proxy `binary`, started the way users run it, with `extra` settings.
