@@ -136,6 +136,10 @@ fn main() {
         let (first, middle, last) = (0, rounds as usize / 2 - 1, rounds as usize - 1);
         let (fds_before, fds_after) = (fds[first], fds[last]);
         let elapsed = started.elapsed();
+        // The allocator hands freed pages back on its own schedule (jemalloc's decay, 10 s).
+        let settle = if full { Duration::from_secs(15) } else { Duration::from_millis(100) };
+        tokio::time::sleep(settle).await;
+        let rss_settled = rss_mb(pid);
 
         let status = load::client()
             .request(
@@ -166,6 +170,7 @@ fn main() {
             }
         };
         at(&rss, "proxy RSS");
+        println!("| proxy RSS {} s after the last round | {rss_settled:.1} MB |", settle.as_secs());
         println!("| proxy open file descriptors after round 1 / at the end | {fds_before} / {fds_after} |");
         let accounted = [
             ("attempts", sum("requests"), total + streams),

@@ -19,7 +19,7 @@ pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
 /// Anthropic-style clients' header.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Idle keep-alive connections kept per upstream host.
+/// Idle keep-alive connections kept per upstream host, over all workers' clients.
 pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
 
 /// A pooled client: HTTP/1.1 or HTTP/2 by ALPN.
@@ -35,8 +35,11 @@ impl UpstreamClients {
     #[must_use]
     pub fn new(http2_only: bool) -> UpstreamClients {
         let connector = connector();
-        let clients = (0..=workers::count())
-            .map(|_| client(connector.clone(), http2_only))
+        let workers = workers::count();
+        // The idle cap is shared out, so more workers do not keep more idle connections.
+        let max_idle = (MAX_IDLE_UPSTREAM_CONNECTIONS / workers).max(1);
+        let clients = (0..=workers)
+            .map(|_| client(connector.clone(), http2_only, max_idle))
             .collect();
         UpstreamClients(clients)
     }
@@ -70,12 +73,16 @@ fn connector() -> HttpsConnector<HttpConnector> {
         .wrap_connector(http)
 }
 
-fn client(connector: HttpsConnector<HttpConnector>, http2_only: bool) -> UpstreamClient {
+fn client(
+    connector: HttpsConnector<HttpConnector>,
+    http2_only: bool,
+    max_idle: usize,
+) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         // OpenRouter speaks HTTP/2 (one multiplexed connection); for HTTP/1.1 upstreams this
         // bounds how many connections a burst of streams leaves idle, and the memory they hold.
-        .pool_max_idle_per_host(MAX_IDLE_UPSTREAM_CONNECTIONS)
+        .pool_max_idle_per_host(max_idle)
         // HTTPS upstreams negotiate HTTP/2 by ALPN anyway; this also makes plain-http
         // upstreams (local gateways) use HTTP/2 with prior knowledge.
         .http2_only(http2_only)
