@@ -473,3 +473,36 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
         assert!(!log.contains(secret), "a key in full in the log: {log}");
     }
 }
+
+#[tokio::test]
+async fn every_request_line_is_in_the_log_when_the_process_stops_right_after_a_burst() {
+    // Worker threads write their request lines in batches when they run out of work;
+    // a stop right after a burst must still find every line written, whole.
+    let upstream =
+        Upstream::start(|_| Reply::json(200, r#"{"choices":[{"message":{"content":"Hi"}}]}"#))
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Running::start(&upstream.base_url(), &dir.path().join("state.json"), &[]).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let url = proxy.url("/api/v1/chat/completions");
+        burst.spawn(async move {
+            let body = Bytes::from_static(br#"{"model":"openai/gpt-4o","messages":[]}"#);
+            send(request("POST", &url).body(Full::new(body)).unwrap())
+                .await
+                .status
+        });
+    }
+    assert!(burst.join_all().await.iter().all(|status| *status == 200));
+    proxy.signal("TERM");
+    assert!(proxy.wait(Duration::from_secs(10)).success());
+    let log = proxy.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("ended=")).collect();
+    assert_eq!(lines.len(), 48, "{log}");
+    for line in lines {
+        assert!(
+            line.starts_with('[') && line.contains(" INFO  ") && line.contains("status=200"),
+            "a broken line: {line}"
+        );
+    }
+}
