@@ -18,3 +18,4 @@ pub mod observe;
 pub mod server;
 pub mod shared;
 pub mod stream;
+pub mod worker;

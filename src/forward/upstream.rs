@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamBase;
-use crate::server::workers;
+use crate::worker;
 
 /// The original proxy's header.
 pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
@@ -27,7 +27,7 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One pooled client per server worker, plus one for every other thread (probes,
 /// tests): a pooled connection's task runs on the worker that opened it, so a request
-/// only ever uses connections polled on its own thread (see `server::workers`).
+/// only ever uses connections polled on its own thread (see `crate::worker`).
 pub struct UpstreamClients(Box<[UpstreamClient]>);
 
 impl UpstreamClients {
@@ -35,7 +35,7 @@ impl UpstreamClients {
     #[must_use]
     pub fn new(http2_only: bool) -> UpstreamClients {
         let connector = connector();
-        let workers = workers::count();
+        let workers = worker::count();
         // The idle cap is shared out, so more workers do not keep more idle connections.
         let max_idle = (MAX_IDLE_UPSTREAM_CONNECTIONS / workers).max(1);
         let clients = (0..=workers)
@@ -47,8 +47,7 @@ impl UpstreamClients {
     /// The client whose connections are polled on this thread.
     #[must_use]
     pub fn here(&self) -> &UpstreamClient {
-        let last = self.0.len() - 1;
-        &self.0[workers::current().map_or(last, |worker| worker.min(last))]
+        &self.0[worker::slot(self.0.len())]
     }
 }
 

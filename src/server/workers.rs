@@ -5,33 +5,14 @@
 //! another thread (with the work-stealing runtime, about four cross-thread wake-ups per
 //! request, each an `eventfd` write and a `futex` or `epoll_wait` return on the other side).
 
-use std::cell::Cell;
 use std::future::Future;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::observe::log_lines;
-
-thread_local! {
-    /// Which worker this thread is, if it is one.
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// How many workers [`Workers::start`] runs: one per CPU this process may use
-/// (cgroup quotas and affinity masks included).
-#[must_use]
-pub fn count() -> usize {
-    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
-}
-
-/// The worker running on this thread (`0..count()`), or `None` off the workers.
-#[must_use]
-pub fn current() -> Option<usize> {
-    WORKER.with(Cell::get)
-}
+use crate::worker;
 
 /// Builds a single-threaded runtime whose thread hands its batched log lines to stderr
 /// whenever it runs out of work (see [`log_lines`]).
@@ -57,7 +38,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts [`count`] worker threads, each driving its own runtime.
+    /// Starts [`worker::count`] worker threads, each driving its own runtime.
     ///
     /// # Panics
     /// When a worker thread or its runtime cannot be created (the process is out of
@@ -67,13 +48,13 @@ impl Workers {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         let mut threads = Vec::new();
-        for index in 0..count() {
+        for index in 0..worker::count() {
             let (stop, stopped) = oneshot::channel::<()>();
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
-                    WORKER.with(|worker| worker.set(Some(index)));
+                    worker::mark_this_thread(index);
                     log_lines::batch_on_this_thread();
                     let runtime = runtime().expect("a worker runtime starts");
                     let _ = handle_tx.send(runtime.handle().clone());

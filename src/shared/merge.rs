@@ -158,7 +158,7 @@ impl Plan {
     /// Sends the pipeline; scripts Redis does not know (restarted, flushed) are loaded and
     /// the pipeline sent once more.
     async fn send(&self, shared: &Shared) -> RedisResult<Vec<Value>> {
-        let mut connection = shared.connection.clone();
+        let mut connection = shared.connection();
         match self.pipe.query_async(&mut connection).await {
             Err(err)
                 if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>

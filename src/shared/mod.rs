@@ -39,7 +39,9 @@ const AWAY: u8 = 2;
 /// This replica's link to the fleet's shared state.
 pub struct Shared {
     target: RedisTarget,
-    connection: ConnectionManager,
+    /// One connection per server worker, plus one for the merge, probes and other threads:
+    /// each is driven by the thread that uses it, so a pick does not wait on another thread.
+    connections: Box<[ConnectionManager]>,
     names: Names,
     state: AtomicU8,
     /// Replicas alive at the last heartbeat (this one included).
@@ -74,17 +76,27 @@ impl Shared {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .expect("a lazy connection manager needs no connection");
+        // Lazy: each connects on its first use, from the runtime of the thread that uses it.
+        let connections = (0..=crate::worker::count())
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .expect("a lazy connection manager needs no connection")
+            })
+            .collect();
         Arc::new(Shared {
             names: Names::new(&target.prefix),
             target,
-            connection,
+            connections,
             state: AtomicU8::new(CONNECTING),
             fleet: AtomicU32::new(1),
             replica: replica_name(),
             nudge: Notify::new(),
         })
+    }
+
+    /// The connection driven by this thread.
+    fn connection(&self) -> ConnectionManager {
+        self.connections[crate::worker::slot(self.connections.len())].clone()
     }
 
     /// Whether Redis is in use now (false while it is away or not yet reached).
@@ -122,7 +134,7 @@ impl Shared {
             .arg(interval)
             .arg(tolerance)
             .arg(day_end);
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let answer = tokio::time::timeout(
             self.target.timeout,
             invocation.invoke_async::<Vec<i64>>(&mut connection),
@@ -188,7 +200,7 @@ impl Shared {
     fn in_background(self: &Arc<Self>, invocation: redis::ScriptInvocation<'static>) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let mut connection = shared.connection.clone();
+            let mut connection = shared.connection();
             let call = invocation.invoke_async::<i64>(&mut connection);
             let _ = tokio::time::timeout(shared.target.timeout, call).await;
         });

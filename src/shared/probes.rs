@@ -24,7 +24,7 @@ impl Shared {
             .arg("PX")
             .arg(interval.as_millis().max(1) as u64)
             .clone();
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let taken = tokio::time::timeout(
             self.target.timeout,
             lease.query_async::<Option<String>>(&mut connection),
