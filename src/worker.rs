@@ -1,6 +1,6 @@
 //! Which server worker thread this is. The server runs one single-threaded runtime per
 //! core (`server::workers`); what a request uses from a pool of connections (the upstream
-//! client, the Redis connection) is picked by this index, so those connections are
+//! client, the Redis connection) is picked by this index ([`PerWorker`]), so those connections are
 //! driven by the thread that uses them.
 
 use std::cell::Cell;
@@ -28,10 +28,20 @@ pub fn mark_this_thread(index: usize) {
     WORKER.with(|worker| worker.set(Some(index)));
 }
 
-/// Index into a per-worker table of `len` entries (one per worker, then one shared by
-/// every other thread).
-#[must_use]
-pub fn slot(len: usize) -> usize {
-    let last = len - 1;
-    current().map_or(last, |worker| worker.min(last))
+/// One `T` per worker, plus one shared by every other thread (the main thread's
+/// background work, tests): each is used, and so driven, by one thread only.
+pub struct PerWorker<T>(Box<[T]>);
+
+impl<T> PerWorker<T> {
+    /// Makes one value per worker and one for every other thread.
+    pub fn new(mut make: impl FnMut() -> T) -> PerWorker<T> {
+        PerWorker((0..=count()).map(|_| make()).collect())
+    }
+
+    /// This thread's value.
+    #[must_use]
+    pub fn here(&self) -> &T {
+        let last = self.0.len() - 1;
+        &self.0[current().map_or(last, |worker| worker.min(last))]
+    }
 }

@@ -100,13 +100,8 @@ pub fn start(upstream: &str, mock_port: u16, smoke: bool) -> Vec<Contender> {
             });
         }
     }
-    let builds: Vec<(&'static str, String)> = if let Ok(list) = std::env::var("E2E_PROXY_BIN") {
-        list.split(',')
-            .map(|entry| match entry.split_once('=') {
-                Some((name, path)) => (&*Box::leak(name.trim().into()), path.trim().to_owned()),
-                None => ("proxy", entry.trim().to_owned()),
-            })
-            .collect()
+    let builds: Vec<(&'static str, String)> = if let Some(builds) = procs::named_builds() {
+        builds
     } else {
         let mut builds = vec![("glibc", env!("CARGO_BIN_EXE_openrouter-proxy").to_owned())];
         let musl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(MUSL_BUILD);

@@ -34,21 +34,26 @@ pub fn proxy_env(command: &mut Command, upstream: &str) {
     }
 }
 
-/// The binary the single-build measurements start: the last in `E2E_PROXY_BIN`
-/// (`path` or `name=path,…`), else the glibc release build.
+/// The builds `E2E_PROXY_BIN` names: `path` (measured as "proxy") or `name=path,…`.
+pub fn named_builds() -> Option<Vec<(&'static str, String)>> {
+    let list = std::env::var("E2E_PROXY_BIN").ok()?;
+    let builds = list.split(',').map(|entry| match entry.split_once('=') {
+        // Leaked: a handful of names for the life of the bench process.
+        Some((name, path)) => (&*Box::leak(name.trim().into()), path.trim().to_owned()),
+        None => ("proxy", entry.trim().to_owned()),
+    });
+    Some(builds.collect())
+}
+
+/// The binary the single-build measurements start: the last in `E2E_PROXY_BIN`, else the
+/// glibc release build.
 pub fn default_binary() -> String {
-    std::env::var("E2E_PROXY_BIN")
-        .ok()
-        .and_then(|list| {
-            let last = list.rsplit(',').next()?;
-            Some(
-                last.split_once('=')
-                    .map_or(last, |(_, path)| path)
-                    .trim()
-                    .to_owned(),
-            )
-        })
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_openrouter-proxy").to_owned())
+    named_builds()
+        .and_then(|builds| builds.into_iter().next_back())
+        .map_or_else(
+            || env!("CARGO_BIN_EXE_openrouter-proxy").to_owned(),
+            |(_, path)| path,
+        )
 }
 
 /// The proxy `binary`, started the way users run it, with `extra` settings.

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamBase;
-use crate::worker;
+use crate::worker::{self, PerWorker};
 
 /// The original proxy's header.
 pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
@@ -28,7 +28,7 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// One pooled client per server worker, plus one for every other thread (probes,
 /// tests): a pooled connection's task runs on the worker that opened it, so a request
 /// only ever uses connections polled on its own thread (see `crate::worker`).
-pub struct UpstreamClients(Box<[UpstreamClient]>);
+pub struct UpstreamClients(PerWorker<UpstreamClient>);
 
 impl UpstreamClients {
     /// Builds them once at startup, sharing one connector (and its TLS configuration).
@@ -38,16 +38,15 @@ impl UpstreamClients {
         let workers = worker::count();
         // The idle cap is shared out, so more workers do not keep more idle connections.
         let max_idle = (MAX_IDLE_UPSTREAM_CONNECTIONS / workers).max(1);
-        let clients = (0..=workers)
-            .map(|_| client(connector.clone(), http2_only, max_idle))
-            .collect();
-        UpstreamClients(clients)
+        UpstreamClients(PerWorker::new(|| {
+            client(connector.clone(), http2_only, max_idle)
+        }))
     }
 
     /// The client whose connections are polled on this thread.
     #[must_use]
     pub fn here(&self) -> &UpstreamClient {
-        &self.0[worker::slot(self.0.len())]
+        self.0.here()
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::config::RedisTarget;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Pick};
+use crate::worker::PerWorker;
 pub use merge::start;
 use names::Names;
 
@@ -41,7 +42,7 @@ pub struct Shared {
     target: RedisTarget,
     /// One connection per server worker, plus one for the merge, probes and other threads:
     /// each is driven by the thread that uses it, so a pick does not wait on another thread.
-    connections: Box<[ConnectionManager]>,
+    connections: PerWorker<ConnectionManager>,
     names: Names,
     state: AtomicU8,
     /// Replicas alive at the last heartbeat (this one included).
@@ -77,12 +78,10 @@ impl Shared {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
         // Lazy: each connects on its first use, from the runtime of the thread that uses it.
-        let connections = (0..=crate::worker::count())
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    .expect("a lazy connection manager needs no connection")
-            })
-            .collect();
+        let connections = PerWorker::new(|| {
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .expect("a lazy connection manager needs no connection")
+        });
         Arc::new(Shared {
             names: Names::new(&target.prefix),
             target,
@@ -96,7 +95,7 @@ impl Shared {
 
     /// The connection driven by this thread.
     fn connection(&self) -> ConnectionManager {
-        self.connections[crate::worker::slot(self.connections.len())].clone()
+        self.connections.here().clone()
     }
 
     /// Whether Redis is in use now (false while it is away or not yet reached).
