@@ -68,7 +68,11 @@ async fn serve(config: Config) -> ExitCode {
     let state_file = app.config.state_file.clone();
     // Read before the port is open: nothing is served from state not yet restored.
     if let Some(path) = &state_file {
-        state::load(path, &app.keys());
+        let fleet = state::load(path, &app.keys());
+        if let Some(shared) = &app.shared {
+            let (replica, replicas) = fleet.map(|f| (f.replica, f.replicas)).unzip();
+            shared.remember(replica, replicas);
+        }
     }
     // With REDIS_URL: the fleet's counts before the first request (bounded by REDIS_TIMEOUT_MS).
     openrouter_proxy::shared::start(&app).await;
@@ -162,7 +166,8 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
         signals.recv().await;
         warn!("second signal: exiting now");
         if let Some(path) = &app.config.state_file {
-            let _ = state::write_atomic(path, &state::render(&app.keys()));
+            let _ =
+                state::write_atomic(path, &state::render(&app.keys(), state::fleet_memory(&app)));
         }
         std::process::exit(1);
     });
@@ -222,6 +227,9 @@ fn reload_key_list(app: &App) {
         }
     };
     let (pool, stayed) = app.reload_keys(config.keys.clone());
+    if let Some(shared) = &app.shared {
+        shared.reloaded(&pool);
+    }
     info!(
         "reloaded the key list: {} key(s), {stayed} kept their counts and blocks",
         pool.keys().len()

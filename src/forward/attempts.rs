@@ -236,7 +236,7 @@ impl Journey {
     /// With `REDIS_URL`, confirms a free-model pick for the whole fleet in Redis (`None`: the
     /// fleet refused it), or counts it alone while Redis is away.
     async fn confirm(&self, pick: Pick, now: i64) -> Option<Pick> {
-        let (Some(shared), Some((account, date))) = (&self.app.shared, pick.charged) else {
+        let (Some(shared), Some(_)) = (&self.app.shared, pick.charged) else {
             return Some(pick);
         };
         let confirmed = if shared.in_use() {
@@ -247,10 +247,7 @@ impl Journey {
         let via = match confirmed {
             Confirmed::Taken => Via::Redis,
             Confirmed::Refused => return None,
-            Confirmed::Away => {
-                self.pool.accounts()[account].count_alone(date, false);
-                Via::Alone
-            }
+            Confirmed::Away => Via::Alone,
         };
         Some(Pick { via, ..pick })
     }
@@ -264,7 +261,9 @@ impl Journey {
 
     /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
     async fn send(&mut self, key: usize) -> Result<Response<Incoming>, Sent> {
-        let request = self.outgoing.request(&self.pool.keys()[key].authorization);
+        let slot = &self.pool.keys()[key];
+        slot.count_sent();
+        let request = self.outgoing.request(&slot.authorization);
         let metrics = &self.app.metrics;
         metrics.upstream_attempts.fetch_add(1, Relaxed);
         if self.attempts == 1 {

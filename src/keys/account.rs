@@ -11,29 +11,12 @@ use std::sync::OnceLock;
 use super::block::{Block, BlockWord, Scope};
 use super::gcra::Gcra;
 use super::history::History;
+use super::share::{count_in as used_in, date_of, packed as usage_word, Share};
 use super::usage::UsageCounters;
 use crate::config::DEFAULT_DAILY_LIMIT;
 
 // All atomics here are independent counters or self-contained packed words:
 // no other memory is published through them, so `Relaxed` is enough throughout.
-
-/// The date a packed usage word belongs to.
-fn date_of(word: u64) -> u32 {
-    (word >> 32) as u32
-}
-
-/// The count of `date` in a usage word whose date is not newer than `date`.
-fn used_in(word: u64, date: u32) -> u64 {
-    if date_of(word) == date {
-        word & 0xFFFF_FFFF
-    } else {
-        0
-    }
-}
-
-fn usage_word(date: u32, used: u64) -> u64 {
-    (u64::from(date) << 32) | used.min(0xFFFF_FFFF)
-}
 
 /// One account's quota, limiter and blocks.
 ///
@@ -54,12 +37,9 @@ pub struct Account {
     /// OpenRouter's own reset instant of the window the count belongs to (epoch ms); when it
     /// passes, the count starts again from 0. 0 when OpenRouter named none.
     window_ends_ms: AtomicI64,
-    /// While Redis is away: `(date << 32) | units` of the day's quota left to the other
-    /// replicas (this one decides alone with its fair share).
-    withheld: AtomicU64,
-    /// `(date << 32) | picks` counted while Redis was away, added to the shared count when
-    /// it is back.
-    alone: AtomicU64,
+    /// Its part in a fleet of replicas: units this replica sent, OpenRouter's floor, the
+    /// share it decides alone with while Redis is away.
+    pub share: Share,
     /// Tokens and cost of the requests its keys served.
     pub spent: UsageCounters,
     /// Its last hour, minute by minute.
@@ -97,8 +77,7 @@ impl Account {
             daily_limit: AtomicU32::new(daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT)),
             usage: AtomicU64::new(0),
             window_ends_ms: AtomicI64::new(0),
-            withheld: AtomicU64::new(0),
-            alone: AtomicU64::new(0),
+            share: Share::default(),
             limiter: Gcra::new(per_minute, burst),
             free_block: BlockWord::default(),
             block: BlockWord::default(),
@@ -131,44 +110,11 @@ impl Account {
         self.daily_limit.load(Relaxed)
     }
 
-    /// The limit this replica may use on `date`: the daily limit, less what it leaves to
-    /// the other replicas while Redis is away.
+    /// The limit this replica may use on `date`: the daily limit, or while Redis is away its
+    /// share of it.
     #[must_use]
     pub fn limit_on(&self, date: u32) -> u32 {
-        self.daily_limit()
-            .saturating_sub(used_in(self.withheld.load(Relaxed), date) as u32)
-    }
-
-    /// Leaves `units` of `date`'s quota to the other replicas (0: none).
-    pub(crate) fn withhold(&self, date: u32, units: u32) {
-        self.withheld
-            .store(usage_word(date, u64::from(units)), Relaxed);
-    }
-
-    /// Counts a pick made on `date` while Redis was away (`undo`: one given back).
-    pub(crate) fn count_alone(&self, date: u32, undo: bool) {
-        let _ = self.alone.fetch_update(Relaxed, Relaxed, |word| {
-            let n = used_in(word, date);
-            Some(if undo {
-                usage_word(date, n.saturating_sub(1))
-            } else {
-                usage_word(date, n + 1)
-            })
-        });
-    }
-
-    /// Picks counted alone on `date` that Redis has not seen yet.
-    #[must_use]
-    pub fn alone_on(&self, date: u32) -> u32 {
-        used_in(self.alone.load(Relaxed), date) as u32
-    }
-
-    /// Redis has taken `units` of the picks counted alone on `date`.
-    pub(crate) fn shared_alone(&self, date: u32, units: u32) {
-        let _ = self.alone.fetch_update(Relaxed, Relaxed, |word| {
-            (date_of(word) == date)
-                .then(|| usage_word(date, used_in(word, date).saturating_sub(u64::from(units))))
-        });
+        self.share.limit_on(date, self.daily_limit())
     }
 
     /// The per-minute limiter.
@@ -196,6 +142,7 @@ impl Account {
             let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
                 (date >= date_of(word)).then_some(usage_word(date, 0))
             });
+            self.share.roll(date);
         }
     }
 
@@ -231,8 +178,9 @@ impl Account {
                 let used = used_in(word, charged);
                 (used < limit).then_some(usage_word(charged, used + 1))
             })
-            .ok()
-            .map(|_| charged)
+            .ok()?;
+        self.share.count_mine(charged, false);
+        Some(charged)
     }
 
     /// Gives back a unit that [`Self::reserve_daily`] charged to `date` and that was not used.
@@ -240,6 +188,7 @@ impl Account {
         let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
             (date_of(word) == date && word as u32 > 0).then_some(word - 1)
         });
+        self.share.count_mine(date, true);
     }
 
     /// OpenRouter said the quota is used up: `date`'s count becomes the limit (an older
@@ -249,6 +198,7 @@ impl Account {
         let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
             (date >= date_of(word)).then(|| usage_word(date, used_in(word, date).max(limit)))
         });
+        self.share.raise_floor(date, limit as u32);
         if let Some(ends) = window_ends_ms {
             self.window_ends_ms.store(ends, Relaxed);
         }
@@ -317,13 +267,22 @@ impl Account {
             self.window_ends_ms.store(ends, Relaxed);
         }
         self.limiter.absorb(&other.limiter);
+        self.share.absorb(&other.share, date);
         self.spent.absorb(&other.spent, date);
         self.history.absorb(&other.history, now_ms);
     }
 
-    /// Restores what the state file remembered: `date`'s count (never lowering it), blocks.
-    pub(crate) fn restore(&self, date: u32, used: u32, blocks: &[Block], window_ends_ms: i64) {
+    /// Restores what the state file remembered: `date`'s count and this replica's part of
+    /// it (never lowering them), blocks.
+    pub(crate) fn restore(
+        &self,
+        date: u32,
+        (used, mine): (u32, u32),
+        blocks: &[Block],
+        window_ends_ms: i64,
+    ) {
         self.raise_used(date, used);
+        self.share.raise_mine(date, mine);
         for block in blocks {
             match block.reason.scope() {
                 Scope::AccountFree => self.free_block.restore(*block),

@@ -61,6 +61,14 @@ impl Calendar {
         day
     }
 
+    /// The zone's offset from UTC at `now_ms`, in ms: Redis computes the fleet's quota day
+    /// from its own clock with it.
+    #[must_use]
+    pub fn utc_offset_ms(&self, now_ms: i64) -> i64 {
+        let now = Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+        i64::from(self.tz.to_offset(now).seconds()) * 1000
+    }
+
     /// Formats an instant as RFC 3339 in this calendar's zone.
     #[must_use]
     pub fn rfc3339(&self, ms: i64) -> String {

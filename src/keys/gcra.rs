@@ -106,6 +106,8 @@ impl Gcra {
     /// arrival time wins, so neither's spacing is lost.
     pub fn absorb(&self, other: &Gcra) {
         self.arrival.fetch_max(other.arrival.load(Relaxed), Relaxed);
+        self.widening
+            .fetch_max(other.widening.load(Relaxed), Relaxed);
     }
 
     /// Whether a request would be admitted at `now_ms`, without taking a slot: the cheap test

@@ -18,6 +18,7 @@ pub mod probe;
 mod probed;
 mod reload;
 mod select;
+mod share;
 mod slot;
 pub mod state;
 mod usage;
@@ -255,8 +256,11 @@ impl KeyPool {
         } else {
             account.set_probed_limit(limit);
         }
-        // Keys of one account report the same counter: the larger of ours and theirs, never a sum.
-        account.raise_used(self.calendar.today(now_ms).date, used);
+        // Keys of one account report the same counter: the larger of ours and theirs, never a
+        // sum; OpenRouter's own count is a floor for the fleet's.
+        let date = self.calendar.today(now_ms).date;
+        account.raise_used(date, used);
+        account.share.raise_floor(date, used);
     }
 
     /// Counts `n` of `tally` this minute, for the account of key `index` (if any) and for all.

@@ -60,9 +60,6 @@ impl KeyPool {
             let account = &self.accounts[account];
             account.release_daily(date);
             account.give_back_slot();
-            if pick.via == Via::Alone {
-                account.count_alone(date, true);
-            }
         }
     }
 

@@ -145,6 +145,10 @@ impl KeySlot {
     pub(crate) fn mark_used(&self, now_ms: i64, pick: u64) {
         self.last_used_ms.store(now_ms, Relaxed);
         self.last_pick.store(pick, Relaxed);
+    }
+
+    /// Counts an attempt sent upstream with this key (a pick the fleet refused is none).
+    pub fn count_sent(&self) {
         self.totals.requests.fetch_add(1, Relaxed);
     }
 

@@ -33,6 +33,16 @@ struct StateDocument {
     /// Absent in version 1 files, which kept counts per key.
     #[serde(default)]
     accounts: Vec<AccountRecord>,
+    #[serde(default)]
+    fleet: Option<FleetMemory>,
+}
+
+/// What a replica of a fleet (with `REDIS_URL`) remembers across restarts: its name, under
+/// which Redis holds what it sent, and the fleet's size, its share while Redis is away.
+#[derive(Serialize, Deserialize, PartialEq, Clone, Debug)]
+pub struct FleetMemory {
+    pub replica: String,
+    pub replicas: u32,
 }
 
 /// The file as written: a snapshot, borrowed, with the format version and the time.
@@ -42,6 +52,8 @@ struct Written<'a> {
     saved_at: String,
     keys: &'a [KeyRecord],
     accounts: &'a [AccountRecord],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<&'a FleetMemory>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -109,6 +121,9 @@ struct AccountRecord {
     /// The quota day (`yyyymmdd` in `TIMEZONE`) `daily_used` belongs to.
     day: u32,
     daily_used: u32,
+    /// Of `daily_used`, what this replica sent itself (with `REDIS_URL`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    sent_here: u32,
     /// OpenRouter's reset instant of the count's window (epoch ms), 0 if it named none.
     #[serde(default)]
     window_ends_ms: i64,
@@ -121,6 +136,10 @@ struct AccountRecord {
     user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usage: Option<UsageRecord>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -152,9 +171,10 @@ impl BlockRecord {
 struct Snapshot {
     keys: Vec<KeyRecord>,
     accounts: Vec<AccountRecord>,
+    fleet: Option<FleetMemory>,
 }
 
-fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
+fn snapshot(pool: &KeyPool, fleet: Option<FleetMemory>, now: i64) -> Snapshot {
     let day = pool.calendar().today(now);
     let keys = pool
         .keys()
@@ -183,6 +203,7 @@ fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
                     .collect(),
                 day: day.date,
                 daily_used: account.used_on(day.date),
+                sent_here: account.share.mine_on(day.date),
                 window_ends_ms: account.window_ends_ms().unwrap_or(0),
                 free_block: account.free_block_at(now).map(block_record),
                 block: account.block_at(now).map(block_record),
@@ -192,7 +213,11 @@ fn snapshot(pool: &KeyPool, now: i64) -> Snapshot {
             }
         })
         .collect();
-    Snapshot { keys, accounts }
+    Snapshot {
+        keys,
+        accounts,
+        fleet,
+    }
 }
 
 fn document(pool: &KeyPool, snapshot: &Snapshot, now: i64) -> String {
@@ -201,6 +226,7 @@ fn document(pool: &KeyPool, snapshot: &Snapshot, now: i64) -> String {
         saved_at: pool.calendar().rfc3339(now),
         keys: &snapshot.keys,
         accounts: &snapshot.accounts,
+        fleet: snapshot.fleet.as_ref(),
     };
     serde_json::to_string_pretty(&written).expect("the state document serialises")
 }
@@ -210,17 +236,16 @@ fn document(pool: &KeyPool, snapshot: &Snapshot, now: i64) -> String {
 /// # Panics
 /// Never: the document holds only strings and numbers, which always serialise.
 #[must_use]
-pub fn render(pool: &KeyPool) -> String {
+pub fn render(pool: &KeyPool, fleet: Option<FleetMemory>) -> String {
     let now = now_ms();
-    document(pool, &snapshot(pool, now), now)
+    document(pool, &snapshot(pool, fleet, now), now)
 }
 
 /// Restores the state file at `path` into `pool`: learned accounts, today's counts,
-/// blocks still in force, and totals, for keys that are still configured.
-pub fn load(path: &Path, pool: &KeyPool) {
-    let Some(document) = read_document(path) else {
-        return;
-    };
+/// blocks still in force, and totals, for keys that are still configured. Returns what
+/// it remembered of the fleet.
+pub fn load(path: &Path, pool: &KeyPool) -> Option<FleetMemory> {
+    let document = read_document(path)?;
     let now = now_ms();
     // Linear in the file and the pool, however many records there are.
     let by_fingerprint: HashMap<&str, usize> = pool
@@ -238,6 +263,7 @@ pub fn load(path: &Path, pool: &KeyPool) {
         "restored the state of {restored} key(s) from {}",
         path.display()
     );
+    document.fleet
 }
 
 /// Learned accounts and the user ids OpenRouter named, merged again.
@@ -291,7 +317,7 @@ fn restore_keys(
         // Version 1: the key's count is its account's (the larger of its keys', never a sum).
         if record.day == Some(today) {
             pool.account_of(index)
-                .restore(today, record.daily_used.unwrap_or(0), &[], 0);
+                .restore(today, (record.daily_used.unwrap_or(0), 0), &[], 0);
         }
     }
     restored
@@ -310,9 +336,9 @@ fn restore_accounts(
             continue;
         };
         let used = if record.day == today {
-            record.daily_used
+            (record.daily_used, record.sent_here)
         } else {
-            0
+            (0, 0)
         };
         let blocks: Vec<Block> = [&record.free_block, &record.block]
             .into_iter()
@@ -442,6 +468,18 @@ pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
     fs::File::open(directory)?.sync_all()
 }
 
+/// What this replica remembers of its fleet, with `REDIS_URL` and once the fleet's size
+/// was known.
+#[must_use]
+pub fn fleet_memory(app: &App) -> Option<FleetMemory> {
+    let shared = app.shared.as_ref()?;
+    let replicas = shared.fleet();
+    (replicas > 0).then(|| FleetMemory {
+        replica: shared.replica().to_owned(),
+        replicas,
+    })
+}
+
 /// Keeps the state file up to date from a background task.
 pub struct Persistence {
     app: Arc<App>,
@@ -467,7 +505,7 @@ impl Persistence {
     pub async fn flush(&mut self) {
         let now = now_ms();
         let pool = self.app.keys();
-        let state = snapshot(&pool, now);
+        let state = snapshot(&pool, fleet_memory(&self.app), now);
         if self.last_written.as_ref() == Some(&state) {
             return;
         }

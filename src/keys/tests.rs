@@ -327,6 +327,7 @@ fn a_reload_carries_counts_blocks_and_spacing_to_the_keys_that_stay() {
     let old = pool("key-aaaa:10,key-bbbb:10", &[("FREE_BURST", "1")]);
     assert_eq!(pick(&old, Demand::Free, NOON), Ok(0));
     old.block(1, NOON + 3_600_000, BlockReason::Unauthorized, NOON);
+    old.keys()[0].count_sent();
     old.record(0, Outcome::Success);
     // A moves into account "team" with a new key and a lower limit; B stays; D is new.
     let new = pool(

@@ -1,15 +1,20 @@
 //! The background merge: every 250 ms (at once when nudged), one pipeline of
 //! scripts merges this replica's view of every account and key with the fleet's
 //! and brings the result back, plus a heartbeat that gives the fleet's size.
-//! Totals travel as deltas; counts, blocks and the limiter merge by "the larger
-//! (later) wins", so a merge can be repeated and nothing counted is lost. A
-//! failing merge means Redis is away; the next one that works brings it back.
+//! Key totals travel as deltas; an account's count as this replica's own
+//! absolute number in the window; floors, blocks and the limiter merge by "the
+//! larger (later) wins", so a merge that is repeated or arrives late never
+//! counts twice. Every value read back is bounded before it is believed, and
+//! each account and key is merged on its own, so one bad hash stops nothing
+//! else. A failing merge means Redis is away; the next one that works brings
+//! it back.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use log::warn;
 use redis::{RedisResult, Value};
 
 use super::{probes, scripts, Shared};
@@ -22,6 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A window end this close to now may already have passed for Redis' clock: a count of a
 /// window about to reset is not pushed, so it cannot outlive the reset.
 const SKEW_MARGIN_MS: i64 = 10_000;
+/// The furthest ahead an instant read back from Redis may lie (a block, a window end): a
+/// quota day and an hour of clock skew. Anything later is not believed.
+pub(super) const FAR_MS: i64 = 25 * 3_600_000;
 
 /// Each key's totals as last merged, so only what changed since travels.
 type Baselines = HashMap<String, [u64; 5]>;
@@ -79,8 +87,8 @@ async fn merge_round(shared: &Shared, pool: &KeyPool, baselines: &mut Baselines)
 struct Plan {
     pipe: redis::Pipeline,
     date: u32,
-    /// Per live account: its index and the picks counted alone that this merge adds.
-    accounts: Vec<(usize, u32)>,
+    /// The live accounts merged, by index.
+    accounts: Vec<usize>,
     /// Per key: the totals read when the merge was planned.
     totals: Vec<[u64; 5]>,
 }
@@ -89,35 +97,39 @@ impl Plan {
     fn new(shared: &Shared, pool: &KeyPool, baselines: &Baselines, now: i64) -> Plan {
         let day = pool.calendar().today(now);
         let mut pipe = redis::pipe();
+        // One bad hash answers with its own error; the others are merged all the same.
+        pipe.ignore_errors();
         let mut accounts = Vec::new();
         for (index, _) in pool.live_accounts() {
             let account = &pool.accounts()[index];
             account.roll_window(day.date, now);
-            let alone = account.alone_on(day.date);
             let window = account.window_ends_ms().unwrap_or(0);
+            // A count of a window about to reset is not pushed (-1), so it cannot outlive it.
             let stale = window != 0 && window <= now + SKEW_MARGIN_MS;
-            let floor = if stale {
-                0
+            let (mine, floor) = if stale {
+                (-1, 0)
             } else {
-                account.used_on(day.date).saturating_sub(alone)
+                let share = &account.share;
+                (i64::from(share.mine_on(day.date)), share.floor_on(day.date))
             };
             let (b, br) = block_args(account.block_at(now));
             let (fb, fbr) = block_args(account.free_block_at(now));
+            let (name, prelude) = shared.account_args(pool, index, now);
             pipe.cmd("EVALSHA")
                 .arg(scripts::SYNC_ACCOUNT.get_hash())
                 .arg(1)
-                .arg(shared.names.account(pool, index))
+                .arg(name)
+                .arg(prelude)
                 .arg(day.date)
+                .arg(mine)
                 .arg(floor)
-                .arg(alone)
+                .arg(if stale { 0 } else { window })
                 .arg(b)
                 .arg(br)
                 .arg(fb)
                 .arg(fbr)
-                .arg(account.limiter().ahead_ms(now))
-                .arg(if stale { 0 } else { window })
-                .arg(day.end_ms);
-            accounts.push((index, alone));
+                .arg(account.limiter().ahead_ms(now));
+            accounts.push(index);
         }
         let mut totals = Vec::with_capacity(pool.keys().len());
         for key in pool.keys() {
@@ -146,7 +158,7 @@ impl Plan {
             .arg(scripts::HEARTBEAT.get_hash())
             .arg(1)
             .arg(shared.names.replicas())
-            .arg(&shared.replica);
+            .arg(shared.replica());
         Plan {
             pipe,
             date: day.date,
@@ -158,18 +170,19 @@ impl Plan {
     /// Sends the pipeline; scripts Redis does not know (restarted, flushed) are loaded and
     /// the pipeline sent once more.
     async fn send(&self, shared: &Shared) -> RedisResult<Vec<Value>> {
-        let mut connection = shared.connection();
-        match self.pipe.query_async(&mut connection).await {
-            Err(err)
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+        let pipe = &self.pipe;
+        shared
+            .query(|mut connection| async move {
+                let values: Vec<Value> = pipe.query_async(&mut connection).await?;
+                if !values.iter().any(is_no_script) {
+                    return Ok(values);
+                }
                 for script in scripts::all() {
                     script.prepare_invoke().load_async(&mut connection).await?;
                 }
-                self.pipe.query_async(&mut connection).await
-            }
-            answer => answer,
-        }
+                pipe.query_async(&mut connection).await
+            })
+            .await
     }
 
     /// Brings the fleet's view back into the replica's.
@@ -186,15 +199,26 @@ impl Plan {
         // Keys first: a user id learned from the fleet merges accounts here, and the
         // accounts' figures then land on the survivor (an absorbed account has no keys left).
         for ((key_index, pushed), value) in self.totals.iter().enumerate().zip(values.by_ref()) {
-            if let Value::Array(fields) = value {
-                let merged = apply_key(pool, key_index, pushed, &fields, now);
-                baselines.insert(pool.keys()[key_index].fingerprint.clone(), merged);
+            match value {
+                Value::Array(fields) => {
+                    let merged = apply_key(pool, key_index, pushed, &fields, now);
+                    baselines.insert(pool.keys()[key_index].fingerprint.clone(), merged);
+                }
+                other => warn!(
+                    "Redis could not merge key {}: {}",
+                    pool.keys()[key_index].id,
+                    failure(&other)
+                ),
             }
         }
-        for (&(index, alone), value) in self.accounts.iter().zip(accounts) {
-            if let Ok(fields) = redis::from_redis_value::<Vec<i64>>(value) {
-                apply_account(pool, index, &fields, self.date, now);
-                pool.accounts()[index].shared_alone(self.date, alone);
+        for (&index, value) in self.accounts.iter().zip(accounts) {
+            match redis::from_redis_value::<Vec<i64>>(value.clone()) {
+                Ok(fields) => apply_account(pool, index, &fields, self.date, now),
+                Err(_) => warn!(
+                    "Redis could not merge account {}: {}",
+                    pool.account_id(index),
+                    failure(&value)
+                ),
             }
         }
         if let Some(Ok(fleet)) = values.next().map(redis::from_redis_value::<u32>) {
@@ -207,22 +231,52 @@ fn block_args(block: Option<Block>) -> (i64, u8) {
     block.map_or((0, 0), |b| (b.until_ms, b.reason as u8))
 }
 
+/// A block read back from Redis, if it is in force and believable.
 fn block_from(until_ms: i64, reason: i64, now: i64) -> Option<Block> {
     let reason = BlockReason::from_u8(u8::try_from(reason).ok()?)?;
-    (until_ms > now).then_some(Block { until_ms, reason })
+    (until_ms > now && believable(until_ms, now)).then_some(Block { until_ms, reason })
 }
 
-/// `{day, used, b, br, fb, fbr, ahead, wend}` from the account script.
+fn is_no_script(value: &Value) -> bool {
+    matches!(value, Value::ServerError(err) if err.kind() == Some(redis::ServerErrorKind::NoScript))
+}
+
+/// What Redis answered instead of a script's result, for the log.
+fn failure(value: &Value) -> String {
+    match value {
+        Value::ServerError(err) => format!("{} {}", err.code(), err.details().unwrap_or("")),
+        other => format!("unexpected answer {other:?}"),
+    }
+}
+
+/// An instant read back from Redis, if it is within [`FAR_MS`] of now.
+fn believable(at_ms: i64, now: i64) -> bool {
+    at_ms <= now.saturating_add(FAR_MS)
+}
+
+/// `{day, used, b, br, fb, fbr, ahead, wend, own, repaired}` from the account script,
+/// each bounded before it is believed: a count by the limit, instants by [`FAR_MS`], the
+/// limiter by one window (a minute and a burst).
 fn apply_account(pool: &KeyPool, index: usize, fields: &[i64], date: u32, now: i64) {
-    let [day, used, b, br, fb, fbr, ahead, wend] = fields else {
+    let [day, used, b, br, fb, fbr, ahead, wend, own, repaired] = fields else {
         return;
     };
     let account = &pool.accounts()[index];
-    if *wend > now {
+    if *repaired != 0 {
+        warn!(
+            "Redis held values out of bounds for account {} (another program, a restore or a clock far off?): repaired",
+            pool.account_id(index)
+        );
+    }
+    if *wend > now && believable(*wend, now) {
         account.learn_window_end(*wend);
     }
     if u32::try_from(*day) == Ok(date) {
-        account.raise_used(date, u32::try_from(*used).unwrap_or(u32::MAX));
+        let limit = account.daily_limit();
+        account.raise_used(date, u32::try_from(*used).unwrap_or(u32::MAX).min(limit));
+        account
+            .share
+            .raise_mine(date, u32::try_from(*own).unwrap_or(0).min(limit));
     }
     for block in [block_from(*b, *br, now), block_from(*fb, *fbr, now)]
         .into_iter()
@@ -230,7 +284,11 @@ fn apply_account(pool: &KeyPool, index: usize, fields: &[i64], date: u32, now: i
     {
         account.block_until(block, now);
     }
-    account.limiter().raise_ahead(now, *ahead);
+    let (interval, tolerance) = account.limiter().shape_ms();
+    let window = 60_000 + tolerance + interval;
+    account
+        .limiter()
+        .raise_ahead(now, (*ahead).clamp(0, window));
 }
 
 /// `{5 totals, last, b, br, user, probe at, probe}` from the key script; returns the
@@ -262,7 +320,7 @@ fn apply_key(
     // Relative, so increments made while the merge was on its way are kept.
     key.totals.adjust(pushed, &fleet);
     let last = number(5);
-    if last > key.last_used_ms() {
+    if last > key.last_used_ms() && last <= now {
         key.set_last_used(last, key.last_pick.load(Relaxed));
     }
     if let Some(block) = block_from(number(6), number(7), now) {

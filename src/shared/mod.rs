@@ -8,9 +8,11 @@
 //! count and limiter at Redis' clock and takes the unit and the slot, or says
 //! why not (the next candidate is then tried). Paid picks never wait for Redis.
 //! Everything else is merged both ways in the background every 250 ms
-//! (`merge.rs`), at once when a refusal is learned. When Redis is away, the
-//! replica decides alone with its fair share (`alone.rs`) and adds what it
-//! counted when Redis is back. Without `REDIS_URL` none of this exists.
+//! (`merge.rs`), at once when a refusal is learned. Each replica's contribution
+//! to a count is its own absolute number (`u:<replica>`), so nothing is ever
+//! counted twice. When Redis is away, the replica decides alone with its fair
+//! share (`alone.rs`); its own count reaches Redis when it is back. Without
+//! `REDIS_URL` none of this exists.
 
 mod alone;
 mod merge;
@@ -18,8 +20,9 @@ mod names;
 pub mod probes;
 mod scripts;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use log::{info, warn};
@@ -37,6 +40,10 @@ const CONNECTING: u8 = 0;
 const IN_USE: u8 = 1;
 const AWAY: u8 = 2;
 
+/// The fleet's size assumed by a replica that never learned it (Redis away since it
+/// started, nothing remembered): it takes a quarter of each account while alone.
+pub const ASSUMED_FLEET: u32 = 4;
+
 /// This replica's link to the fleet's shared state.
 pub struct Shared {
     target: RedisTarget,
@@ -45,10 +52,14 @@ pub struct Shared {
     connections: PerWorker<ConnectionManager>,
     names: Names,
     state: AtomicU8,
-    /// Replicas alive at the last heartbeat (this one included).
+    /// Serialises changes of `state` with what they do to the pool (taking or giving back
+    /// the share decided alone), which run on different threads. Never on the request path.
+    transition: Mutex<()>,
+    /// Replicas alive at the last heartbeat (this one included); 0 while never known.
     fleet: AtomicU32,
-    /// This replica's name in the fleet's heartbeat set.
-    replica: String,
+    /// This replica's name: in the heartbeat set and on its counts (`u:<name>`); kept in the
+    /// state file, so a restarted replica goes on with its own counts.
+    replica: OnceLock<String>,
     /// Wakes the merge task at once (a refusal was learned).
     nudge: Notify,
 }
@@ -87,8 +98,9 @@ impl Shared {
             target,
             connections,
             state: AtomicU8::new(CONNECTING),
-            fleet: AtomicU32::new(1),
-            replica: replica_name(),
+            transition: Mutex::new(()),
+            fleet: AtomicU32::new(0),
+            replica: OnceLock::new(),
             nudge: Notify::new(),
         })
     }
@@ -98,13 +110,46 @@ impl Shared {
         self.connections.here().clone()
     }
 
+    /// Runs `call` on this thread's connection. A connection Redis dropped (it restarted,
+    /// a proxy in between closed it) is replaced and the call made once more: a stale
+    /// connection is a reconnect, not Redis going away.
+    async fn query<T, F, Fut>(&self, call: F) -> redis::RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match call(self.connection()).await {
+            Err(err) if err.is_connection_dropped() || err.is_unrecoverable_error() => {
+                call(self.connection()).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Adopts what the state file remembered of this replica: its name (so its counts in
+    /// Redis are its own again) and the fleet's size. Before the first merge.
+    pub fn remember(&self, replica: Option<String>, fleet: Option<u32>) {
+        if let Some(name) = replica {
+            let _ = self.replica.set(name);
+        }
+        if let Some(fleet) = fleet {
+            self.fleet.store(fleet.max(1), Relaxed);
+        }
+    }
+
+    /// This replica's name in the fleet.
+    #[must_use]
+    pub fn replica(&self) -> &str {
+        self.replica.get_or_init(replica_name)
+    }
+
     /// Whether Redis is in use now (false while it is away or not yet reached).
     #[must_use]
     pub fn in_use(&self) -> bool {
         self.state.load(Relaxed) == IN_USE
     }
 
-    /// Replicas alive at the last heartbeat.
+    /// Replicas alive at the last heartbeat, or remembered; 0 while never known.
     #[must_use]
     pub fn fleet(&self) -> u32 {
         self.fleet.load(Relaxed)
@@ -115,6 +160,27 @@ impl Shared {
         self.nudge.notify_one();
     }
 
+    /// The Redis key of account `index` and the arguments every account script starts
+    /// with (see `scripts::ACCOUNT_PRELUDE`): offset, limit, interval, tolerance, replica.
+    fn account_args(
+        &self,
+        pool: &KeyPool,
+        index: usize,
+        now_ms: i64,
+    ) -> (String, (i64, u32, i64, i64, &str)) {
+        let account = &pool.accounts()[index];
+        let (interval, tolerance) = account.limiter().shape_ms();
+        let offset = pool.calendar().utc_offset_ms(now_ms);
+        let args = (
+            offset,
+            account.daily_limit(),
+            interval,
+            tolerance,
+            self.replica(),
+        );
+        (self.names.account(pool, index), args)
+    }
+
     /// Confirms free-model `pick` (taken locally from `pool` at `now_ms`) for the fleet.
     /// A refusal is applied to the local view (block, used-up quota or limiter spacing),
     /// so the next local pick looks elsewhere; its local unit and slot are given back.
@@ -123,22 +189,14 @@ impl Shared {
             return Confirmed::Taken;
         };
         let account = &pool.accounts()[account_index];
-        let (interval, tolerance) = account.limiter().shape_ms();
-        let day_end = pool.calendar().today(now_ms).end_ms;
+        let (name, args) = self.account_args(pool, account_index, now_ms);
         let mut invocation = scripts::PICK.prepare_invoke();
-        invocation
-            .key(self.names.account(pool, account_index))
-            .arg(date)
-            .arg(account.daily_limit())
-            .arg(interval)
-            .arg(tolerance)
-            .arg(day_end);
-        let mut connection = self.connection();
-        let answer = tokio::time::timeout(
-            self.target.timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut connection),
-        )
-        .await;
+        invocation.key(name).arg(args);
+        let invocation = &invocation;
+        let call = self.query(|mut connection| async move {
+            invocation.invoke_async::<Vec<i64>>(&mut connection).await
+        });
+        let answer = tokio::time::timeout(self.target.timeout, call).await;
         let answer = match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(err)) => {
@@ -157,7 +215,8 @@ impl Shared {
         // deferring the limiter would move it back one interval, before the fleet's.
         pool.give_back(pick);
         let wait = answer.get(1).copied().unwrap_or(0);
-        let until = now_ms.saturating_add(wait.max(1));
+        // Bounded like every value read back: a wait is at most a quota day and a bit.
+        let until = now_ms.saturating_add(wait.clamp(1, merge::FAR_MS));
         match answer.first().copied() {
             Some(1) => {
                 let reason = answer
@@ -190,7 +249,8 @@ impl Shared {
         invocation
             .key(self.names.account(pool, account_index))
             .arg(date)
-            .arg(interval);
+            .arg(interval)
+            .arg(self.replica());
         self.in_background(invocation);
     }
 
@@ -199,43 +259,93 @@ impl Shared {
     fn in_background(self: &Arc<Self>, invocation: redis::ScriptInvocation<'static>) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let mut connection = shared.connection();
-            let call = invocation.invoke_async::<i64>(&mut connection);
+            let invocation = &invocation;
+            let call = shared.query(|mut connection| async move {
+                invocation.invoke_async::<i64>(&mut connection).await
+            });
             let _ = tokio::time::timeout(shared.target.timeout, call).await;
         });
     }
 
+    /// A reload put `pool` in force: while Redis is away, the accounts it added take their
+    /// share too (the others carried theirs over).
+    pub fn reloaded(&self, pool: &KeyPool) {
+        let _guard = self
+            .transition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.state.load(Relaxed) == AWAY {
+            alone::begin(pool, self.fleet_or_assumed(), now_ms());
+        }
+    }
+
+    /// The fleet's size to decide alone with: the last one known, or [`ASSUMED_FLEET`].
+    fn fleet_or_assumed(&self) -> u32 {
+        match self.fleet() {
+            0 => ASSUMED_FLEET,
+            known => known,
+        }
+    }
+
     /// Redis answered a merge: shared decisions resume (said once, at the change).
     fn reached(&self, pool: &KeyPool) {
+        if self.state.load(Relaxed) == IN_USE {
+            return;
+        }
+        let _guard = self
+            .transition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match self.state.swap(IN_USE, Relaxed) {
             IN_USE => {}
             AWAY => {
                 alone::end(pool);
                 info!(
-                    "Redis at {} is back: sharing key state with the fleet again ({} replica(s)); what this replica counted meanwhile was added",
+                    "Redis at {} is back: sharing key state with the fleet again ({}); what this replica sent meanwhile is in the shared counts",
                     self.target.shown(),
-                    self.fleet()
+                    replicas(self.fleet())
                 );
             }
             _ => info!(
-                "sharing key state through Redis at {} with {} replica(s)",
+                "sharing key state through Redis at {} with {}",
                 self.target.shown(),
-                self.fleet()
+                replicas(self.fleet())
             ),
         }
     }
 
     /// Redis failed: this replica decides alone with its fair share until it is back.
     fn lost(&self, pool: &KeyPool, why: &str) {
+        if self.state.load(Relaxed) == AWAY {
+            return;
+        }
+        let _guard = self
+            .transition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.state.swap(AWAY, Relaxed) == AWAY {
             return;
         }
-        let fleet = self.fleet();
+        let fleet = self.fleet_or_assumed();
         alone::begin(pool, fleet, now_ms());
+        let known = if self.fleet() == 0 {
+            " (the fleet's size was never learned: assumed)"
+        } else {
+            ""
+        };
         warn!(
-            "Redis at {} is unreachable ({why}): this replica decides alone with 1/{fleet} of each account's remaining quota and rate until it is back",
+            "Redis at {} is unreachable ({why}): this replica decides alone with 1/{fleet}{known} of each account's remaining quota and rate until it is back",
             self.target.shown()
         );
+    }
+}
+
+/// "1 replica", "3 replicas".
+fn replicas(n: u32) -> String {
+    if n == 1 {
+        "1 replica".to_owned()
+    } else {
+        format!("{n} replicas")
     }
 }
 

@@ -19,7 +19,7 @@ impl Shared {
         }
         let lease = redis::cmd("SET")
             .arg(self.names.probe_lease(fingerprint))
-            .arg(&self.replica)
+            .arg(self.replica())
             .arg("NX")
             .arg("PX")
             .arg(interval.as_millis().max(1) as u64)

@@ -8,106 +8,185 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Account hash fields: `day` (yyyymmdd), `used`, `b`/`br` (block of every request: until,
-/// reason), `fb`/`fbr` (free-model block), `tat` (GCRA arrival time), `wend` (OpenRouter's
-/// reset instant of the count's window).
+/// Account hash fields: `day` (yyyymmdd in `TIMEZONE` by Redis' clock), `u:<replica>` (the
+/// units each replica sent in the window: the shared count is their sum, so every replica
+/// writes only its own absolute number and a repeated or late write cannot count twice),
+/// `floor` (what OpenRouter itself said the count is at least), `b`/`br` (block of every
+/// request: until, reason), `fb`/`fbr` (free-model block), `tat` (GCRA arrival time),
+/// `wend` (OpenRouter's reset instant of the count's window).
+///
+/// Nothing read back is trusted: a value that is not a number in bounds (an instant more
+/// than 25 h ahead, a limiter arrival more than a minute and a burst ahead, a day after
+/// Redis' today, a count that is not a whole number) is repaired and the caller told.
+/// ARGV (every account script): the `TIMEZONE` offset at the replica's now (ms), the
+/// daily limit, the limiter's interval and burst tolerance (ms), the replica's name.
 const ACCOUNT_PRELUDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'day', 'used', 'b', 'br', 'fb', 'fbr', 'tat', 'wend')
-local day, used = tonumber(h[1]) or 0, tonumber(h[2]) or 0
-local b, br = tonumber(h[3]) or 0, tonumber(h[4]) or 0
-local fb, fbr = tonumber(h[5]) or 0, tonumber(h[6]) or 0
-local tat, wend = tonumber(h[7]) or 0, tonumber(h[8]) or 0
-local date = tonumber(ARGV[1])
-if wend > 0 and now >= wend then used = 0; wend = 0 end
-if day > date then date = day elseif day < date then used = 0 end
-local function keep(day_end)
-  redis.call('HSET', KEYS[1], 'day', date, 'used', used, 'b', b, 'br', br, 'fb', fb, 'fbr', fbr,
+local off = tonumber(ARGV[1])
+local days = math.floor((now + off) / 86400000)
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y * 10000 + m * 100 + d
+end
+local date, day_end = civil(days), (days + 1) * 86400000 - off
+local limit, interval, tolerance = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local mine_field = 'u:' .. ARGV[5]
+local far, tat_max = now + 90000000, now + 60000 + tolerance + interval
+local repaired = 0
+local function bounded(v, hi)
+  if v == nil then return 0 end
+  local n = tonumber(v)
+  if n == nil or n ~= n or n < 0 or n > hi then repaired = 1; return 0 end
+  return math.floor(n)
+end
+local h = redis.pcall('HGETALL', KEYS[1])
+if type(h) ~= 'table' or h.err then redis.call('DEL', KEYS[1]); h = {}; repaired = 1 end
+local f, counts = {}, {}
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) == 'u:' then counts[h[i]] = h[i + 1] else f[h[i]] = h[i + 1] end
+end
+local day = bounded(f.day, 99991231)
+if day > date then repaired = 1 end
+local wend, b, fb = bounded(f.wend, far), bounded(f.b, far), bounded(f.fb, far)
+local br, fbr = bounded(f.br, 255), bounded(f.fbr, 255)
+local tat = bounded(f.tat, tat_max)
+local floor = math.min(bounded(f.floor, 4294967295), limit)
+if f.used then
+  -- Written by an older version: its count becomes the floor of this window.
+  floor = math.max(floor, math.min(bounded(f.used, 4294967295), limit))
+  redis.call('HDEL', KEYS[1], 'used')
+end
+local fresh = day ~= date or (wend > 0 and now >= wend)
+if wend > 0 and now >= wend then wend = 0 end
+if fresh then floor = 0 end
+local sum = 0
+for name, v in pairs(counts) do
+  local n = tonumber(v)
+  if n == nil or n ~= n or n < 0 or n > 4294967295 or n ~= math.floor(n) then
+    repaired = 1; n = nil
+  end
+  if fresh or n == nil then
+    redis.call('HDEL', KEYS[1], name)
+    n = 0
+  end
+  counts[name] = n
+  sum = sum + math.min(n, limit)
+end
+local function keep()
+  redis.call('HSET', KEYS[1], 'day', date, 'floor', floor, 'b', b, 'br', br, 'fb', fb, 'fbr', fbr,
     'tat', tat, 'wend', wend)
   redis.call('PEXPIREAT', KEYS[1], math.max(day_end, b, fb, wend, tat) + 3600000)
 end
+if fresh or repaired == 1 then keep() end
 ";
 
-/// Confirms one free-model pick for the fleet. ARGV: date, limit, interval ms, burst
-/// tolerance ms, end of the quota day (ms). Returns `{0}` (taken: one unit and one slot),
-/// `{1, wait, reason}` (blocked), `{2, wait}` (quota used up), `{3, wait}` (throttled).
+/// Confirms one free-model pick for the fleet (ARGV: the prelude's). Returns `{0}` (taken:
+/// one unit counted as this replica's and one slot), `{1, wait, reason}` (blocked),
+/// `{2, wait}` (quota used up), `{3, wait}` (throttled).
 pub static PICK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{ACCOUNT_PRELUDE}
 if b > now then return {{1, b - now, br}} end
 if fb > now then return {{1, fb - now, fbr}} end
-local day_end = tonumber(ARGV[5])
-if used >= tonumber(ARGV[2]) then
+if math.max(floor, sum) >= limit then
   local reset = day_end
   if wend > 0 then reset = wend end
   return {{2, math.max(reset - now, 0)}}
 end
-local interval, tolerance = tonumber(ARGV[3]), tonumber(ARGV[4])
 tat = math.max(tat, now)
 if tat - now > tolerance then return {{3, tat - tolerance - now}} end
-used = used + 1
 tat = tat + interval
-keep(day_end)
+redis.call('HINCRBY', KEYS[1], mine_field, 1)
+keep()
 return {{0}}"
     ))
 });
 
 /// Gives back a unit and a slot confirmed by [`PICK`] whose attempt never reached
-/// OpenRouter. ARGV: date, interval ms.
+/// OpenRouter. ARGV: the replica's date, interval ms, the replica's name.
 pub static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local h = redis.call('HMGET', KEYS[1], 'day', 'used', 'tat')
-if tonumber(h[1]) == tonumber(ARGV[1]) and (tonumber(h[2]) or 0) > 0 then
-  redis.call('HINCRBY', KEYS[1], 'used', -1)
+local field = 'u:' .. ARGV[3]
+local h = redis.call('HMGET', KEYS[1], 'day', field, 'tat')
+if tonumber(h[1]) == tonumber(ARGV[1]) and (tonumber(h[2]) or 0) >= 1 then
+  redis.call('HINCRBY', KEYS[1], field, -1)
 end
-if h[3] then redis.call('HSET', KEYS[1], 'tat', tonumber(h[3]) - tonumber(ARGV[2])) end
+if tonumber(h[3]) then redis.call('HSET', KEYS[1], 'tat', tonumber(h[3]) - tonumber(ARGV[2])) end
 return 1",
     )
 });
 
 /// Merges one replica's view of an account into the shared one and returns the result.
-/// ARGV: date, floor (the replica's count for the date, 0 when it may be stale), picks it
-/// counted alone, b, br, fb, fbr, its limiter's ms ahead of now, its window end (0 if
-/// none), end of the quota day. Counts: the larger of both plus what it counted alone;
-/// blocks and the window end: the later wins; the limiter: the later arrival wins.
-/// Returns `{day, used, b, br, fb, fbr, tat ahead of now, wend}`.
+/// ARGV: the prelude's, then the replica's date, the units it sent in the window (-1 when
+/// its window may have ended for Redis), OpenRouter's floor, its window end (0 if none), b,
+/// br, fb, fbr, its limiter's ms ahead of now. Its own count is set to the larger of
+/// Redis' and its own (a pick that timed out in Redis but ran is not counted twice); the
+/// floor, blocks and the window end: the larger (later) wins; the limiter: the later
+/// arrival wins. Returns `{day, used, b, br, fb, fbr, tat ahead of now, wend, this
+/// replica's count, 1 if something was repaired}`.
 pub static SYNC_ACCOUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{ACCOUNT_PRELUDE}
 local theirs = tonumber(ARGV[9])
-if theirs > wend then wend = theirs end
-if tonumber(ARGV[1]) == date then used = math.max(used, tonumber(ARGV[2])) + tonumber(ARGV[3]) end
-if tonumber(ARGV[4]) > b then b = tonumber(ARGV[4]); br = tonumber(ARGV[5]) end
-if tonumber(ARGV[6]) > fb then fb = tonumber(ARGV[6]); fbr = tonumber(ARGV[7]) end
-tat = math.max(tat, now + tonumber(ARGV[8]))
-keep(tonumber(ARGV[10]))
-return {{date, used, b, br, fb, fbr, math.max(tat - now, 0), wend}}"
+if theirs > now and theirs <= far and theirs > wend then wend = theirs end
+local own = counts[mine_field] or 0
+if tonumber(ARGV[6]) == date then
+  local mine = math.min(tonumber(ARGV[7]), 4294967295)
+  if mine > own then
+    redis.call('HSET', KEYS[1], mine_field, mine)
+    sum = sum + math.min(mine, limit) - math.min(own, limit)
+    own = mine
+  end
+  floor = math.max(floor, math.min(tonumber(ARGV[8]), limit))
+end
+if tonumber(ARGV[10]) > b and tonumber(ARGV[10]) <= far then b = tonumber(ARGV[10]); br = tonumber(ARGV[11]) end
+if tonumber(ARGV[12]) > fb and tonumber(ARGV[12]) <= far then fb = tonumber(ARGV[12]); fbr = tonumber(ARGV[13]) end
+tat = math.max(tat, now + math.min(tonumber(ARGV[14]), tat_max - now))
+keep()
+return {{date, math.max(floor, sum), b, br, fb, fbr, math.max(tat - now, 0), wend, own, repaired}}"
     ))
 });
 
 /// Merges one replica's view of a key. ARGV: 5 total deltas (requests, successes,
 /// rate_limited, errors, unreached), the same 5 in full (used when the hash is new, so a
-/// Redis that restarted empty is filled again), last used, b, br, user id ("" if unknown).
-/// Returns `{5 totals, last, b, br, user, probe at, probe}`.
+/// Redis that restarted empty is filled again, or a total is not a number), last used, b,
+/// br, user id ("" if unknown). Returns `{5 totals, last, b, br, user, probe at, probe}`.
+/// A hash of the wrong type is replaced; the replica bounds what it reads back.
 pub static SYNC_KEY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local f = {'req', 'ok', 'rl', 'err', 'unr'}
+local kind = redis.call('TYPE', KEYS[1])
+if type(kind) == 'table' then kind = kind.ok end
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
 local out = {}
 for i = 1, 5 do
-  if fresh then
+  local n = not fresh and redis.pcall('HINCRBY', KEYS[1], f[i], ARGV[i])
+  if type(n) ~= 'number' then
     redis.call('HSET', KEYS[1], f[i], ARGV[5 + i])
-    out[i] = tonumber(ARGV[5 + i])
-  else
-    out[i] = redis.call('HINCRBY', KEYS[1], f[i], ARGV[i])
+    n = tonumber(ARGV[5 + i])
   end
+  out[i] = n
 end
 local h = redis.call('HMGET', KEYS[1], 'last', 'b', 'br', 'user', 'pat', 'probe')
 local last = math.max(tonumber(h[1]) or 0, tonumber(ARGV[11]))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b, br = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+if b ~= b or b > now + 90000000 then b = 0 end
+if last ~= last or last > now + 90000000 then last = tonumber(ARGV[11]) end
 if tonumber(ARGV[12]) > b then b = tonumber(ARGV[12]); br = tonumber(ARGV[13]) end
 local user = h[4] or ''
 if user == '' then user = ARGV[14] end

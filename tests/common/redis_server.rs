@@ -137,6 +137,65 @@ impl RedisServer {
         out
     }
 
+    /// The fleet's count in the account hash whose name contains `name_part` (the larger
+    /// of OpenRouter's floor and the sum of what each replica sent); 0 if there is none.
+    pub fn shared_count(&self, name_part: &str) -> u64 {
+        let mut connection = self.connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*{a:*")
+            .query(&mut connection)
+            .unwrap();
+        let Some(key) = keys.iter().find(|k| k.contains(name_part)) else {
+            return 0;
+        };
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap();
+        let number = |v: &str| v.parse::<u64>().unwrap_or(0);
+        let sent: u64 = fields
+            .iter()
+            .filter(|(f, _)| f.starts_with("u:"))
+            .map(|(_, v)| number(v))
+            .sum();
+        let floor = fields
+            .iter()
+            .find(|(f, _)| f == "floor")
+            .map_or(0, |(_, v)| number(v));
+        sent.max(floor)
+    }
+
+    /// Runs one command (as `redis-cli` would) and returns its answer.
+    pub fn command(&self, args: &[&str]) -> redis::Value {
+        let mut connection = self.connection().unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut connection).unwrap()
+    }
+
+    /// Pauses the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT): it answers everything sent meanwhile.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
     /// The directory it runs in (for its own files).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()

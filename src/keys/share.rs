@@ -1,0 +1,207 @@
+//! One account's part in a fleet of replicas (with `REDIS_URL`): what this
+//! replica itself sent in the current window (its contribution to the shared
+//! count, pushed to Redis as an absolute number so a late or repeated merge
+//! can never count twice), what OpenRouter itself said of the count (the
+//! floor), and, while Redis is away, the share it decides alone with.
+//!
+//! Deciding alone: of the quota left in the window when Redis went away, the
+//! replica takes `1 / replicas` and leaves the rest to the others; in any later
+//! window (OpenRouter's reset or midnight passed during the outage) it takes
+//! `1 / replicas` of the whole limit. Rounded down, so the fleet together never
+//! takes more than the limit.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+// Relaxed throughout: every word is self-contained, nothing else is published through it.
+
+/// The date a packed `(yyyymmdd << 32) | count` word belongs to.
+pub(super) fn date_of(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// The count of `date` in a packed word (0 when the word is of another date).
+pub(super) fn count_in(word: u64, date: u32) -> u64 {
+    if date_of(word) == date {
+        word & 0xFFFF_FFFF
+    } else {
+        0
+    }
+}
+
+pub(super) fn packed(date: u32, count: u64) -> u64 {
+    (u64::from(date) << 32) | count.min(0xFFFF_FFFF)
+}
+
+/// One account's part in the fleet.
+#[derive(Default)]
+pub struct Share {
+    /// `(date << 32) | units` this replica itself sent in the current window.
+    mine: AtomicU64,
+    /// `(date << 32) | count` OpenRouter itself gave (its daily 429, a `/key` probe): the
+    /// fleet's count is at least this, whoever sent the requests.
+    floor: AtomicU64,
+    /// While deciding alone: `(date << 32) | units` of that window's quota left to the others.
+    withheld: AtomicU64,
+    /// While deciding alone: the fleet's size it shares with (0: not alone).
+    alone_with: AtomicU32,
+}
+
+impl Share {
+    /// Counts a unit this replica took on `date` (`undo`: one given back).
+    pub(super) fn count_mine(&self, date: u32, undo: bool) {
+        let _ = self.mine.fetch_update(Relaxed, Relaxed, |word| {
+            let n = count_in(word, date);
+            Some(packed(date, if undo { n.saturating_sub(1) } else { n + 1 }))
+        });
+    }
+
+    /// Units this replica sent on `date` in the current window.
+    #[must_use]
+    pub fn mine_on(&self, date: u32) -> u32 {
+        count_in(self.mine.load(Relaxed), date) as u32
+    }
+
+    /// Raises this replica's count of `date` to what Redis holds for it (a pick that timed
+    /// out but ran, a state file older than the last merge).
+    pub(crate) fn raise_mine(&self, date: u32, units: u32) {
+        raise(&self.mine, date, units);
+    }
+
+    /// What OpenRouter said `date`'s count is at least.
+    #[must_use]
+    pub fn floor_on(&self, date: u32) -> u32 {
+        count_in(self.floor.load(Relaxed), date) as u32
+    }
+
+    pub(crate) fn raise_floor(&self, date: u32, count: u32) {
+        raise(&self.floor, date, count);
+    }
+
+    /// A new window began (OpenRouter's reset passed): nothing of the old one carries on.
+    pub(super) fn roll(&self, date: u32) {
+        self.mine.store(packed(date, 0), Relaxed);
+        self.floor.store(packed(date, 0), Relaxed);
+        // The share of what was left in the old window is no share of the new one.
+        self.withheld.store(0, Relaxed);
+    }
+
+    /// Starts deciding alone in a fleet of `replicas` with `left` units of `date`'s window
+    /// left; false if it already does (its share was taken when Redis went away).
+    pub(crate) fn go_alone(&self, date: u32, left: u32, replicas: u32) -> bool {
+        let replicas = replicas.max(1);
+        if self
+            .alone_with
+            .compare_exchange(0, replicas, Relaxed, Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Rounded down: replicas cannot agree on who would take a remainder.
+        let withheld = left - left / replicas;
+        self.withheld
+            .store(packed(date, u64::from(withheld)), Relaxed);
+        true
+    }
+
+    /// Redis is back: the whole quota is the fleet's again.
+    pub(crate) fn end_alone(&self) {
+        self.alone_with.store(0, Relaxed);
+        self.withheld.store(0, Relaxed);
+    }
+
+    /// The fleet's size while deciding alone (0: not alone).
+    #[must_use]
+    pub fn alone_with(&self) -> u32 {
+        self.alone_with.load(Relaxed)
+    }
+
+    /// The limit this replica may use on `date` out of `limit`.
+    #[must_use]
+    pub fn limit_on(&self, date: u32, limit: u32) -> u32 {
+        let replicas = self.alone_with.load(Relaxed);
+        if replicas == 0 {
+            return limit;
+        }
+        let withheld = self.withheld.load(Relaxed);
+        if date_of(withheld) == date {
+            limit.saturating_sub(count_in(withheld, date) as u32)
+        } else {
+            // A window that began while alone: its share of the whole limit.
+            limit / replicas
+        }
+    }
+
+    /// Takes over what `other` (the same account in a replaced pool) knew on `date`.
+    pub(super) fn absorb(&self, other: &Share, date: u32) {
+        let theirs = other.mine_on(date);
+        let _ = self.mine.fetch_update(Relaxed, Relaxed, |word| {
+            Some(packed(date, count_in(word, date) + u64::from(theirs)))
+        });
+        self.raise_floor(date, other.floor_on(date));
+        let withheld = other.withheld.load(Relaxed);
+        if self.alone_with.load(Relaxed) == 0 {
+            self.withheld.store(withheld, Relaxed);
+            self.alone_with
+                .store(other.alone_with.load(Relaxed), Relaxed);
+        }
+    }
+}
+
+/// Raises `date`'s count in `word` to `count`; an older `date` changes nothing.
+fn raise(word: &AtomicU64, date: u32, count: u32) {
+    let _ = word.fetch_update(Relaxed, Relaxed, |w| {
+        (date >= date_of(w) && u64::from(count) > count_in(w, date))
+            .then_some(packed(date, u64::from(count)))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alone_a_replica_takes_its_share_of_what_is_left_then_of_every_new_window() {
+        let share = Share::default();
+        assert_eq!(share.limit_on(1, 30), 30);
+        // 3 replicas, 20 left of 30 on day 1: 20 - 20/3 = 14 withheld.
+        assert!(share.go_alone(1, 20, 3));
+        assert!(!share.go_alone(1, 20, 1), "the share is taken once");
+        assert_eq!(share.limit_on(1, 30), 16);
+        // Midnight passed during the outage: a third of the whole limit.
+        assert_eq!(share.limit_on(2, 30), 10);
+        // OpenRouter's reset passed on the same day: the same.
+        share.roll(1);
+        assert_eq!(share.limit_on(1, 30), 10);
+        share.end_alone();
+        assert_eq!(share.limit_on(1, 30), 30);
+    }
+
+    #[test]
+    fn mine_counts_this_replicas_units_per_window() {
+        let share = Share::default();
+        share.count_mine(5, false);
+        share.count_mine(5, false);
+        share.count_mine(5, true);
+        assert_eq!(share.mine_on(5), 1);
+        share.raise_mine(5, 3);
+        share.raise_mine(4, 9);
+        assert_eq!(share.mine_on(5), 3);
+        share.roll(5);
+        assert_eq!(share.mine_on(5), 0);
+        share.count_mine(6, false);
+        assert_eq!(share.mine_on(6), 1);
+    }
+
+    #[test]
+    fn a_replaced_pool_keeps_what_was_sent_and_the_share_decided_alone() {
+        let (old, new) = (Share::default(), Share::default());
+        old.count_mine(5, false);
+        old.raise_floor(5, 7);
+        assert!(old.go_alone(5, 20, 2));
+        new.absorb(&old, 5);
+        assert_eq!(new.mine_on(5), 1);
+        assert_eq!(new.floor_on(5), 7);
+        assert_eq!(new.limit_on(5, 30), 20);
+        assert_eq!(new.alone_with(), 2);
+    }
+}
