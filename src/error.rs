@@ -33,6 +33,8 @@ pub enum ProxyError {
     UpstreamProtocol(&'static str),
     /// Upstream sent no response headers in time.
     UpstreamTimeout,
+    /// Upstream began a JSON answer, then sent nothing more for `STREAM_IDLE_TIMEOUT`.
+    UpstreamStalled { secs: u64 },
     /// No attempt produced a first token within `FIRST_TOKEN_TIMEOUT`, and retries ran out.
     NoFirstToken,
 }
@@ -53,7 +55,9 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamBroken
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamStalled { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -82,6 +86,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => {
                 "OpenRouter did not answer within UPSTREAM_TIMEOUT".to_owned()
             }
+            ProxyError::UpstreamStalled { secs } => format!(
+                "OpenRouter began its answer, then sent nothing for {secs} s (STREAM_IDLE_TIMEOUT); not retried, as the request may already have been processed"
+            ),
             ProxyError::NoFirstToken => NO_FIRST_TOKEN.to_owned(),
         }
     }

@@ -169,6 +169,9 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
             let _ =
                 state::write_atomic(path, &state::render(&app.keys(), state::fleet_memory(&app)));
         }
+        // The request lines the workers hold are written first: every request that ended
+        // is in the log.
+        server::workers::flush_logs(std::time::Duration::from_millis(500));
         std::process::exit(1);
     });
     async {

@@ -16,7 +16,7 @@ use log::warn;
 
 use crate::app::App;
 use crate::error::ProxyError;
-use crate::forward::held::{hold, Held, HoldError};
+use crate::forward::held::{hold, Held, HoldError, HoldLimits};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::upstream::strip_hop_by_hop;
@@ -359,16 +359,27 @@ impl Journey {
         // A success body may take as long as the generation, but its first JSON byte must come
         // within FIRST_TOKEN_TIMEOUT; an error body is bounded by UPSTREAM_TIMEOUT.
         let start = if status.is_success() {
-            match hold(body, INSPECT_LIMIT, self.first_token_deadline()).await {
+            let idle = self.app.config.stream_idle_timeout;
+            let limits = HoldLimits {
+                first_byte_by: self.first_token_deadline(),
+                idle: (!idle.is_zero()).then_some(idle),
+            };
+            match hold(body, INSPECT_LIMIT, limits).await {
                 Err(HoldError::NoFirstByte) => {
                     return Inspected::Failed(Verdict::NoFirstToken, None);
+                }
+                Err(HoldError::Stalled) => {
+                    // Generated (and counted by OpenRouter) at least in part: not retried.
+                    self.record(Outcome::Error);
+                    let secs = idle.as_secs();
+                    return Inspected::Done(Settled::Failed(ProxyError::UpstreamStalled { secs }));
                 }
                 result => result.ok(),
             }
         } else if self.app.config.upstream_timeout.is_zero() {
-            hold(body, INSPECT_LIMIT, None).await.ok()
+            hold(body, INSPECT_LIMIT, HoldLimits::default()).await.ok()
         } else {
-            let holding = hold(body, INSPECT_LIMIT, None);
+            let holding = hold(body, INSPECT_LIMIT, HoldLimits::default());
             tokio::time::timeout(self.app.config.upstream_timeout, holding)
                 .await
                 .ok()

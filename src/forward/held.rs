@@ -51,25 +51,34 @@ pub enum HoldError {
     Broken,
     /// Only whitespace (OpenRouter's heartbeats) arrived before the first-byte deadline.
     NoFirstByte,
+    /// After the first byte, nothing more arrived for the idle limit.
+    Stalled,
+}
+
+/// How long [`hold`] waits for each part of a body.
+#[derive(Clone, Copy, Default)]
+pub struct HoldLimits {
+    /// The first byte past leading whitespace must arrive by then.
+    pub first_byte_by: Option<tokio::time::Instant>,
+    /// After it, no gap between frames may be longer (`STREAM_IDLE_TIMEOUT`).
+    pub idle: Option<std::time::Duration>,
 }
 
 /// Reads `body` until it ends or more than `limit` bytes past leading
-/// whitespace (OpenRouter's heartbeats) have arrived; the first byte past the
-/// whitespace must arrive by `first_byte_by` when one is given. A body that
-/// arrives in one frame is held without a copy.
-pub async fn hold(
-    mut body: Incoming,
-    limit: usize,
-    first_byte_by: Option<tokio::time::Instant>,
-) -> Result<Held, HoldError> {
+/// whitespace (OpenRouter's heartbeats) have arrived, within `limits`. A body
+/// that arrives in one frame is held without a copy.
+pub async fn hold(mut body: Incoming, limit: usize, limits: HoldLimits) -> Result<Held, HoldError> {
     let mut joined = Joined::default();
     let mut significant = 0usize;
     while significant <= limit {
-        let next = match first_byte_by.filter(|_| significant == 0) {
-            Some(deadline) => tokio::time::timeout_at(deadline, body.frame())
+        let next = match (significant, limits.first_byte_by, limits.idle) {
+            (0, Some(deadline), _) => tokio::time::timeout_at(deadline, body.frame())
                 .await
                 .map_err(|_| HoldError::NoFirstByte)?,
-            None => body.frame().await,
+            (1.., _, Some(idle)) => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| HoldError::Stalled)?,
+            _ => body.frame().await,
         };
         let Some(frame) = next else {
             return Ok(Held {

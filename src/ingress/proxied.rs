@@ -19,7 +19,7 @@ use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstre
 use crate::ingress::model;
 use crate::ingress::request_body::{read_capped, ReadError};
 use crate::keys::Demand;
-use crate::stream::accounted::{Accounted, Served};
+use crate::stream::accounted::{Accounted, Ended, Served};
 use crate::stream::body::ProxyBody;
 use crate::stream::relay::SseRelay;
 
@@ -53,22 +53,35 @@ pub async fn forward(
         Cow::Borrowed(name) => body.slice_ref(name.as_bytes()),
         Cow::Owned(name) => Bytes::from(name),
     });
-    let mut journey = Journey::new(Arc::clone(app), outgoing, started);
-    let settled = journey.settle().await;
-    if let Some(at) = journey.headers_at {
-        app.metrics.after_upstream.observe(at.elapsed());
-    }
-    let mut served = Served {
+    let journey = Journey::new(Arc::clone(app), outgoing, started);
+    let served = Served {
         method: journey.outgoing.method.clone(),
         uri: journey.outgoing.uri.clone(),
         model,
         status: 0,
         started,
         free: journey.outgoing.demand == Demand::Free,
-        refused_by_proxy: matches!(settled, Settled::Failed(ProxyError::NoKey { .. })),
+        refused_by_proxy: false,
         pool: journey.pool_arc(),
-        key: journey.last_key,
-        attempts: journey.attempts,
+        key: None,
+        attempts: 0,
+        ended_early: None,
+    };
+    let mut in_flight = InFlight {
+        journey: Some(journey),
+        served: Some(served),
+        app: Arc::clone(app),
+    };
+    let settled = in_flight.journey().settle().await;
+    let (journey, mut served) = in_flight.hand_over();
+    if let Some(at) = journey.headers_at {
+        app.metrics.after_upstream.observe(at.elapsed());
+    }
+    served.refused_by_proxy = matches!(settled, Settled::Failed(ProxyError::NoKey { .. }));
+    served.ended_early = match &settled {
+        Settled::Failed(ProxyError::NoFirstToken) => Some(Ended::FirstTokenTimeout),
+        Settled::Failed(ProxyError::UpstreamStalled { .. }) => Some(Ended::IdleTimeout),
+        _ => None,
     };
     let response = match settled {
         Settled::Stream(response) => {
@@ -79,13 +92,61 @@ pub async fn forward(
             let relay = ProxyBody::Relay(Box::new(SseRelay::new(upstream, journey)));
             Response::from_parts(head, relay)
         }
-        Settled::Answer(response) => response.map(ProxyBody::from),
+        Settled::Answer(response) => {
+            let idle_after = app.config.stream_idle_timeout;
+            response.map(|held| ProxyBody::answer(held, idle_after))
+        }
         Settled::Failed(err) => err.into_response().map(ProxyBody::from),
     };
     served.status = response.status().as_u16();
     // Recorded (log line, usage, request metrics) when the response ends, not now.
     Ok(response
         .map(|body| ProxyBody::Accounted(Box::new(Accounted::new(body, Arc::clone(app), served)))))
+}
+
+/// A request whose journey upstream is under way. If the client leaves before the response
+/// head (a client timeout on a long generation drops this future), the request still gets
+/// its record: the end line (`ended=client_closed`, status 499 as nginx logs it) and metrics.
+struct InFlight {
+    journey: Option<Journey>,
+    served: Option<Served>,
+    app: Arc<App>,
+}
+
+impl InFlight {
+    fn journey(&mut self) -> &mut Journey {
+        self.journey
+            .as_mut()
+            .expect("the journey is handed over once, at the end")
+    }
+
+    /// The journey settled: the response's own record takes over.
+    fn hand_over(mut self) -> (Journey, Served) {
+        self.take().expect("handed over once")
+    }
+
+    /// The journey and its record, brought up to date with the key and attempts.
+    fn take(&mut self) -> Option<(Journey, Served)> {
+        let (journey, mut served) = (self.journey.take()?, self.served.take()?);
+        (served.pool, served.key) = (journey.pool_arc(), journey.last_key);
+        served.attempts = journey.attempts;
+        Some((journey, served))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some((_, mut served)) = self.take() else {
+            return;
+        };
+        served.status = 499;
+        // Recorded as its body would be, had one begun: dropped at once, before its end.
+        drop(Accounted::new(
+            ProxyBody::empty(),
+            Arc::clone(&self.app),
+            served,
+        ));
+    }
 }
 
 /// The upstream URI for the request's target, or why it cannot be forwarded.

@@ -10,6 +10,11 @@ use serde_json::{json, Value};
 // Independent counters: Relaxed throughout. A request counted across midnight may land on
 // either day; nothing else is published through them.
 
+/// More tokens than any model's context window holds (the largest are a few million).
+const MAX_TOKENS_PER_ANSWER: u64 = 100_000_000;
+/// More than any one request costs ($1,000), in nano-USD.
+const MAX_NANO_USD_PER_ANSWER: u64 = 1_000 * 1_000_000_000;
+
 /// What one request used, as OpenRouter's `usage` object said.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -44,8 +49,18 @@ impl Usage {
         Some(Usage {
             prompt_tokens: fields.prompt_tokens.unwrap_or(0),
             completion_tokens: fields.completion_tokens.unwrap_or(0),
+            // Saturating (`as` from f64): a cost past u64 reads as the largest, then implausible.
             cost_nano: cost.map_or(0, |c| (c * 1e9).round() as u64),
         })
+    }
+
+    /// Whether one answer can have used this much: no more tokens than a context window
+    /// holds, no more than $1,000. Anything else is a broken or hostile answer, not usage.
+    #[must_use]
+    pub fn plausible(self) -> bool {
+        self.prompt_tokens <= MAX_TOKENS_PER_ANSWER
+            && self.completion_tokens <= MAX_TOKENS_PER_ANSWER
+            && self.cost_nano <= MAX_NANO_USD_PER_ANSWER
     }
 
     /// `[prompt tokens, completion tokens, nano-USD]`, as the state file keeps them.
@@ -88,8 +103,10 @@ impl UsageCounters {
     pub fn add(&self, date: u32, usage: Usage) {
         self.roll(date);
         for ((today, lifetime), value) in self.today.iter().zip(&self.lifetime).zip(usage.parts()) {
-            today.fetch_add(value, Relaxed);
-            lifetime.fetch_add(value, Relaxed);
+            // Saturating: a counter never wraps round to a small number.
+            for counter in [today, lifetime] {
+                let _ = counter.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(value)));
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::keys::now_ms;
-use crate::stream::body::ProxyBody;
+use crate::stream::body::{BodyError, ProxyBody};
 
 // Relaxed throughout: counters and timestamps read by one watcher; a stale read delays a
 // close by one round, and no other memory is published through them.
@@ -155,12 +155,12 @@ impl Drop for Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Some(waiting) = &this.waiting {

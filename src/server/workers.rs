@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -24,6 +26,33 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .on_thread_park(log_lines::flush_batched)
         .build()
+}
+
+/// The running workers' runtimes, for [`flush_logs`] (the last started set).
+static RUNNING: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
+
+/// Has every worker write the log lines it holds, waiting up to `limit` for them: before
+/// the process exits without the orderly stop (a second SIGTERM).
+pub fn flush_logs(limit: Duration) {
+    let handles = RUNNING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let (done, flushed) = std::sync::mpsc::channel();
+    for handle in &handles {
+        let done = done.clone();
+        drop(handle.spawn(async move {
+            log_lines::flush_batched();
+            let _ = done.send(());
+        }));
+    }
+    let deadline = std::time::Instant::now() + limit;
+    for _ in &handles {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if flushed.recv_timeout(left).is_err() {
+            return;
+        }
+    }
 }
 
 /// The running workers; dropping this stops them (their remaining tasks are dropped)
@@ -69,6 +98,10 @@ impl Workers {
             stops.push(stop);
             threads.push(thread);
         }
+        RUNNING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&handles);
         Workers {
             handles,
             next: AtomicUsize::new(0),

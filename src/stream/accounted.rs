@@ -32,9 +32,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Uri};
-use log::{info, log_enabled, Level};
+use log::{info, log_enabled, warn, Level};
 
-use super::body::ProxyBody;
+use super::body::{BodyError, ProxyBody};
 use crate::app::App;
 use crate::keys::{now_ms, KeyPool, Tally, Usage};
 use crate::observe::metrics::ENDINGS;
@@ -56,6 +56,9 @@ pub struct Served {
     pub pool: Arc<KeyPool>,
     pub key: Option<usize>,
     pub attempts: u32,
+    /// How the journey itself ended the request before any body of OpenRouter's (no first
+    /// token on any attempt, an answer that stalled while held, the client gone).
+    pub ended_early: Option<Ended>,
 }
 
 /// How many bytes of a response's end are kept to find its `usage` object in: OpenRouter
@@ -134,6 +137,7 @@ impl Accounted {
         }
         let ended = match (&self.inner, ended) {
             (ProxyBody::Relay(relay), Ended::Completed) => relay.ended().unwrap_or(ended),
+            (_, Ended::Completed) => self.served.ended_early.unwrap_or(ended),
             _ => ended,
         };
         if let ProxyBody::Relay(relay) = &self.inner {
@@ -142,11 +146,24 @@ impl Accounted {
                 self.served.attempts = attempts;
             }
         }
-        let usage = usage_in(self.tail.bytes());
+        let usage = usage_in(self.tail.bytes()).filter(|usage| {
+            let plausible = usage.plausible();
+            if !plausible {
+                warn!(
+                    "{} {}: ignored a usage no answer can carry ({} + {} tokens, ${:.2})",
+                    self.served.method,
+                    self.served.uri.path(),
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cost_nano as f64 / 1e9
+                );
+            }
+            plausible
+        });
         let (pool, key, now) = (&self.served.pool, self.served.key, now_ms());
         if let (Some(usage), Some(key)) = (usage, key) {
             pool.record_usage(key, usage, now);
-            let tokens = usage.prompt_tokens + usage.completion_tokens;
+            let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             pool.tally(Some(key), Tally::Tokens, tokens, now);
         }
         pool.tally(key, Tally::Requests, 1, now);
@@ -241,12 +258,12 @@ impl Drop for Accounted {
 
 impl Body for Accounted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -260,7 +277,8 @@ impl Body for Accounted {
                     this.finish(Ended::Completed);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(Ended::UpstreamError),
+            Poll::Ready(Some(Err(BodyError::Stalled(_)))) => this.finish(Ended::IdleTimeout),
+            Poll::Ready(Some(Err(BodyError::Upstream(_)))) => this.finish(Ended::UpstreamError),
             Poll::Ready(None) => this.finish(Ended::Completed),
             Poll::Pending => {}
         }

@@ -8,8 +8,35 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::accounted::Accounted;
+use super::idle_watch::IdleWatch;
 use super::relay::SseRelay;
 use crate::forward::held::Held;
+
+/// Why a response body ended before its end: the client then sees its connection cut (no
+/// status can change once the head is sent), and the record says which.
+#[derive(Debug)]
+pub enum BodyError {
+    /// OpenRouter's answer broke off.
+    Upstream(hyper::Error),
+    /// OpenRouter sent nothing of the answer for `STREAM_IDLE_TIMEOUT` (seconds).
+    Stalled(u64),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Upstream(err) => write!(f, "the OpenRouter answer broke off: {err}"),
+            BodyError::Stalled(secs) => {
+                write!(
+                    f,
+                    "OpenRouter sent nothing for {secs} s (STREAM_IDLE_TIMEOUT)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
 
 /// A response body: the proxy's own bytes, upstream's body (after any held
 /// prefix) frame by frame, or an event stream under pre-content inspection.
@@ -18,6 +45,7 @@ pub enum ProxyBody {
     Upstream {
         held: Option<Bytes>,
         rest: Incoming,
+        idle: Option<IdleWatch>,
     },
     Relay(Box<SseRelay>),
     /// A proxied response, recorded when it ends.
@@ -35,21 +63,17 @@ impl ProxyBody {
         ProxyBody::Full(None)
     }
 
+    /// The whole upstream body again: held bytes first, then the rest piped, ended when
+    /// upstream sends nothing for `idle_after` (0: never).
     #[must_use]
-    pub fn upstream(held: Option<Bytes>, rest: Incoming) -> Self {
-        ProxyBody::Upstream {
-            held: held.filter(|b| !b.is_empty()),
-            rest,
-        }
-    }
-}
-
-impl From<Held> for ProxyBody {
-    /// The whole upstream body again: held bytes first, then the rest piped.
-    fn from(held: Held) -> Self {
+    pub fn answer(held: Held, idle_after: std::time::Duration) -> Self {
         match held.rest {
             None => ProxyBody::full(held.bytes),
-            Some(rest) => ProxyBody::upstream(Some(held.bytes), rest),
+            Some(rest) => ProxyBody::Upstream {
+                held: Some(held.bytes).filter(|b| !b.is_empty()),
+                rest,
+                idle: IdleWatch::new(idle_after),
+            },
         }
     }
 }
@@ -62,18 +86,36 @@ impl From<Bytes> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { held, rest } => match held.take() {
-                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            ProxyBody::Upstream { held, rest, idle } => {
+                if let Some(bytes) = held.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Pending => {
+                        let stalled = idle
+                            .as_mut()
+                            .and_then(|watch| watch.expired(cx).then(|| watch.after_secs()));
+                        match stalled {
+                            Some(secs) => Poll::Ready(Some(Err(BodyError::Stalled(secs)))),
+                            None => Poll::Pending,
+                        }
+                    }
+                    Poll::Ready(frame) => {
+                        if let Some(watch) = idle {
+                            watch.touched();
+                        }
+                        Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream)))
+                    }
+                }
+            }
             ProxyBody::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
             ProxyBody::Accounted(accounted) => Pin::new(accounted.as_mut()).poll_frame(cx),
         }
@@ -82,7 +124,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Upstream { held, rest } => held.is_none() && rest.is_end_stream(),
+            ProxyBody::Upstream { held, rest, .. } => held.is_none() && rest.is_end_stream(),
             ProxyBody::Relay(relay) => relay.is_end_stream(),
             ProxyBody::Accounted(accounted) => accounted.is_end_stream(),
         }
@@ -93,7 +135,9 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ProxyBody::Upstream { held: None, rest } => rest.size_hint(),
+            ProxyBody::Upstream {
+                held: None, rest, ..
+            } => rest.size_hint(),
             ProxyBody::Accounted(accounted) => accounted.size_hint(),
             ProxyBody::Upstream { .. } | ProxyBody::Relay(_) => SizeHint::default(),
         }

@@ -7,5 +7,6 @@
 
 pub mod accounted;
 pub mod body;
+pub mod idle_watch;
 pub mod relay;
 pub mod sse;

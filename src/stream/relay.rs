@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming};
@@ -25,6 +25,8 @@ use crate::forward::attempts::{Journey, Settled};
 use crate::forward::outcome::{classify, error_object, Verdict};
 use crate::keys::{KeyPool, Outcome};
 use crate::stream::accounted::Ended;
+use crate::stream::body::BodyError;
+use crate::stream::idle_watch::IdleWatch;
 use crate::stream::sse::{classify_event, event_len_from, Event};
 
 type Retry = Pin<Box<dyn Future<Output = (Journey, Settled)> + Send>>;
@@ -52,9 +54,8 @@ pub struct SseRelay {
     journey: Option<Journey>,
     /// Kept apart from the journey (which a retry borrows) for the open-streams gauge.
     app: Arc<App>,
-    /// Fires `STREAM_IDLE_TIMEOUT` after the last upstream frame; re-armed lazily, not per frame.
-    idle: Option<Pin<Box<Sleep>>>,
-    last_frame: Instant,
+    /// `STREAM_IDLE_TIMEOUT` after the last upstream frame.
+    idle: Option<IdleWatch>,
     /// Fires `FIRST_TOKEN_TIMEOUT` after the attempt was sent, unless a data event came first.
     first_token: Option<Pin<Box<Sleep>>>,
     /// How the relay itself ended the stream, if it did.
@@ -76,8 +77,7 @@ impl SseRelay {
     pub fn new(upstream: Incoming, journey: Journey) -> Self {
         let app = Arc::clone(journey.app());
         app.metrics.open_streams.fetch_add(1, Relaxed);
-        let idle_after = app.config.stream_idle_timeout;
-        let idle = (!idle_after.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_after)));
+        let idle = IdleWatch::new(app.config.stream_idle_timeout);
         let first_token = journey
             .first_token_deadline()
             .map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
@@ -93,7 +93,6 @@ impl SseRelay {
             journey: Some(journey),
             app,
             idle,
-            last_frame: Instant::now(),
         }
     }
 
@@ -204,7 +203,7 @@ impl SseRelay {
             Settled::Stream(response) => {
                 self.upstream = Some(response.into_body());
                 // The idle clock restarts with the new stream: the retry's own wait is not silence.
-                self.last_frame = Instant::now();
+                self.touched();
                 // And the new attempt has its own first-token deadline.
                 let deadline = self
                     .journey
@@ -239,7 +238,7 @@ impl SseRelay {
 }
 
 /// What one poll of the relay yields to hyper.
-type Polled = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
 
 impl SseRelay {
     /// Polls the upstream stream once: `Some` is what to hand to hyper, `None` means the
@@ -263,14 +262,14 @@ impl SseRelay {
             if !self.idle_expired(cx) {
                 return Some(Poll::Pending);
             }
-            let after = self.app.config.stream_idle_timeout.as_secs();
+            let after = self.idle.as_ref().map_or(0, IdleWatch::after_secs);
             let message = format!("OpenRouter sent nothing for {after} s (STREAM_IDLE_TIMEOUT)");
             self.upstream = None;
             self.ended = Some(Ended::IdleTimeout);
             self.mode = Mode::Last(error_event(StatusCode::GATEWAY_TIMEOUT, &message));
             return None;
         };
-        self.last_frame = Instant::now();
+        self.touched();
         let inspecting = matches!(self.mode, Mode::Inspecting);
         match frame {
             Some(Ok(frame)) if !inspecting => return Some(Poll::Ready(Some(Ok(frame)))),
@@ -314,23 +313,13 @@ impl SseRelay {
 
     /// True once `STREAM_IDLE_TIMEOUT` has passed since the last upstream frame.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(sleep) = self.idle.as_mut() else {
-            return false;
-        };
-        while sleep.as_mut().poll(cx).is_ready() {
-            // Checked: a timeout too far ahead for the clock never expires.
-            let Some(deadline) = self
-                .last_frame
-                .checked_add(self.app.config.stream_idle_timeout)
-            else {
-                return false;
-            };
-            if deadline <= Instant::now() {
-                return true;
-            }
-            sleep.as_mut().reset(deadline);
+        self.idle.as_mut().is_some_and(|watch| watch.expired(cx))
+    }
+
+    fn touched(&mut self) {
+        if let Some(watch) = &mut self.idle {
+            watch.touched();
         }
-        false
     }
 }
 
@@ -350,12 +339,9 @@ fn upstream_error_event(error: &Value) -> Bytes {
 
 impl Body for SseRelay {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
         loop {
             match &mut this.mode {
