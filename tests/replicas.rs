@@ -5,120 +5,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::fleet::*;
 use common::redis_server::RedisServer;
 use common::*;
-use http_body_util::Full;
-
-const FREE: &str = "qwen/qwen3-coder:free";
-const PAID: &str = "openai/gpt-4o";
-
-/// Replicas of the binary on one Redis and one upstream, each with a state file of its own.
-struct Fleet {
-    replicas: Vec<Running>,
-    states: Vec<PathBuf>,
-    _dir: tempfile::TempDir,
-}
-
-impl Fleet {
-    async fn start(n: usize, upstream: &Upstream, redis_url: &str, vars: &[(&str, &str)]) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let states = (0..n)
-            .map(|i| dir.path().join(format!("state{i}.json")))
-            .collect();
-        let mut fleet = Fleet {
-            replicas: Vec::new(),
-            states,
-            _dir: dir,
-        };
-        fleet.launch(upstream, redis_url, vars).await;
-        fleet
-    }
-
-    /// Starts every replica (again), with fresh state files.
-    async fn launch(&mut self, upstream: &Upstream, redis_url: &str, vars: &[(&str, &str)]) {
-        self.replicas.clear();
-        let mut all = vec![("REDIS_URL", redis_url), ("STATE_FLUSH_INTERVAL", "0")];
-        all.extend_from_slice(vars);
-        for state in &self.states {
-            let _ = std::fs::remove_file(state);
-            let replica = Running::start(&upstream.base_url(), state, &all).await;
-            self.replicas.push(replica);
-        }
-    }
-
-    /// `total` chats for `model`, `at_once` at a time, spread over the replicas in turn.
-    async fn chats(&self, model: &str, total: usize, at_once: usize) -> Vec<u16> {
-        let mut statuses = Vec::new();
-        let mut sent = 0;
-        while sent < total {
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in sent..(sent + at_once).min(total) {
-                let url = self.replicas[i % self.replicas.len()].url("/api/v1/chat/completions");
-                tasks.spawn(chat_at(url, model.to_owned()));
-            }
-            sent += tasks.len();
-            statuses.extend(tasks.join_all().await);
-        }
-        statuses
-    }
-
-    /// Waits until every replica's /key_status satisfies `check`.
-    async fn all_show(&self, limit: Duration, check: impl Fn(&serde_json::Value) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            let mut all = true;
-            for replica in &self.replicas {
-                all &= check(&replica.key_status().await);
-            }
-            if all {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn chat_at(url: String, model: String) -> u16 {
-    let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
-    send(
-        request("POST", &url)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap(),
-    )
-    .await
-    .status
-}
-
-async fn text_of(replica: &Running, path: &str) -> String {
-    send(
-        request("GET", &replica.url(path))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await
-    .text()
-}
-
-fn used(status: &serde_json::Value, secret: &str) -> u64 {
-    key_in(status, secret)["daily_used"].as_u64().unwrap()
-}
-
-fn chats_seen(upstream: &Upstream) -> Vec<Seen> {
-    upstream
-        .requests()
-        .into_iter()
-        .filter(|s| s.path_and_query.ends_with("/chat/completions"))
-        .collect()
-}
 
 #[tokio::test]
 async fn three_replicas_share_two_accounts_quota_exactly() {

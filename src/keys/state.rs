@@ -138,6 +138,7 @@ struct AccountRecord {
     usage: Option<UsageRecord>,
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

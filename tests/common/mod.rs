@@ -23,6 +23,7 @@ use openrouter_proxy::config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod fleet;
 pub mod process;
 pub mod redis_server;
 #[allow(unused_imports)] // only the process-level test files use it
