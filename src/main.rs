@@ -171,7 +171,7 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
         }
         // The request lines the workers hold are written first: every request that ended
         // is in the log.
-        server::workers::flush_logs(std::time::Duration::from_millis(500));
+        server::workers::flush_logs_and_stop(std::time::Duration::from_millis(500));
         std::process::exit(1);
     });
     async {

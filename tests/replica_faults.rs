@@ -334,10 +334,13 @@ async fn a_key_counts_a_request_when_its_attempt_is_sent_not_when_picked() {
 /// key's SHA-256 prefix as in the state file.
 fn account_hash(redis: &RedisServer, secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    let hex: String = digest.as_ref()[..16]
+    let hex = digest.as_ref()[..16]
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .fold(String::new(), |mut hex, b| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
     let name = format!("{{a:k:{hex}}}");
     let redis::Value::Array(keys) = redis.command(&["KEYS", &format!("*{name}")]) else {
         panic!("KEYS answers an array");

@@ -28,12 +28,13 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// The running workers' runtimes, for [`flush_logs`] (the last started set).
+/// The running workers' runtimes, for [`flush_logs_and_stop`] (the last started set).
 static RUNNING: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
 
-/// Has every worker write the log lines it holds, waiting up to `limit` for them: before
-/// the process exits without the orderly stop (a second SIGTERM).
-pub fn flush_logs(limit: Duration) {
+/// Has every worker write the log lines it holds and then serve nothing more, waiting up
+/// to `limit` for them: before the process exits without the orderly stop (a second
+/// SIGTERM), so every request a client saw end is in the log and none ends after.
+pub fn flush_logs_and_stop(limit: Duration) {
     let handles = RUNNING
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -44,6 +45,10 @@ pub fn flush_logs(limit: Duration) {
         drop(handle.spawn(async move {
             log_lines::flush_batched();
             let _ = done.send(());
+            // Blocks this worker's only thread until the process exits.
+            loop {
+                std::thread::park();
+            }
         }));
     }
     let deadline = std::time::Instant::now() + limit;
