@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::fleet::*;
 use common::redis_server::RedisServer;
@@ -330,9 +330,9 @@ async fn a_key_counts_a_request_when_its_attempt_is_sent_not_when_picked() {
     assert!(totals, "{}", fleet.replicas[0].key_status().await);
 }
 
-/// The Redis hash (with `REDIS_PREFIX`) of the account of a key of its own, named by the
-/// key's SHA-256 prefix as in the state file.
-fn account_hash(redis: &RedisServer, secret: &str) -> String {
+/// The Redis hash (with the default `REDIS_PREFIX`) of the account of a key of its own,
+/// named by the key's SHA-256 prefix as in the state file.
+fn account_hash(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     let hex = digest.as_ref()[..16]
         .iter()
@@ -341,14 +341,7 @@ fn account_hash(redis: &RedisServer, secret: &str) -> String {
             let _ = write!(hex, "{b:02x}");
             hex
         });
-    let name = format!("{{a:k:{hex}}}");
-    let redis::Value::Array(keys) = redis.command(&["KEYS", &format!("*{name}")]) else {
-        panic!("KEYS answers an array");
-    };
-    match keys.first() {
-        Some(redis::Value::BulkString(key)) => String::from_utf8(key.clone()).unwrap(),
-        _ => panic!("no {name} in\n{}", redis.dump()),
-    }
+    format!("openrouter-proxy:{{a:k:{hex}}}")
 }
 
 /// One hash's fields, as text.
@@ -367,7 +360,7 @@ async fn values_out_of_bounds_in_redis_are_repaired_not_believed() {
     let fleet = Fleet::start(2, &upstream, &redis.url(), &vars).await;
     fleet.chats(FREE, 4, 2).await;
     tokio::time::sleep(SECOND).await;
-    let hash = account_hash(&redis, KEY_A);
+    let hash = account_hash(KEY_A);
     let spread = |from: usize| {
         let seen = chats_seen(&upstream);
         let a = seen[from..].iter().filter(|s| s.key() == KEY_A).count();
@@ -418,7 +411,7 @@ async fn values_out_of_bounds_in_redis_are_repaired_not_believed() {
             .await
     );
     let sent = chats_seen(&upstream).len() as u64;
-    let counted = || redis.shared_count(&hash) + redis.shared_count(&account_hash(&redis, KEY_B));
+    let counted = || redis.shared_count(&hash) + redis.shared_count(&account_hash(KEY_B));
     assert!(
         eventually(5 * SECOND, || counted() == sent).await,
         "{}",
@@ -438,4 +431,125 @@ async fn values_out_of_bounds_in_redis_are_repaired_not_believed() {
     }
     let log = fleet.replicas[0].log_text() + &fleet.replicas[1].log_text();
     assert!(log.contains("out of bounds"), "{log}");
+}
+
+/// A small deterministic random sequence (xorshift), so a failing run can be repeated
+/// with the seed it printed.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// What the fault-injection soak does to Redis.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Killed, started again empty after a while.
+    Killed,
+    /// Hung (SIGSTOP), resumed after a while.
+    Hung,
+    /// Killed and started again empty at once.
+    Restarted,
+}
+
+#[tokio::test]
+async fn under_random_redis_faults_across_a_reset_the_fleet_never_overshoots_and_counts_exactly() {
+    let Some(mut redis) = RedisServer::start("under_random_redis_faults", None) else {
+        return;
+    };
+    let seed = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| now_ms() as u64 | 1);
+    let mut dice = Dice(seed);
+    const LIMIT: usize = 30;
+    const REPLICAS: usize = 3;
+    // OpenRouter's reset comes 12 s in: until then both accounts are used up (its 429
+    // names the reset), after it each has a new window of LIMIT.
+    let reset = Arc::new(AtomicI64::new(i64::MAX));
+    let upstream = resetting_upstream(Arc::clone(&reset)).await;
+    let keys = format!("{KEY_A}:{LIMIT},{KEY_B}:{LIMIT}");
+    let vars = [
+        ("OPENROUTER_KEYS", keys.as_str()),
+        ("MAX_WAIT", "0"),
+        ("FREE_RPM", "120"),
+        ("FREE_BURST", "2"),
+    ];
+    let fleet = Arc::new(Fleet::start(REPLICAS, &upstream, &redis.url(), &vars).await);
+    assert!(
+        fleet
+            .all_metrics_show("openrouter_proxy_replicas 3", 5 * SECOND)
+            .await
+    );
+    let started = Instant::now();
+    let (reset_at, reset_instant) = (now_ms() + 12_000, Instant::now() + 12 * SECOND);
+    reset.store(reset_at, Relaxed);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (fleet, stop) = (Arc::clone(&fleet), Arc::clone(&stop));
+        tokio::spawn(async move {
+            // Bounded: 3,000 requests at most.
+            for _ in 0..1_000 {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                fleet.chats(FREE, 3, 3).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    let mut faults = Vec::new();
+    while started.elapsed() < Duration::from_secs(36) {
+        tokio::time::sleep(Duration::from_millis(500 + dice.below(2_000))).await;
+        let fault = match dice.below(3) {
+            0 => Fault::Killed,
+            1 => Fault::Hung,
+            _ => Fault::Restarted,
+        };
+        let lasting = Duration::from_millis(1_000 + dice.below(3_000));
+        faults.push((started.elapsed().as_secs_f32(), fault, lasting.as_millis()));
+        match fault {
+            Fault::Killed => {
+                redis.kill();
+                tokio::time::sleep(lasting).await;
+                redis.launch();
+            }
+            Fault::Hung => {
+                redis.pause();
+                tokio::time::sleep(lasting).await;
+                redis.resume();
+            }
+            Fault::Restarted => {
+                redis.kill();
+                redis.launch();
+            }
+        }
+    }
+    stop.store(true, Relaxed);
+    load.await.unwrap();
+    let seen = chats_seen(&upstream);
+    let mut report = format!("seed {seed}, faults (s, kind, ms): {faults:?}\n");
+    for (name, secret) in [("A", KEY_A), ("B", KEY_B)] {
+        let hash = account_hash(secret);
+        let window: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.key() == secret)
+            .filter(|s| s.at >= reset_instant)
+            .collect();
+        let sent = window.len();
+        let exact = eventually(10 * SECOND, || redis.shared_count(&hash) == sent as u64).await;
+        report.push_str(&format!(
+            "account {name}: OpenRouter received {sent} in the new window (limit {LIMIT}), Redis counts {}\n",
+            redis.shared_count(&hash)
+        ));
+        assert!(sent <= LIMIT + REPLICAS - 1, "{report}");
+        assert!(exact, "{report}{}", redis.dump());
+    }
+    eprintln!("{report}");
 }

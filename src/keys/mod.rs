@@ -224,7 +224,12 @@ impl KeyPool {
     /// again from 0) or else the next daily reset.
     pub fn exhaust_daily(&self, index: usize, until_ms: Option<i64>, now_ms: i64) -> i64 {
         let day = self.calendar.today(now_ms);
-        let reset = until_ms.filter(|t| *t > now_ms);
+        if until_ms.is_some_and(|t| t <= now_ms) {
+            // The answer took longer than the window it speaks of: that window is over, the
+            // quota is back. Marking the day used up would lose it until midnight.
+            return now_ms;
+        }
+        let reset = until_ms;
         let until = reset.unwrap_or(day.end_ms);
         self.account_of(index).exhaust_daily(day.date, reset);
         self.block(index, until, BlockReason::DailyLimit, now_ms);

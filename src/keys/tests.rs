@@ -348,3 +348,15 @@ fn a_reload_carries_counts_blocks_and_spacing_to_the_keys_that_stay() {
     // The next free pick spreads to an account with spacing left: D's.
     assert_eq!(pick(&new, Demand::Free, NOON), Ok(3));
 }
+
+#[test]
+fn a_daily_429_read_after_its_own_reset_instant_uses_nothing_up() {
+    // The answer arrived (or was read) after the window it names had ended: the quota is
+    // back, and neither the day nor the fleet's count is marked used up.
+    let pool = pool("key-aaaa:5", &[("FREE_BURST", "100")]);
+    assert_eq!(pool.exhaust_daily(0, Some(NOON - 1), NOON), NOON);
+    let date = pool.calendar().today(NOON).date;
+    assert_eq!(pool.account_of(0).used_on(date), 0);
+    assert_eq!(pool.account_of(0).share.floor_on(date), 0);
+    assert_eq!(pick(&pool, Demand::Free, NOON), Ok(0));
+}
