@@ -478,7 +478,7 @@ async fn under_random_redis_faults_across_a_reset_the_fleet_never_overshoots_and
         ("OPENROUTER_KEYS", keys.as_str()),
         ("MAX_WAIT", "0"),
         ("FREE_RPM", "120"),
-        ("FREE_BURST", "2"),
+        ("FREE_BURST", "1"),
     ];
     let fleet = Arc::new(Fleet::start(REPLICAS, &upstream, &redis.url(), &vars).await);
     assert!(

@@ -236,7 +236,7 @@ impl Journey {
     /// With `REDIS_URL`, confirms a free-model pick for the whole fleet in Redis (`None`: the
     /// fleet refused it), or counts it alone while Redis is away.
     async fn confirm(&self, pick: Pick, now: i64) -> Option<Pick> {
-        let (Some(shared), Some(_)) = (&self.app.shared, pick.charged) else {
+        let (Some(shared), Some((account, date))) = (&self.app.shared, pick.charged) else {
             return Some(pick);
         };
         let confirmed = if shared.in_use() {
@@ -249,6 +249,8 @@ impl Journey {
             Confirmed::Refused => return None,
             Confirmed::Away => Via::Alone,
         };
+        // This replica's own count, pushed to Redis as is: only units it sends.
+        self.pool.accounts()[account].share.count_mine(date, false);
         Some(Pick { via, ..pick })
     }
 

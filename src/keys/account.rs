@@ -178,9 +178,8 @@ impl Account {
                 let used = used_in(word, charged);
                 (used < limit).then_some(usage_word(charged, used + 1))
             })
-            .ok()?;
-        self.share.count_mine(charged, false);
-        Some(charged)
+            .ok()
+            .map(|_| charged)
     }
 
     /// Gives back a unit that [`Self::reserve_daily`] charged to `date` and that was not used.
@@ -188,7 +187,6 @@ impl Account {
         let _ = self.usage.fetch_update(Relaxed, Relaxed, |word| {
             (date_of(word) == date && word as u32 > 0).then_some(word - 1)
         });
-        self.share.count_mine(date, true);
     }
 
     /// OpenRouter said the quota is used up: `date`'s count becomes the limit (an older

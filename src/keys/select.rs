@@ -60,6 +60,9 @@ impl KeyPool {
             let account = &self.accounts[account];
             account.release_daily(date);
             account.give_back_slot();
+            if pick.via != Via::Local {
+                account.share.count_mine(date, true);
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub(super) fn packed(date: u32, count: u64) -> u64 {
 pub struct Share {
     /// `(date << 32) | units` this replica itself sent in the current window.
     mine: AtomicU64,
+    /// `(date << 32) | units` the other replicas had sent, as the last merge said: pushed
+    /// back, it stands for them in a Redis that lost its data until they are back.
+    others: AtomicU64,
     /// `(date << 32) | count` OpenRouter itself gave (its daily 429, a `/key` probe): the
     /// fleet's count is at least this, whoever sent the requests.
     floor: AtomicU64,
@@ -47,8 +50,9 @@ pub struct Share {
 }
 
 impl Share {
-    /// Counts a unit this replica took on `date` (`undo`: one given back).
-    pub(super) fn count_mine(&self, date: u32, undo: bool) {
+    /// Counts a unit this replica sends on `date`, confirmed by Redis or decided alone
+    /// (`undo`: one given back, its attempt never reached OpenRouter).
+    pub(crate) fn count_mine(&self, date: u32, undo: bool) {
         let _ = self.mine.fetch_update(Relaxed, Relaxed, |word| {
             let n = count_in(word, date);
             Some(packed(date, if undo { n.saturating_sub(1) } else { n + 1 }))
@@ -67,6 +71,16 @@ impl Share {
         raise(&self.mine, date, units);
     }
 
+    /// What the other replicas had sent on `date`, as the last merge said.
+    #[must_use]
+    pub fn others_on(&self, date: u32) -> u32 {
+        count_in(self.others.load(Relaxed), date) as u32
+    }
+
+    pub(crate) fn raise_others(&self, date: u32, units: u32) {
+        raise(&self.others, date, units);
+    }
+
     /// What OpenRouter said `date`'s count is at least.
     #[must_use]
     pub fn floor_on(&self, date: u32) -> u32 {
@@ -79,8 +93,9 @@ impl Share {
 
     /// A new window began (OpenRouter's reset passed): nothing of the old one carries on.
     pub(super) fn roll(&self, date: u32) {
-        self.mine.store(packed(date, 0), Relaxed);
-        self.floor.store(packed(date, 0), Relaxed);
+        for word in [&self.mine, &self.others, &self.floor] {
+            word.store(packed(date, 0), Relaxed);
+        }
         // The share of what was left in the old window is no share of the new one.
         self.withheld.store(0, Relaxed);
     }

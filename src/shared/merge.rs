@@ -106,11 +106,15 @@ impl Plan {
             let window = account.window_ends_ms().unwrap_or(0);
             // A count of a window about to reset is not pushed (-1), so it cannot outlive it.
             let stale = window != 0 && window <= now + SKEW_MARGIN_MS;
-            let (mine, floor) = if stale {
-                (-1, 0)
+            let share = &account.share;
+            let (mine, others, floor) = if stale {
+                (-1, -1, 0)
             } else {
-                let share = &account.share;
-                (i64::from(share.mine_on(day.date)), share.floor_on(day.date))
+                (
+                    i64::from(share.mine_on(day.date)),
+                    i64::from(share.others_on(day.date)),
+                    share.floor_on(day.date),
+                )
             };
             let (b, br) = block_args(account.block_at(now));
             let (fb, fbr) = block_args(account.free_block_at(now));
@@ -128,7 +132,8 @@ impl Plan {
                 .arg(br)
                 .arg(fb)
                 .arg(fbr)
-                .arg(account.limiter().ahead_ms(now));
+                .arg(account.limiter().ahead_ms(now))
+                .arg(others);
             accounts.push(index);
         }
         let mut totals = Vec::with_capacity(pool.keys().len());
@@ -273,10 +278,11 @@ fn apply_account(pool: &KeyPool, index: usize, fields: &[i64], date: u32, now: i
     }
     if u32::try_from(*day) == Ok(date) {
         let limit = account.daily_limit();
-        account.raise_used(date, u32::try_from(*used).unwrap_or(u32::MAX).min(limit));
-        account
-            .share
-            .raise_mine(date, u32::try_from(*own).unwrap_or(0).min(limit));
+        let used = u32::try_from(*used).unwrap_or(u32::MAX).min(limit);
+        let own = u32::try_from(*own).unwrap_or(0).min(limit);
+        account.raise_used(date, used);
+        account.share.raise_mine(date, own);
+        account.share.raise_others(date, used.saturating_sub(own));
     }
     for block in [block_from(*b, *br, now), block_from(*fb, *fbr, now)]
         .into_iter()

@@ -110,18 +110,17 @@ impl Shared {
         self.connections.here().clone()
     }
 
-    /// Runs `call` on this thread's connection. A connection Redis dropped (it restarted,
-    /// a proxy in between closed it) is replaced and the call made once more: a stale
-    /// connection is a reconnect, not Redis going away.
+    /// Runs `call` on this thread's connection. A connection Redis dropped (it restarted, a
+    /// proxy in between closed it) is replaced and the call made once more: a stale
+    /// connection is a reconnect, not Redis going away. Never after a timeout: the call may
+    /// still run.
     async fn query<T, F, Fut>(&self, call: F) -> redis::RedisResult<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         match call(self.connection()).await {
-            Err(err) if err.is_connection_dropped() || err.is_unrecoverable_error() => {
-                call(self.connection()).await
-            }
+            Err(err) if dropped(&err) => call(self.connection()).await,
             answer => answer,
         }
     }
@@ -192,6 +191,9 @@ impl Shared {
         let (name, args) = self.account_args(pool, account_index, now_ms);
         let mut invocation = scripts::PICK.prepare_invoke();
         invocation.key(name).arg(args);
+        // A connection Redis dropped (it restarted) is replaced and the script sent again:
+        // it cannot have run on a Redis that was not there (a connection cut between a
+        // script's run and its answer would count one unit too many, never one too few).
         let invocation = &invocation;
         let call = self.query(|mut connection| async move {
             invocation.invoke_async::<Vec<i64>>(&mut connection).await
@@ -259,10 +261,9 @@ impl Shared {
     fn in_background(self: &Arc<Self>, invocation: redis::ScriptInvocation<'static>) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let invocation = &invocation;
-            let call = shared.query(|mut connection| async move {
-                invocation.invoke_async::<i64>(&mut connection).await
-            });
+            // Never sent twice: a give-back that ran twice would lose a unit.
+            let mut connection = shared.connection();
+            let call = invocation.invoke_async::<i64>(&mut connection);
             let _ = tokio::time::timeout(shared.target.timeout, call).await;
         });
     }
@@ -338,6 +339,11 @@ impl Shared {
             self.target.shown()
         );
     }
+}
+
+/// Whether `err` says the connection went (and is being replaced), not that Redis is slow.
+fn dropped(err: &redis::RedisError) -> bool {
+    !err.is_timeout() && (err.is_connection_dropped() || err.is_unrecoverable_error())
 }
 
 /// "1 replica", "3 replicas".

@@ -11,6 +11,9 @@ use redis::Script;
 /// Account hash fields: `day` (yyyymmdd in `TIMEZONE` by Redis' clock), `u:<replica>` (the
 /// units each replica sent in the window: the shared count is their sum, so every replica
 /// writes only its own absolute number and a repeated or late write cannot count twice),
+/// `o:<replica>` (what that replica last heard the others had sent: after Redis lost its
+/// data, `o + u` of the first replica back stands for the others until they are back too;
+/// never more than the truth, so never more than the sum once all are),
 /// `floor` (what OpenRouter itself said the count is at least), `b`/`br` (block of every
 /// request: until, reason), `fb`/`fbr` (free-model block), `tat` (GCRA arrival time),
 /// `wend` (OpenRouter's reset instant of the count's window).
@@ -51,9 +54,12 @@ local function bounded(v, hi)
 end
 local h = redis.pcall('HGETALL', KEYS[1])
 if type(h) ~= 'table' or h.err then redis.call('DEL', KEYS[1]); h = {}; repaired = 1 end
-local f, counts = {}, {}
+local f, counts, heard = {}, {}, {}
 for i = 1, #h, 2 do
-  if string.sub(h[i], 1, 2) == 'u:' then counts[h[i]] = h[i + 1] else f[h[i]] = h[i + 1] end
+  local kind = string.sub(h[i], 1, 2)
+  if kind == 'u:' then counts[h[i]] = h[i + 1]
+  elseif kind == 'o:' then heard[string.sub(h[i], 3)] = h[i + 1]
+  else f[h[i]] = h[i + 1] end
 end
 local day = bounded(f.day, 99991231)
 if day > date then repaired = 1 end
@@ -82,6 +88,18 @@ for name, v in pairs(counts) do
   counts[name] = n
   sum = sum + math.min(n, limit)
 end
+local seen = 0
+for replica, v in pairs(heard) do
+  local n = tonumber(v)
+  if fresh or n == nil or n ~= n or n < 0 or n > 4294967295 then
+    if not fresh then repaired = 1 end
+    redis.call('HDEL', KEYS[1], 'o:' .. replica)
+    heard[replica] = nil
+  else
+    seen = math.max(seen, math.min(n, limit) + math.min(counts['u:' .. replica] or 0, limit))
+  end
+end
+local function used() return math.max(floor, sum, seen) end
 local function keep()
   redis.call('HSET', KEYS[1], 'day', date, 'floor', floor, 'b', b, 'br', br, 'fb', fb, 'fbr', fbr,
     'tat', tat, 'wend', wend)
@@ -98,7 +116,7 @@ pub static PICK: LazyLock<Script> = LazyLock::new(|| {
         "{ACCOUNT_PRELUDE}
 if b > now then return {{1, b - now, br}} end
 if fb > now then return {{1, fb - now, fbr}} end
-if math.max(floor, sum) >= limit then
+if used() >= limit then
   local reset = day_end
   if wend > 0 then reset = wend end
   return {{2, math.max(reset - now, 0)}}
@@ -130,7 +148,8 @@ return 1",
 /// Merges one replica's view of an account into the shared one and returns the result.
 /// ARGV: the prelude's, then the replica's date, the units it sent in the window (-1 when
 /// its window may have ended for Redis), OpenRouter's floor, its window end (0 if none), b,
-/// br, fb, fbr, its limiter's ms ahead of now. Its own count is set to the larger of
+/// br, fb, fbr, its limiter's ms ahead of now, what it last heard the others had sent (-1
+/// when its window may have ended). Its own count is set to the larger of
 /// Redis' and its own (a pick that timed out in Redis but ran is not counted twice); the
 /// floor, blocks and the window end: the larger (later) wins; the limiter: the later
 /// arrival wins. Returns `{day, used, b, br, fb, fbr, tat ahead of now, wend, this
@@ -148,13 +167,17 @@ if tonumber(ARGV[6]) == date then
     sum = sum + math.min(mine, limit) - math.min(own, limit)
     own = mine
   end
+  local others = math.min(tonumber(ARGV[15]), limit)
+  local field = 'o:' .. ARGV[5]
+  if others > tonumber(heard[ARGV[5]] or -1) then redis.call('HSET', KEYS[1], field, others) end
+  seen = math.max(seen, math.max(others, tonumber(heard[ARGV[5]] or 0)) + math.min(own, limit))
   floor = math.max(floor, math.min(tonumber(ARGV[8]), limit))
 end
 if tonumber(ARGV[10]) > b and tonumber(ARGV[10]) <= far then b = tonumber(ARGV[10]); br = tonumber(ARGV[11]) end
 if tonumber(ARGV[12]) > fb and tonumber(ARGV[12]) <= far then fb = tonumber(ARGV[12]); fbr = tonumber(ARGV[13]) end
 tat = math.max(tat, now + math.min(tonumber(ARGV[14]), tat_max - now))
 keep()
-return {{date, math.max(floor, sum), b, br, fb, fbr, math.max(tat - now, 0), wend, own, repaired}}"
+return {{date, used(), b, br, fb, fbr, math.max(tat - now, 0), wend, own, repaired}}"
     ))
 });
 
