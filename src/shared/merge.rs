@@ -19,11 +19,13 @@ use redis::{RedisResult, Value};
 
 use super::{probes, scripts, Shared};
 use crate::app::App;
-use crate::keys::{now_ms, Block, BlockReason, KeyPool};
+use crate::keys::{now_ms, Account, Block, BlockReason, KeyPool};
 
 /// How often a replica merges with the fleet: the age limit of a paid pick's view of blocks.
 const ROUND: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While Redis is away, a merge is tried at most this far apart: a replica is back to
+/// sharing within a second of Redis.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A window end this close to now may already have passed for Redis' clock: a count of a
 /// window about to reset is not pushed, so it cannot outlive the reset.
 const SKEW_MARGIN_MS: i64 = 10_000;
@@ -51,7 +53,7 @@ pub async fn start(app: &Arc<App>) {
                 () = shared.nudge.notified() => {}
             }
             let ok = merge_round(&shared, &app.keys(), &mut baselines).await;
-            // Away: try again with backoff, 250 ms doubling up to 5 s.
+            // Away: try again with backoff, 250 ms doubling up to 1 s.
             pause = if ok {
                 ROUND
             } else {
@@ -104,17 +106,12 @@ impl Plan {
             let account = &pool.accounts()[index];
             account.roll_window(day.date, now);
             let window = account.window_ends_ms().unwrap_or(0);
-            // A count of a window about to reset is not pushed (-1), so it cannot outlive it.
-            let stale = window != 0 && window <= now + SKEW_MARGIN_MS;
-            let share = &account.share;
-            let (mine, others, floor) = if stale {
-                (-1, -1, 0)
+            let stale = stale(account, now);
+            let (mine, others) = report(account, day.date, now);
+            let floor = if stale {
+                0
             } else {
-                (
-                    i64::from(share.mine_on(day.date)),
-                    i64::from(share.others_on(day.date)),
-                    share.floor_on(day.date),
-                )
+                account.share.floor_on(day.date)
             };
             let (b, br) = block_args(account.block_at(now));
             let (fb, fbr) = block_args(account.free_block_at(now));
@@ -227,7 +224,7 @@ impl Plan {
             }
         }
         if let Some(Ok(fleet)) = values.next().map(redis::from_redis_value::<u32>) {
-            shared.fleet.store(fleet.max(1), Relaxed);
+            shared.heard_fleet(fleet, now);
         }
     }
 }
@@ -240,6 +237,27 @@ fn block_args(block: Option<Block>) -> (i64, u8) {
 fn block_from(until_ms: i64, reason: i64, now: i64) -> Option<Block> {
     let reason = BlockReason::from_u8(u8::try_from(reason).ok()?)?;
     (until_ms > now && believable(until_ms, now)).then_some(Block { until_ms, reason })
+}
+
+/// Whether `account`'s window may already have ended for Redis' clock: its counts are then
+/// not pushed, so they cannot outlive the reset.
+fn stale(account: &Account, now: i64) -> bool {
+    account
+        .window_ends_ms()
+        .is_some_and(|window| window <= now + SKEW_MARGIN_MS)
+}
+
+/// What this replica reports of `account` on `date`: the units it sent and what it last
+/// heard the others had sent (-1 each while its window may have ended for Redis).
+pub(super) fn report(account: &Account, date: u32, now: i64) -> (i64, i64) {
+    if stale(account, now) {
+        return (-1, -1);
+    }
+    let share = &account.share;
+    (
+        i64::from(share.mine_on(date)),
+        i64::from(share.others_on(date)),
+    )
 }
 
 fn is_no_script(value: &Value) -> bool {

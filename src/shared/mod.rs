@@ -21,7 +21,7 @@ pub mod probes;
 mod scripts;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct Shared {
     transition: Mutex<()>,
     /// Replicas alive at the last heartbeat (this one included); 0 while never known.
     fleet: AtomicU32,
+    /// Since when (epoch ms) the heartbeat has counted fewer replicas than `fleet`; 0: it has not.
+    fleet_smaller_since: AtomicI64,
     /// This replica's name: in the heartbeat set and on its counts (`u:<name>`); kept in the
     /// state file, so a restarted replica goes on with its own counts.
     replica: OnceLock<String>,
@@ -100,6 +102,7 @@ impl Shared {
             state: AtomicU8::new(CONNECTING),
             transition: Mutex::new(()),
             fleet: AtomicU32::new(0),
+            fleet_smaller_since: AtomicI64::new(0),
             replica: OnceLock::new(),
             nudge: Notify::new(),
         })
@@ -154,6 +157,26 @@ impl Shared {
         self.fleet.load(Relaxed)
     }
 
+    /// The heartbeat counted `replicas` at `now_ms`. A larger fleet is believed at once; a
+    /// smaller one only once it has been counted for a whole heartbeat window: a Redis that
+    /// restarted empty counts only the replicas that merged since, and a share taken with
+    /// that count would be too large.
+    fn heard_fleet(&self, replicas: u32, now_ms: i64) {
+        let replicas = replicas.max(1);
+        if replicas >= self.fleet() {
+            self.fleet.store(replicas, Relaxed);
+            self.fleet_smaller_since.store(0, Relaxed);
+            return;
+        }
+        let since = self.fleet_smaller_since.load(Relaxed);
+        if since == 0 {
+            self.fleet_smaller_since.store(now_ms, Relaxed);
+        } else if now_ms - since >= scripts::HEARTBEAT_WINDOW_MS {
+            self.fleet.store(replicas, Relaxed);
+            self.fleet_smaller_since.store(0, Relaxed);
+        }
+    }
+
     /// Asks the merge task to share what this replica learned now rather than in 250 ms.
     pub fn nudge(&self) {
         self.nudge.notify_one();
@@ -189,8 +212,14 @@ impl Shared {
         };
         let account = &pool.accounts()[account_index];
         let (name, args) = self.account_args(pool, account_index, now_ms);
+        let (mine, others) = merge::report(account, date, now_ms);
         let mut invocation = scripts::PICK.prepare_invoke();
-        invocation.key(name).arg(args);
+        invocation
+            .key(name)
+            .arg(args)
+            .arg(date)
+            .arg(mine)
+            .arg(others);
         // A connection Redis dropped (it restarted) is replaced and the script sent again:
         // it cannot have run on a Redis that was not there (a connection cut between a
         // script's run and its answer would count one unit too many, never one too few).

@@ -100,6 +100,24 @@ for replica, v in pairs(heard) do
   end
 end
 local function used() return math.max(floor, sum, seen) end
+local own = counts[mine_field] or 0
+-- What the calling replica reports for `their_date`: the units it sent (its own field is
+-- set to the larger of Redis' and its number) and what it last heard the others had sent.
+local function report(their_date, mine, others)
+  if their_date ~= date then return end
+  mine = math.min(mine, 4294967295)
+  if mine > own then
+    redis.call('HSET', KEYS[1], mine_field, mine)
+    sum = sum + math.min(mine, limit) - math.min(own, limit)
+    own = mine
+  end
+  local had = tonumber(heard[ARGV[5]] or -1)
+  if others > had then
+    redis.call('HSET', KEYS[1], 'o:' .. ARGV[5], math.min(others, limit))
+    had = others
+  end
+  seen = math.max(seen, math.min(math.max(had, 0), limit) + math.min(own, limit))
+end
 local function keep()
   redis.call('HSET', KEYS[1], 'day', date, 'floor', floor, 'b', b, 'br', br, 'fb', fb, 'fbr', fbr,
     'tat', tat, 'wend', wend)
@@ -108,12 +126,16 @@ end
 if fresh or repaired == 1 then keep() end
 ";
 
-/// Confirms one free-model pick for the fleet (ARGV: the prelude's). Returns `{0}` (taken:
-/// one unit counted as this replica's and one slot), `{1, wait, reason}` (blocked),
-/// `{2, wait}` (quota used up), `{3, wait}` (throttled).
+/// Confirms one free-model pick for the fleet. ARGV: the prelude's, then the replica's
+/// date, the units it sent in the window and what it last heard the others had sent (-1
+/// each when its window may have ended for Redis): so a Redis that lost its data knows at
+/// least what this replica knows before it decides. Returns `{0}` (taken: one unit counted
+/// as this replica's and one slot), `{1, wait, reason}` (blocked), `{2, wait}` (quota used
+/// up), `{3, wait}` (throttled).
 pub static PICK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{ACCOUNT_PRELUDE}
+report(tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 if b > now then return {{1, b - now, br}} end
 if fb > now then return {{1, fb - now, fbr}} end
 if used() >= limit then
@@ -159,20 +181,8 @@ pub static SYNC_ACCOUNT: LazyLock<Script> = LazyLock::new(|| {
         "{ACCOUNT_PRELUDE}
 local theirs = tonumber(ARGV[9])
 if theirs > now and theirs <= far and theirs > wend then wend = theirs end
-local own = counts[mine_field] or 0
-if tonumber(ARGV[6]) == date then
-  local mine = math.min(tonumber(ARGV[7]), 4294967295)
-  if mine > own then
-    redis.call('HSET', KEYS[1], mine_field, mine)
-    sum = sum + math.min(mine, limit) - math.min(own, limit)
-    own = mine
-  end
-  local others = math.min(tonumber(ARGV[15]), limit)
-  local field = 'o:' .. ARGV[5]
-  if others > tonumber(heard[ARGV[5]] or -1) then redis.call('HSET', KEYS[1], field, others) end
-  seen = math.max(seen, math.max(others, tonumber(heard[ARGV[5]] or 0)) + math.min(own, limit))
-  floor = math.max(floor, math.min(tonumber(ARGV[8]), limit))
-end
+report(tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[15]))
+if tonumber(ARGV[6]) == date then floor = math.max(floor, math.min(tonumber(ARGV[8]), limit)) end
 if tonumber(ARGV[10]) > b and tonumber(ARGV[10]) <= far then b = tonumber(ARGV[10]); br = tonumber(ARGV[11]) end
 if tonumber(ARGV[12]) > fb and tonumber(ARGV[12]) <= far then fb = tonumber(ARGV[12]); fbr = tonumber(ARGV[13]) end
 tat = math.max(tat, now + math.min(tonumber(ARGV[14]), tat_max - now))
@@ -221,17 +231,21 @@ return out",
     )
 });
 
-/// Keeps this replica in the fleet for 3 s and returns the fleet's size. ARGV: replica id.
+/// How long a replica stays in the fleet's count after its last heartbeat.
+pub const HEARTBEAT_WINDOW_MS: i64 = 3_000;
+
+/// Keeps this replica in the fleet for [`HEARTBEAT_WINDOW_MS`] and returns the fleet's size.
+/// ARGV: replica id.
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        "
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - {HEARTBEAT_WINDOW_MS})
 redis.call('PEXPIRE', KEYS[1], 60000)
-return redis.call('ZCARD', KEYS[1])",
-    )
+return redis.call('ZCARD', KEYS[1])"
+    ))
 });
 
 /// Shares a probe's result. ARGV: when (ms), the encoded result.
