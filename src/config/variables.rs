@@ -63,7 +63,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["STREAM_IDLE_TIMEOUT"],
         default: "300",
-        help: "seconds an event stream may go without a byte from OpenRouter before it is ended (0 = never); at most 86400",
+        help: "seconds an answer (event stream or JSON) may go without a byte from OpenRouter before it is ended (0 = never); at most 86400",
     },
     Variable {
         names: &["FIRST_TOKEN_TIMEOUT"],
