@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::clients::Clients;
 use crate::config::{Config, KeySpec};
 use crate::forward::breaker::Breaker;
 use crate::forward::upstream::UpstreamClients;
@@ -23,7 +24,9 @@ pub struct App {
     pub breaker: Breaker,
     /// Rate-limits the WARN lines about refused proxy keys.
     pub refusals: RefusalLog,
-    pub(crate) clients: UpstreamClients,
+    pub(crate) upstream: UpstreamClients,
+    /// The clients of `CONFIG_FILE`, each with its key, limits and counts.
+    pub clients: Clients,
     /// The fleet's shared state, with `REDIS_URL`.
     pub shared: Option<Arc<Shared>>,
 }
@@ -32,9 +35,10 @@ impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
         let pool = Arc::new(KeyPool::from_config(&config));
-        let clients = UpstreamClients::new(config.upstream_http2);
+        let upstream = UpstreamClients::new(config.upstream_http2);
         let shared = config.redis.clone().map(Shared::new);
         Arc::new(App {
+            clients: Clients::from_config(&config),
             shared,
             config,
             pool: RwLock::new(pool),
@@ -42,7 +46,7 @@ impl App {
             metrics: Metrics::default(),
             breaker: Breaker::default(),
             refusals: RefusalLog::default(),
-            clients,
+            upstream,
         })
     }
 

@@ -17,6 +17,20 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// A method the proxy never forwards (CONNECT).
     MethodNotAllowed,
+    /// A client asked for what it may not have (a model outside its allowlist, the metrics).
+    Forbidden(String),
+    /// A client reached one of its daily limits: 429 until the quota day ends.
+    ClientLimit {
+        message: String,
+        limit: u64,
+        reset_ms: i64,
+        retry_after_secs: u64,
+    },
+    /// A client's per-minute or concurrency limit held the request longer than `MAX_WAIT`.
+    ClientBusy {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The client stopped sending its body for longer than `REQUEST_BODY_TIMEOUT`.
     BodyTimeout,
 
@@ -48,6 +62,10 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::ClientLimit { .. } | ProxyError::ClientBusy { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             // NoFirstToken: OpenRouter's own code for a generation that took too long.
             ProxyError::BodyTimeout | ProxyError::NoFirstToken => StatusCode::REQUEST_TIMEOUT,
 
@@ -78,7 +96,10 @@ impl ProxyError {
                 "the request body stopped arriving for longer than REQUEST_BODY_TIMEOUT".to_owned()
             }
 
-            ProxyError::NoKey { message, .. } => message.clone(),
+            ProxyError::NoKey { message, .. }
+            | ProxyError::Forbidden(message)
+            | ProxyError::ClientLimit { message, .. }
+            | ProxyError::ClientBusy { message, .. } => message.clone(),
             ProxyError::UpstreamUnreachable => {
                 "could not reach OpenRouter (connection or TLS failure)".to_owned()
             }
@@ -98,13 +119,29 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Bytes> {
         let status = self.status();
         let mut response = error_response(status, &self.message());
-        if let ProxyError::NoKey {
-            retry_after_secs, ..
-        } = self
-        {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let headers = response.headers_mut();
+        match self {
+            ProxyError::NoKey {
+                retry_after_secs, ..
+            }
+            | ProxyError::ClientBusy {
+                retry_after_secs, ..
+            } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            ProxyError::ClientLimit {
+                limit,
+                reset_ms,
+                retry_after_secs,
+                ..
+            } => {
+                // As OpenRouter sends them, so clients that read them already understand.
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+                headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+                headers.insert("x-ratelimit-reset", HeaderValue::from(reset_ms));
+            }
+            _ => {}
         }
         response
     }

@@ -20,10 +20,12 @@ pub const DEFAULT_DAILY_LIMIT: u32 = 50;
 
 pub mod cli;
 pub mod env_file;
+pub mod file;
 mod read;
 mod redis;
 mod variables;
 
+pub use file::{ClientLimits, ClientSpec};
 pub use redis::RedisTarget;
 pub use variables::{Variable, VARIABLES};
 
@@ -87,7 +89,10 @@ impl UpstreamBase {
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Config {
+    /// The operator's key; empty when unset (allowed only with clients).
     pub proxy_api_key: String,
+    /// The clients of `CONFIG_FILE`, each with its own key and limits.
+    pub clients: Vec<ClientSpec>,
     pub keys: Vec<KeySpec>,
     pub timezone_name: String,
     pub timezone: TimeZone,
@@ -157,7 +162,18 @@ impl Config {
             lookup,
             problems: Vec::new(),
         };
-        let proxy_api_key = r.required("PROXY_API_KEY");
+        let proxy_api_key = r
+            .raw(&["PROXY_API_KEY"])
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        let clients = file::path_to_read(r.raw(&["CONFIG_FILE"]).map(|(_, v)| v))
+            .map(|path| file::read_clients(&path, &proxy_api_key, &mut r.problems))
+            .unwrap_or_default();
+        if proxy_api_key.is_empty() && clients.is_empty() {
+            r.problems.push(
+                "PROXY_API_KEY: required but not set (or define clients in CONFIG_FILE)".to_owned(),
+            );
+        }
         let keys_raw = r.required("OPENROUTER_KEYS");
         let keys = parse_keys(&keys_raw, &mut r.problems);
         let timezone_name = r
@@ -179,6 +195,7 @@ impl Config {
         let upstream = parse_base_url(&mut r);
         let config = Config {
             proxy_api_key,
+            clients,
             keys,
             timezone_name,
             timezone,

@@ -12,13 +12,18 @@ pub struct Variable {
 pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["PROXY_API_KEY"],
-        default: "(required)",
-        help: "the one key clients send to the proxy",
+        default: "(required without clients)",
+        help: "the operator's key: no limits, sees everything; may be left unset when CONFIG_FILE defines clients",
     },
     Variable {
         names: &["OPENROUTER_KEYS"],
         default: "(required)",
         help: "comma-separated OpenRouter keys, each key[:daily_limit][@account] (default limit 50; keys with one @account share its quota)",
+    },
+    Variable {
+        names: &["CONFIG_FILE"],
+        default: "(openrouter-proxy.toml if present)",
+        help: "TOML file of clients (a key per agent, with its own limits); when set, it must exist and be valid",
     },
     Variable {
         names: &["TIMEZONE"],

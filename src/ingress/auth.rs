@@ -1,21 +1,28 @@
-//! Client authentication with the shared proxy key.
+//! Who is asking: the operator (`PROXY_API_KEY`) or a client of `CONFIG_FILE`.
 //!
 //! Accepted: `Authorization: Bearer <key>` (scheme case-insensitive), the
 //! original proxy's `APIKEY: <key>`, and Anthropic-style `x-api-key: <key>`.
-//! Compared in constant time; a header sent twice is refused as ambiguous.
+//! The operator key is compared in constant time, a client key looked up by its
+//! SHA-256; a header sent twice is refused as ambiguous.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 
+use crate::clients::{Caller, Clients};
 use crate::forward::upstream::{APIKEY, X_API_KEY};
 use crate::observe::logging::OncePerSecond;
 
-/// Checks the client's credentials against the proxy key.
-pub fn authenticate(headers: &HeaderMap, proxy_key: &[u8]) -> Result<(), &'static str> {
+/// Who the credentials belong to: the operator (`operator_key`, when set) or one of
+/// `clients`.
+pub fn authenticate(
+    headers: &HeaderMap,
+    operator_key: &[u8],
+    clients: &Clients,
+) -> Result<Caller, &'static str> {
     let mut presented = false;
-    let mut accepted = false;
+    let mut caller = None;
     for name in [&AUTHORIZATION, &APIKEY, &X_API_KEY] {
         let mut values = headers.get_all(name).iter();
         let Some(value) = values.next() else { continue };
@@ -28,12 +35,20 @@ pub fn authenticate(headers: &HeaderMap, proxy_key: &[u8]) -> Result<(), &'stati
         } else {
             Some(value.as_bytes())
         };
-        accepted |= credential.is_some_and(|c| constant_time_eq(c, proxy_key));
+        let Some(credential) = credential else {
+            continue;
+        };
+        // An unset operator key matches nothing, not an empty credential.
+        if !operator_key.is_empty() && constant_time_eq(credential, operator_key) {
+            caller = Some(Caller::Operator);
+        } else if let Some(index) = clients.find(credential) {
+            caller = caller.or(Some(Caller::Client(index)));
+        }
     }
-    match (presented, accepted) {
-        (_, true) => Ok(()),
-        (false, false) => Err("missing proxy API key: send Authorization: Bearer <PROXY_API_KEY>"),
-        (true, false) => Err("invalid proxy API key"),
+    match (presented, caller) {
+        (_, Some(caller)) => Ok(caller),
+        (false, None) => Err("missing proxy API key: send Authorization: Bearer <PROXY_API_KEY>"),
+        (true, None) => Err("invalid proxy API key"),
     }
 }
 
@@ -117,8 +132,8 @@ mod tests {
             ("x-api-key", "secret"),
         ] {
             assert_eq!(
-                authenticate(&headers(&[pair]), b"secret"),
-                Ok(()),
+                authenticate(&headers(&[pair]), b"secret", &Clients::default()),
+                Ok(Caller::Operator),
                 "{pair:?}"
             );
         }
@@ -137,14 +152,25 @@ mod tests {
             ("apikey", ""),
         ] {
             assert_eq!(
-                authenticate(&headers(&[pair]), b"secret"),
+                authenticate(&headers(&[pair]), b"secret", &Clients::default()),
                 Err("invalid proxy API key"),
                 "{pair:?}"
             );
         }
-        assert!(authenticate(&HeaderMap::new(), b"secret")
-            .unwrap_err()
-            .starts_with("missing"));
+        assert!(
+            authenticate(&HeaderMap::new(), b"secret", &Clients::default())
+                .unwrap_err()
+                .starts_with("missing")
+        );
+    }
+
+    #[test]
+    fn an_unset_operator_key_accepts_no_empty_credential() {
+        let h = headers(&[("apikey", "")]);
+        assert_eq!(
+            authenticate(&h, b"", &Clients::default()),
+            Err("invalid proxy API key")
+        );
     }
 
     #[test]
@@ -154,7 +180,7 @@ mod tests {
             ("authorization", "Bearer other"),
         ]);
         assert_eq!(
-            authenticate(&h, b"secret"),
+            authenticate(&h, b"secret", &Clients::default()),
             Err("authentication header sent more than once")
         );
     }

@@ -13,11 +13,14 @@ use hyper::{Method, Request, Response, Uri, Version};
 use log::Level;
 
 use crate::app::App;
+use crate::clients::admission::{Ticket, Today};
+use crate::clients::Caller;
 use crate::error::ProxyError;
 use crate::forward::attempts::{Journey, Outgoing, Settled};
 use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstream_uri};
 use crate::ingress::model;
 use crate::ingress::request_body::{read_capped, ReadError};
+use crate::keys::now_ms;
 use crate::keys::Demand;
 use crate::stream::accounted::{Accounted, Ended, Served};
 use crate::stream::body::ProxyBody;
@@ -27,12 +30,14 @@ use crate::stream::relay::SseRelay;
 pub async fn forward(
     app: &Arc<App>,
     request: Request<Incoming>,
+    caller: Caller,
     started: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let uri = target(app, &parts)?;
     let body = read_body(app, body).await?;
     let model = model_of(&parts.headers, &body)?;
+    let ticket = admit(app, caller, &model).await?;
     sanitize_request_headers(&mut parts.headers);
     if log::log_enabled!(Level::Trace) {
         log::trace!("request body: {}", String::from_utf8_lossy(&body));
@@ -66,6 +71,7 @@ pub async fn forward(
         key: None,
         attempts: 0,
         ended_early: None,
+        ticket,
     };
     let mut in_flight = InFlight {
         journey: Some(journey),
@@ -147,6 +153,35 @@ impl Drop for InFlight {
             served,
         ));
     }
+}
+
+/// A client's request admitted within its limits (`None` for the operator's).
+async fn admit(
+    app: &App,
+    caller: Caller,
+    model: &model::ModelInfo<'_>,
+) -> Result<Option<Ticket>, ProxyError> {
+    let Caller::Client(index) = caller else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    let day = app.keys().calendar().today(now);
+    let today = Today {
+        date: day.date,
+        end_ms: day.end_ms,
+        now_ms: now,
+    };
+    let client = app.clients.get(index);
+    let ticket = client
+        .admit(
+            index,
+            model.model.as_deref(),
+            model.free,
+            today,
+            app.config.max_wait,
+        )
+        .await?;
+    Ok(Some(ticket))
 }
 
 /// The upstream URI for the request's target, or why it cannot be forwarded.

@@ -20,9 +20,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::app::App;
+use crate::clients::Caller;
 use crate::ingress::proxied::forward;
 use crate::keys::now_ms;
-use crate::observe::status;
+use crate::observe::{clients, status};
 
 /// Keeps the in-flight gauge right however the handler ends (a client that
 /// leaves drops the handler future mid-way).
@@ -62,21 +63,36 @@ pub async fn route(
         (&Method::OPTIONS, _) => (Route::Own, preflight(&request)),
         (_, "/key_status" | "/key-status") => (
             Route::Own,
-            own(authorized(app, &request, peer)
-                .map_or_else(ProxyError::into_response, |()| status::key_status(app))),
+            own(match authorized(app, &request, peer) {
+                Ok(Caller::Operator) => status::key_status(app),
+                Ok(Caller::Client(index)) => clients::status(app, index),
+                Err(refused) => refused.into_response(),
+            }),
         ),
         (_, "/metrics") if app.config.metrics_public => (Route::Own, own(status::metrics(app))),
         (_, "/metrics") => (
             Route::Own,
-            own(authorized(app, &request, peer)
-                .map_or_else(ProxyError::into_response, |()| status::metrics(app))),
+            own(match authorized(app, &request, peer) {
+                Ok(Caller::Operator) => status::metrics(app),
+                Ok(Caller::Client(_)) => ProxyError::Forbidden(
+                    "the metrics are the operator's: use PROXY_API_KEY".to_owned(),
+                )
+                .into_response(),
+                Err(refused) => refused.into_response(),
+            }),
         ),
         (&Method::GET, "/status") => (Route::Own, own(status::page())),
         (&Method::GET, "/") if accepts_html(&request) => (Route::Own, own(status::page())),
         _ => match authorized(app, &request, peer) {
-            Ok(()) => (
+            // What a client's key may still do is the proxy's to say, not OpenRouter's.
+            Ok(Caller::Client(index))
+                if request.method() == Method::GET && request.uri().path().ends_with("/key") =>
+            {
+                (Route::Own, own(clients::key(app, index)))
+            }
+            Ok(caller) => (
                 kind,
-                forward(app, request, arrived)
+                forward(app, request, caller, arrived)
                     .await
                     .unwrap_or_else(|err| own(err.into_response())),
             ),
@@ -95,10 +111,15 @@ fn own(response: Response<Bytes>) -> Response<ProxyBody> {
     response.map(ProxyBody::from)
 }
 
-/// Whether the request carries the proxy key; the 401 to send (and one rate-limited WARN
-/// line, without the key) when it does not.
-fn authorized(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Result<(), ProxyError> {
-    authenticate(request.headers(), app.config.proxy_api_key.as_bytes()).map_err(|why| {
+/// Who sent the request (the operator or a client); the 401 to send (and one
+/// rate-limited WARN line, without the key) when the key is nobody's.
+fn authorized(
+    app: &App,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Caller, ProxyError> {
+    let headers = request.headers();
+    authenticate(headers, app.config.proxy_api_key.as_bytes(), &app.clients).map_err(|why| {
         app.refusals
             .refused(request.uri().path(), request.headers(), peer, now_ms());
         ProxyError::Unauthorized(why)

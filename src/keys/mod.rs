@@ -18,7 +18,7 @@ pub mod probe;
 mod probed;
 mod reload;
 mod select;
-mod share;
+pub(crate) mod share;
 mod slot;
 pub mod state;
 mod usage;

@@ -115,7 +115,7 @@ async fn probe(app: &App, authorization: &HeaderValue) -> ProbeOutcome {
         app.config.upstream_timeout
     };
     let answer = tokio::time::timeout(timeout, async {
-        let response = app.clients.here().request(request).await.ok()?;
+        let response = app.upstream.here().request(request).await.ok()?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()

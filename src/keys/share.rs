@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 // Relaxed throughout: every word is self-contained, nothing else is published through it.
 
 /// The date a packed `(yyyymmdd << 32) | count` word belongs to.
-pub(super) fn date_of(word: u64) -> u32 {
+pub(crate) fn date_of(word: u64) -> u32 {
     (word >> 32) as u32
 }
 
 /// The count of `date` in a packed word (0 when the word is of another date).
-pub(super) fn count_in(word: u64, date: u32) -> u64 {
+pub(crate) fn count_in(word: u64, date: u32) -> u64 {
     if date_of(word) == date {
         word & 0xFFFF_FFFF
     } else {
@@ -28,7 +28,7 @@ pub(super) fn count_in(word: u64, date: u32) -> u64 {
     }
 }
 
-pub(super) fn packed(date: u32, count: u64) -> u64 {
+pub(crate) fn packed(date: u32, count: u64) -> u64 {
     (u64::from(date) << 32) | count.min(0xFFFF_FFFF)
 }
 

@@ -59,6 +59,7 @@ pub fn key_status(app: &App) -> Response<Bytes> {
         "keys": keys,
         "accounts": accounts,
         "history": pool.history.to_json(now),
+        "clients": super::clients::all(app),
         "upstream_errors": app.metrics.errors_by_class().iter().map(|(class, n)| ((*class).to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     let mut response = Response::new(Bytes::from(body.to_string()));

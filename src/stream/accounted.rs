@@ -36,6 +36,7 @@ use log::{info, log_enabled, warn, Level};
 
 use super::body::{BodyError, ProxyBody};
 use crate::app::App;
+use crate::clients::admission::Ticket;
 use crate::keys::{now_ms, KeyPool, Tally, Usage};
 use crate::observe::metrics::ENDINGS;
 
@@ -59,6 +60,8 @@ pub struct Served {
     /// How the journey itself ended the request before any body of OpenRouter's (no first
     /// token on any attempt, an answer that stalled while held, the client gone).
     pub ended_early: Option<Ended>,
+    /// The client's admission (`None`: the operator's request), released at the end.
+    pub ticket: Option<Ticket>,
 }
 
 /// How many bytes of a response's end are kept to find its `usage` object in: OpenRouter
@@ -166,6 +169,14 @@ impl Accounted {
             let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             pool.tally(Some(key), Tally::Tokens, tokens, now);
         }
+        let client = self.served.ticket.as_ref().map(|t| t.index);
+        if let Some(ticket) = self.served.ticket.take() {
+            let client = self.app.clients.get(ticket.index);
+            if let Some(usage) = usage {
+                client.record_usage(pool.calendar().today(now).date, usage);
+            }
+            client.release(ticket, self.served.attempts > 0);
+        }
         pool.tally(key, Tally::Requests, 1, now);
         if self.served.free {
             pool.tally(key, Tally::FreeRequests, 1, now);
@@ -188,13 +199,20 @@ impl Accounted {
         }
         metrics.ended[ended as usize].fetch_add(1, Relaxed);
         if log_enabled!(Level::Info) {
-            self.log(ended, usage, total);
+            self.log(ended, usage, total, client);
         }
     }
 
     /// The one INFO line per request: no body, no full key.
-    fn log(&self, ended: Ended, usage: Option<Usage>, total: std::time::Duration) {
+    fn log(
+        &self,
+        ended: Ended,
+        usage: Option<Usage>,
+        total: std::time::Duration,
+        client: Option<usize>,
+    ) {
         let served = &self.served;
+        let client = client.map_or("operator", |index| self.app.clients.get(index).name());
         let pool = &served.pool;
         let key = served.key.map(|k| &pool.keys()[k]);
         let account = key.map(|k| pool.account_id(k.account()));
@@ -204,9 +222,10 @@ impl Accounted {
             .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
         let ms = |at: Instant| at.saturating_duration_since(served.started).as_secs_f64() * 1e3;
         info!(
-            "{} {} model={model} key={} account={} attempts={} status={} ended={} ttfb={} total={:.1}ms bytes={}{}",
+            "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} ttfb={} total={:.1}ms bytes={}{}",
             served.method,
             served.uri.path(),
+            client,
             key.map_or("-", |k| k.id.as_str()),
             account.as_deref().unwrap_or("-"),
             served.attempts,

@@ -1,0 +1,207 @@
+//! Admitting a client's request before anything is sent: its allowlist (403),
+//! its daily limits (429 at once, naming the limit and the client), then its
+//! per-minute limit and concurrency, waited for up to `MAX_WAIT` first come
+//! first served (then 429). A request takes its units of the daily counts when
+//! admitted and gives them back if it never reached OpenRouter, so a request
+//! counts once, when its first attempt is sent, and concurrent requests cannot
+//! overshoot a daily limit.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{give_back, take_within, Client, Refused};
+use crate::error::ProxyError;
+
+/// An admitted request of a client: the units it took and its concurrency permit, held
+/// until its response ends.
+pub struct Ticket {
+    pub index: usize,
+    date: u32,
+    free: bool,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The quota day's date and its end (epoch ms), for counts and `Retry-After`.
+#[derive(Clone, Copy)]
+pub struct Today {
+    pub date: u32,
+    pub end_ms: i64,
+    pub now_ms: i64,
+}
+
+impl Client {
+    /// Admits a request for `model` (`free`: a free model) or says why not.
+    pub async fn admit(
+        &self,
+        index: usize,
+        model: Option<&str>,
+        free: bool,
+        today: Today,
+        max_wait: Duration,
+    ) -> Result<Ticket, ProxyError> {
+        if let Some(model) = model.filter(|m| !self.allows(m)) {
+            self.count_refused(Refused::Model, today.date);
+            return Err(ProxyError::Forbidden(format!(
+                "model {model} is not allowed for client {}",
+                self.name()
+            )));
+        }
+        self.check_spend(today)?;
+        let permit = self.wait_turn(today, max_wait).await?;
+        self.take_units(today, free)?;
+        self.in_flight.fetch_add(1, Relaxed);
+        Ok(Ticket {
+            index,
+            date: today.date,
+            free,
+            permit,
+        })
+    }
+
+    /// Tokens and cost are known only when a request ends: one is admitted while today's
+    /// total is under the limit, so the one that crosses it completes.
+    fn check_spend(&self, today: Today) -> Result<(), ProxyError> {
+        let limits = &self.spec.limits;
+        let spent = self.spent.today(today.date);
+        let tokens = spent.prompt_tokens.saturating_add(spent.completion_tokens);
+        if let Some(limit) = limits.tokens_per_day.filter(|l| tokens >= *l) {
+            return Err(self.over(
+                Refused::TokensPerDay,
+                "daily token limit",
+                limit,
+                limit,
+                today,
+            ));
+        }
+        if let Some(limit) = limits.nano_usd_per_day.filter(|l| spent.cost_nano >= *l) {
+            let dollars = limit.div_ceil(1_000_000_000);
+            return Err(self.over(
+                Refused::UsdPerDay,
+                "daily spending limit",
+                limit,
+                dollars,
+                today,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes one unit of today's requests (and free requests), within the limits.
+    fn take_units(&self, today: Today, free: bool) -> Result<(), ProxyError> {
+        let limits = &self.spec.limits;
+        if !take_within(&self.requests, today.date, limits.requests_per_day) {
+            let limit = limits.requests_per_day.unwrap_or(0);
+            return Err(self.over(
+                Refused::RequestsPerDay,
+                "daily request limit",
+                limit,
+                limit,
+                today,
+            ));
+        }
+        if free
+            && !take_within(
+                &self.free_requests,
+                today.date,
+                limits.free_requests_per_day,
+            )
+        {
+            give_back(&self.requests, today.date);
+            let limit = limits.free_requests_per_day.unwrap_or(0);
+            return Err(self.over(
+                Refused::FreeRequestsPerDay,
+                "daily free-request limit",
+                limit,
+                limit,
+                today,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The 429 of a daily limit: until the quota day ends, in OpenRouter's headers.
+    fn over(&self, why: Refused, what: &str, shown: u64, limit: u64, today: Today) -> ProxyError {
+        self.count_refused(why, today.date);
+        let amount = if why == Refused::UsdPerDay {
+            format!("${:.2}", shown as f64 / 1e9)
+        } else {
+            shown.to_string()
+        };
+        ProxyError::ClientLimit {
+            message: format!("client {} reached its {what} ({amount})", self.name()),
+            limit,
+            reset_ms: today.end_ms,
+            retry_after_secs: ((today.end_ms - today.now_ms).max(0) as u64).div_ceil(1000),
+        }
+    }
+
+    /// Waits (up to `max_wait`) for the per-minute limit and a concurrency permit.
+    async fn wait_turn(
+        &self,
+        today: Today,
+        max_wait: Duration,
+    ) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        if self.limiter.is_none() && self.concurrency.is_none() {
+            return Ok(None);
+        }
+        self.waiting.fetch_add(1, Relaxed);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let turn = tokio::time::timeout_at(deadline, self.turn()).await;
+        self.waiting.fetch_sub(1, Relaxed);
+        turn.map_err(|_| {
+            self.count_refused(Refused::Busy, today.date);
+            ProxyError::ClientBusy {
+                message: format!(
+                    "client {} is at its requests_per_minute or max_concurrent limit; waited MAX_WAIT",
+                    self.name()
+                ),
+                retry_after_secs: 1,
+            }
+        })
+    }
+
+    /// The permit (first come first served), then a slot of the per-minute limit.
+    async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = match &self.concurrency {
+            Some(semaphore) => Some(
+                semaphore
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            None => None,
+        };
+        if let Some(limiter) = &self.limiter {
+            while let Err(next_ms) = limiter.take(crate::keys::now_ms()) {
+                let pause = (next_ms - crate::keys::now_ms()).max(1) as u64;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+        permit
+    }
+
+    /// The request ended: its permit goes, and if it never reached OpenRouter its units
+    /// are given back (it does not count).
+    pub fn release(&self, ticket: Ticket, sent: bool) {
+        let Ticket {
+            date, free, permit, ..
+        } = ticket;
+        // Its concurrency permit goes back now: the next waiting request may start.
+        drop(permit);
+        self.in_flight.fetch_sub(1, Relaxed);
+        if sent {
+            self.lifetime[0].fetch_add(1, Relaxed);
+            if free {
+                self.lifetime[1].fetch_add(1, Relaxed);
+            }
+        } else {
+            give_back(&self.requests, date);
+            if free {
+                give_back(&self.free_requests, date);
+            }
+        }
+    }
+}

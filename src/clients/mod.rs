@@ -1,0 +1,245 @@
+//! The demand side: who is asking. Each client of `CONFIG_FILE` has its own key,
+//! the models it may use, its limits and its counts; the operator
+//! (`PROXY_API_KEY`) has none and sees everything. A presented key is found by
+//! its SHA-256 in a map (never a loop of early-exit compares), so the time a
+//! lookup takes says nothing about how close a wrong key came.
+
+pub mod admission;
+pub mod allow;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::config::{ClientSpec, Config};
+use crate::keys::share::{count_in, date_of, packed};
+use crate::keys::{Gcra, Usage, UsageCounters};
+use allow::Allowlist;
+
+// Counters and packed `(date << 32) | count` words, each self-contained: Relaxed throughout.
+
+/// Who sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// `PROXY_API_KEY`: no limits, sees everything.
+    Operator,
+    /// The client at this index of [`Clients`].
+    Client(usize),
+}
+
+/// Why a client's request was refused before anything was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Model,
+    RequestsPerDay,
+    FreeRequestsPerDay,
+    TokensPerDay,
+    UsdPerDay,
+    Busy,
+}
+
+/// Refusal reasons in the order of [`Refused`], as `/key_status` names them.
+pub const REFUSALS: [&str; 6] = [
+    "model",
+    "requests_per_day",
+    "free_requests_per_day",
+    "tokens_per_day",
+    "usd_per_day",
+    "busy",
+];
+
+/// One client: its configuration and what it did.
+pub struct Client {
+    pub spec: ClientSpec,
+    allow: Option<Allowlist>,
+    /// `(date << 32) | requests` sent upstream (or on their way) on the quota day.
+    requests: AtomicU64,
+    /// The same for free-model requests.
+    free_requests: AtomicU64,
+    /// Tokens and cost of its answers, today's and lifetime.
+    pub spent: UsageCounters,
+    /// Lifetime requests and free requests.
+    lifetime: [AtomicU64; 2],
+    /// Its per-minute limit, if it has one.
+    limiter: Option<Gcra>,
+    /// Its `max_concurrent` permits; waiting is first come first served.
+    concurrency: Option<Arc<Semaphore>>,
+    /// Requests in flight (until their response's last byte).
+    pub in_flight: AtomicU64,
+    /// Requests waiting for their turn now.
+    pub waiting: AtomicU64,
+    /// Refused today by reason, `(date << 32) | count` each.
+    refused: [AtomicU64; 6],
+}
+
+impl Client {
+    fn new(spec: ClientSpec) -> Self {
+        let limits = &spec.limits;
+        Client {
+            allow: spec.models.as_deref().map(Allowlist::new),
+            limiter: limits
+                .requests_per_minute
+                .map(|rpm| Gcra::new(rpm, limits.burst)),
+            concurrency: limits
+                .max_concurrent
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            requests: AtomicU64::new(0),
+            free_requests: AtomicU64::new(0),
+            spent: UsageCounters::default(),
+            lifetime: [AtomicU64::new(0), AtomicU64::new(0)],
+            in_flight: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            refused: Default::default(),
+            spec,
+        }
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Whether the client may use `model`.
+    #[must_use]
+    pub fn allows(&self, model: &str) -> bool {
+        self.allow.as_ref().is_none_or(|a| a.allows(model))
+    }
+
+    /// Requests (all, free) of quota day `date`.
+    #[must_use]
+    pub fn requests_on(&self, date: u32) -> (u64, u64) {
+        (
+            count_in(self.requests.load(Relaxed), date),
+            count_in(self.free_requests.load(Relaxed), date),
+        )
+    }
+
+    /// Counts a refusal of `date`.
+    pub fn count_refused(&self, why: Refused, date: u32) {
+        let _ = self.refused[why as usize].fetch_update(Relaxed, Relaxed, |word| {
+            Some(packed(date, count_in(word, date) + 1))
+        });
+    }
+
+    /// Adds what one of its answers used.
+    pub fn record_usage(&self, date: u32, usage: Usage) {
+        self.spent.add(date, usage);
+    }
+
+    /// Its limits and today's use, as `/key_status` shows them.
+    #[must_use]
+    pub fn to_json(&self, date: u32) -> Value {
+        let limits = &self.spec.limits;
+        let (requests, free) = self.requests_on(date);
+        let today = self.spent.today(date);
+        let refused: serde_json::Map<String, Value> = REFUSALS
+            .iter()
+            .zip(&self.refused)
+            .map(|(name, word)| {
+                (
+                    (*name).to_owned(),
+                    json!(count_in(word.load(Relaxed), date)),
+                )
+            })
+            .collect();
+        json!({
+            "name": self.spec.name,
+            "models": self.spec.models,
+            "limits": {
+                "requests_per_minute": limits.requests_per_minute,
+                "burst": limits.burst,
+                "requests_per_day": limits.requests_per_day,
+                "free_requests_per_day": limits.free_requests_per_day,
+                "tokens_per_day": limits.tokens_per_day,
+                "usd_per_day": limits.nano_usd_per_day.map(|n| n as f64 / 1e9),
+                "max_concurrent": limits.max_concurrent,
+                "weight": limits.weight,
+            },
+            "today": {
+                "requests": requests,
+                "free_requests": free,
+                "prompt_tokens": today.prompt_tokens,
+                "completion_tokens": today.completion_tokens,
+                "cost": today.cost_nano as f64 / 1e9,
+                "refused": refused,
+            },
+            "in_flight": self.in_flight.load(Relaxed),
+            "waiting": self.waiting.load(Relaxed),
+            "lifetime": {
+                "requests": self.lifetime[0].load(Relaxed),
+                "free_requests": self.lifetime[1].load(Relaxed),
+                "usage": self.spent.lifetime().to_json(),
+            },
+        })
+    }
+}
+
+/// Every configured client, found by the SHA-256 of its key.
+#[derive(Default)]
+pub struct Clients {
+    by_key: HashMap<[u8; 32], usize>,
+    list: Box<[Client]>,
+}
+
+impl Clients {
+    #[must_use]
+    pub fn from_config(config: &Config) -> Self {
+        let list: Box<[Client]> = config.clients.iter().cloned().map(Client::new).collect();
+        let by_key = list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.spec.key_sha256, i))
+            .collect();
+        Clients { by_key, list }
+    }
+
+    /// The client whose key is `presented`, if any.
+    #[must_use]
+    pub fn find(&self, presented: &[u8]) -> Option<usize> {
+        if self.list.is_empty() {
+            return None;
+        }
+        self.by_key
+            .get(&crate::config::file::sha256(presented))
+            .copied()
+    }
+
+    #[must_use]
+    pub fn get(&self, index: usize) -> &Client {
+        &self.list[index]
+    }
+
+    #[must_use]
+    pub fn all(&self) -> &[Client] {
+        &self.list
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// Raises `word`'s count of `date` by one if it stays within `limit` (none: always);
+/// false when the limit is reached.
+fn take_within(word: &AtomicU64, date: u32, limit: Option<u64>) -> bool {
+    word.fetch_update(Relaxed, Relaxed, |w| {
+        let n = if date_of(w) == date {
+            count_in(w, date)
+        } else {
+            0
+        };
+        (limit.is_none_or(|l| n < l)).then_some(packed(date, n + 1))
+    })
+    .is_ok()
+}
+
+/// Lowers `word`'s count of `date` by one (a request that was never sent).
+fn give_back(word: &AtomicU64, date: u32) {
+    let _ = word.fetch_update(Relaxed, Relaxed, |w| {
+        (date_of(w) == date && count_in(w, date) > 0).then(|| w - 1)
+    });
+}

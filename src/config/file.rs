@@ -1,0 +1,394 @@
+//! `CONFIG_FILE`: what an environment variable cannot hold, in TOML. Today the
+//! clients (`[[clients]]`: a key per agent with its own limits). Every table and
+//! field is checked by name, so a typo is an error rather than a setting
+//! silently ignored; every problem is listed with its line, and no key is ever
+//! printed.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file read when `CONFIG_FILE` is not set, if it exists in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "openrouter-proxy.toml";
+/// The most bytes a client name may have.
+pub const MAX_CLIENT_NAME: usize = 64;
+/// The fewest bytes a client key may have.
+pub const MIN_CLIENT_KEY: usize = 16;
+
+/// One client as configured: who it is, how it authenticates, what it may do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientSpec {
+    pub name: String,
+    /// SHA-256 of the key it sends (the file holds the key or this hash, never both).
+    pub key_sha256: [u8; 32],
+    /// Models it may use (`*` matches any run of characters); `None`: all.
+    pub models: Option<Vec<String>>,
+    pub limits: ClientLimits,
+}
+
+/// A client's limits; `None` is no limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientLimits {
+    pub requests_per_minute: Option<u32>,
+    /// Requests back to back the per-minute limit allows (1: spaced evenly).
+    pub burst: u32,
+    pub requests_per_day: Option<u64>,
+    pub free_requests_per_day: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    /// In nano-USD, as usage is counted.
+    pub nano_usd_per_day: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    /// Its share of contended free-model capacity.
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    clients: Vec<Spanned<ClientEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    name: String,
+    key: Option<String>,
+    key_sha256: Option<String>,
+    models: Option<Vec<String>>,
+    requests_per_minute: Option<u32>,
+    burst: Option<u32>,
+    requests_per_day: Option<u64>,
+    free_requests_per_day: Option<u64>,
+    tokens_per_day: Option<u64>,
+    usd_per_day: Option<f64>,
+    max_concurrent: Option<u32>,
+    weight: Option<u32>,
+}
+
+/// Which file to read: `CONFIG_FILE` when set (it must then exist), else the default
+/// file when it exists, else none.
+#[must_use]
+pub fn path_to_read(configured: Option<String>) -> Option<PathBuf> {
+    match configured {
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+    }
+}
+
+/// Reads the clients from `path`; every problem goes to `problems`, each naming the file
+/// and line. `proxy_key` is the operator's key, which no client key may equal.
+pub fn read_clients(path: &Path, proxy_key: &str, problems: &mut Vec<String>) -> Vec<ClientSpec> {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            problems.push(format!("CONFIG_FILE: cannot read {shown}: {err}"));
+            return Vec::new();
+        }
+    };
+    parse_clients(&text, &shown.to_string(), proxy_key, problems)
+}
+
+/// The clients of the TOML document `text` (named `file` in messages).
+pub fn parse_clients(
+    text: &str,
+    file: &str,
+    proxy_key: &str,
+    problems: &mut Vec<String>,
+) -> Vec<ClientSpec> {
+    let document: Document = match toml::from_str(text) {
+        Ok(document) => document,
+        Err(err) => {
+            let line = err.span().map_or(0, |span| line_of(text, span.start));
+            problems.push(format!(
+                "{file} line {line}: {}",
+                masked_quotes(err.message())
+            ));
+            return Vec::new();
+        }
+    };
+    let proxy_hash = sha256(proxy_key.as_bytes());
+    let mut clients: Vec<ClientSpec> = Vec::new();
+    // Every entry read, valid or not, so a second use of a name or key is found either way.
+    let mut read: Vec<(String, [u8; 32])> = Vec::new();
+    for entry in document.clients {
+        let line = line_of(text, entry.span().start);
+        let at = |what: String| format!("{file} line {line}: client {what}");
+        let before = problems.len();
+        if let Some(client) = client(entry.into_inner(), &mut |p| problems.push(at(p))) {
+            if read.iter().any(|(name, _)| *name == client.name) {
+                problems.push(at(format!("{:?}: the name is used twice", client.name)));
+            }
+            if read.iter().any(|(_, key)| *key == client.key_sha256) {
+                problems.push(at(format!(
+                    "{:?}: its key is another client's",
+                    client.name
+                )));
+            }
+            if !proxy_key.is_empty() && client.key_sha256 == proxy_hash {
+                problems.push(at(format!(
+                    "{:?}: its key is PROXY_API_KEY, the operator's",
+                    client.name
+                )));
+            }
+            read.push((client.name.clone(), client.key_sha256));
+            if problems.len() == before {
+                clients.push(client);
+            }
+        }
+    }
+    clients
+}
+
+/// One entry, checked; each problem goes to `problem` (without the line).
+fn client(entry: ClientEntry, problem: &mut dyn FnMut(String)) -> Option<ClientSpec> {
+    let name = entry.name;
+    let valid_name = !name.is_empty()
+        && name.len() <= MAX_CLIENT_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !valid_name {
+        problem(format!(
+            "{name:?}: a name is 1 to {MAX_CLIENT_NAME} bytes of letters, digits, _ . -"
+        ));
+    }
+    let key_sha256 = match (&entry.key, &entry.key_sha256) {
+        (Some(key), None) => check_key(key, &name, problem).map(|()| sha256(key.as_bytes())),
+        (None, Some(hex)) => parse_hex(hex).or_else(|| {
+            problem(format!(
+                "{name:?}: key_sha256 is 64 hexadecimal digits (sha256sum of the key)"
+            ));
+            None
+        }),
+        (Some(_), Some(_)) => {
+            problem(format!("{name:?}: give key or key_sha256, not both"));
+            None
+        }
+        (None, None) => {
+            problem(format!("{name:?}: needs key (or key_sha256)"));
+            None
+        }
+    };
+    if let Some(models) = &entry.models {
+        if models.iter().any(|m| m.trim().is_empty() || m.trim() != m) {
+            problem(format!(
+                "{name:?}: models holds an empty name or one with spaces around it"
+            ));
+        }
+    }
+    let positive = |value: Option<u32>, field: &str, problem: &mut dyn FnMut(String)| {
+        if value == Some(0) {
+            problem(format!("{name:?}: {field} must be at least 1"));
+        }
+    };
+    positive(entry.requests_per_minute, "requests_per_minute", problem);
+    positive(entry.burst, "burst", problem);
+    positive(entry.max_concurrent, "max_concurrent", problem);
+    positive(entry.weight, "weight", problem);
+    if entry.burst.is_some() && entry.requests_per_minute.is_none() {
+        problem(format!(
+            "{name:?}: burst needs requests_per_minute to shape"
+        ));
+    }
+    let nano_usd_per_day = match entry.usd_per_day {
+        Some(usd) if !(usd.is_finite() && (0.0..=1e9).contains(&usd)) => {
+            problem(format!(
+                "{name:?}: usd_per_day is an amount of dollars, 0 or more"
+            ));
+            None
+        }
+        usd => usd.map(|usd| (usd * 1e9).round() as u64),
+    };
+    Some(ClientSpec {
+        name: valid_name.then_some(name)?,
+        key_sha256: key_sha256?,
+        models: entry.models,
+        limits: ClientLimits {
+            requests_per_minute: entry.requests_per_minute,
+            burst: entry.burst.unwrap_or(1).max(1),
+            requests_per_day: entry.requests_per_day,
+            free_requests_per_day: entry.free_requests_per_day,
+            tokens_per_day: entry.tokens_per_day,
+            nano_usd_per_day,
+            max_concurrent: entry.max_concurrent,
+            weight: entry.weight.unwrap_or(1).max(1),
+        },
+    })
+}
+
+/// A client key: at least [`MIN_CLIENT_KEY`] bytes, no whitespace or control bytes.
+fn check_key(key: &str, name: &str, problem: &mut dyn FnMut(String)) -> Option<()> {
+    if key.len() < MIN_CLIENT_KEY {
+        problem(format!(
+            "{name:?}: its key is shorter than {MIN_CLIENT_KEY} bytes"
+        ));
+        return None;
+    }
+    if key
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        problem(format!(
+            "{name:?}: its key holds whitespace or control characters"
+        ));
+        return None;
+    }
+    Some(())
+}
+
+/// SHA-256 of `bytes`.
+#[must_use]
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// `message` with every quoted text masked: a parser's message may quote the value it did
+/// not expect, and that value may be a key.
+fn masked_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        if i % 2 == 0 {
+            out.push_str(&crate::mask::mask(part));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<ClientSpec>, Vec<String>) {
+        let mut problems = Vec::new();
+        let clients = parse_clients(text, "f.toml", "operator-key-0123456789", &mut problems);
+        (clients, problems)
+    }
+
+    #[test]
+    fn a_full_client_is_read_with_every_limit() {
+        let (clients, problems) = parse(
+            r#"
+[[clients]]
+name = "planner"
+key = "pk-planner-0123456789"
+models = ["*:free", "anthropic/claude-*"]
+requests_per_minute = 30
+burst = 2
+requests_per_day = 2000
+free_requests_per_day = 300
+tokens_per_day = 2000000
+usd_per_day = 1.5
+max_concurrent = 8
+weight = 2
+"#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let c = &clients[0];
+        assert_eq!(c.name, "planner");
+        assert_eq!(c.key_sha256, sha256(b"pk-planner-0123456789"));
+        assert_eq!(c.limits.nano_usd_per_day, Some(1_500_000_000));
+        assert_eq!((c.limits.burst, c.limits.weight), (2, 2));
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_line_and_no_key_is_printed() {
+        let (clients, problems) = parse(
+            r#"[[clients]]
+name = "a b"
+key = "short-secret"
+
+[[clients]]
+name = "twin"
+key = "pk-twin-secret-0123456789"
+requests_per_minute = 0
+
+[[clients]]
+name = "twin"
+key = "pk-twin-secret-0123456789"
+
+[[clients]]
+name = "op"
+key = "operator-key-0123456789"
+burst = 3
+"#,
+        );
+        assert!(clients.len() <= 1, "{clients:?}");
+        let all = problems.join("\n");
+        for expected in [
+            "f.toml line 1: client \"a b\": a name",
+            "line 1: client \"a b\": its key is shorter",
+            "line 5: client \"twin\": requests_per_minute must be at least 1",
+            "line 10: client \"twin\": the name is used twice",
+            "line 14: client \"op\": its key is PROXY_API_KEY",
+            "line 14: client \"op\": burst needs requests_per_minute",
+        ] {
+            assert!(all.contains(expected), "{expected} not in:\n{all}");
+        }
+        for secret in ["short-secret", "pk-twin-secret", "operator-key"] {
+            assert!(!all.contains(secret), "{secret} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_tables_and_fields_are_refused_by_name_with_values_masked() {
+        let (_, problems) = parse(
+            "[[clients]]\nname = \"x\"\nkey = \"pk-0123456789abcdef\"\nrequest_per_day = 5\n",
+        );
+        assert!(problems[0].contains("line 4"), "{problems:?}");
+        assert!(problems[0].contains("request_per_day"), "{problems:?}");
+        let (_, problems) = parse("[client]\nname = \"x\"\n");
+        assert!(problems[0].contains("client"), "{problems:?}");
+        let (_, problems) = parse("[[clients]]\nname = \"x\"\nkey = 12\n");
+        assert!(problems[0].contains("line 3"), "{problems:?}");
+        let (_, problems) = parse("[[clients]]\nname = \"x\"\nkey = \"pk-0123456789abcdef\"\nweight = \"pk-secret-value-123\"\n");
+        assert!(!problems[0].contains("pk-secret-value-123"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_key_may_be_given_by_its_sha256() {
+        let hex = sha256(b"pk-hashed-0123456789")
+            .iter()
+            .fold(String::new(), |mut hex, b| {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{b:02x}");
+                hex
+            });
+        let (clients, problems) = parse(&format!(
+            "[[clients]]\nname = \"h\"\nkey_sha256 = \"{hex}\"\n"
+        ));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(clients[0].key_sha256, sha256(b"pk-hashed-0123456789"));
+        let (_, problems) = parse("[[clients]]\nname = \"h\"\nkey_sha256 = \"abc\"\n");
+        assert!(problems[0].contains("64 hexadecimal"), "{problems:?}");
+    }
+}
