@@ -68,7 +68,7 @@ async fn serve(config: Config) -> ExitCode {
     let state_file = app.config.state_file.clone();
     // Read before the port is open: nothing is served from state not yet restored.
     if let Some(path) = &state_file {
-        let fleet = state::load(path, &app.keys());
+        let fleet = state::load(path, &app);
         if let Some(shared) = &app.shared {
             let (replica, replicas) = fleet.map(|f| (f.replica, f.replicas)).unzip();
             shared.remember(replica, replicas);
@@ -166,8 +166,7 @@ fn first_signal(app: &Arc<App>) -> impl std::future::Future<Output = ()> {
         signals.recv().await;
         warn!("second signal: exiting now");
         if let Some(path) = &app.config.state_file {
-            let _ =
-                state::write_atomic(path, &state::render(&app.keys(), state::fleet_memory(&app)));
+            let _ = state::write_atomic(path, &state::render(&app));
         }
         // The request lines the workers hold are written first: every request that ended
         // is in the log.

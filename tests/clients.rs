@@ -413,3 +413,54 @@ fn a_broken_config_file_stops_startup_listing_every_problem_with_its_line_and_no
     assert_eq!(code, Some(64));
     assert!(stderr.contains("CONFIG_FILE: cannot read"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_restart_keeps_each_clients_counts_and_the_state_file_holds_no_client_key() {
+    let upstream = Upstream::start(|_| {
+        Reply::json(
+            200,
+            r#"{"id":"gen-1","usage":{"prompt_tokens":7,"completion_tokens":5,"cost":0.25}}"#,
+        )
+    })
+    .await;
+    let toml =
+        format!("[[clients]]\nname = \"planner\"\nkey = \"{PLANNER_KEY}\"\nrequests_per_day = 3\n");
+    let vars = [("STATE_FLUSH_INTERVAL", "0")];
+    let (mut proxy, dir) = with_clients(&upstream, &toml, &vars).await;
+    for _ in 0..2 {
+        assert_eq!(chat_as(&proxy, PLANNER_KEY, FREE).await.status, 200);
+    }
+    proxy.signal("TERM");
+    assert!(proxy.wait(Duration::from_secs(10)).success());
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    let hash = openrouter_proxy::config::file::sha256(PLANNER_KEY.as_bytes())
+        .iter()
+        .fold(String::new(), |mut hex, b| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
+    assert!(state.contains("\"planner\""), "{state}");
+    assert!(
+        !state.contains(PLANNER_KEY) && !state.contains(&hash[..16]),
+        "{state}"
+    );
+
+    let file = dir.path().join("clients.toml");
+    let file = file.to_str().unwrap();
+    let restarted = Running::start(
+        &upstream.base_url(),
+        &dir.path().join("state.json"),
+        &[("CONFIG_FILE", file), ("STATE_FLUSH_INTERVAL", "0")],
+    )
+    .await;
+    let own = get_as(&restarted, PLANNER_KEY, "/key_status").await.json();
+    assert_eq!(own["client"]["today"]["requests"], 2, "{own}");
+    assert_eq!(own["client"]["today"]["free_requests"], 2);
+    assert_eq!(own["client"]["today"]["prompt_tokens"], 14);
+    assert_eq!(own["client"]["lifetime"]["requests"], 2);
+    assert_eq!(chat_as(&restarted, PLANNER_KEY, FREE).await.status, 200);
+    chat_as(&restarted, PLANNER_KEY, FREE)
+        .await
+        .assert_error(429);
+}

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod allow;
+pub mod persist;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -375,6 +375,13 @@ burst = 3
     }
 
     #[test]
+    fn the_sample_file_is_valid() {
+        let (clients, problems) = parse(include_str!("../../openrouter-proxy.toml.sample"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(clients.len(), 2);
+    }
+
+    #[test]
     fn a_key_may_be_given_by_its_sha256() {
         let hex = sha256(b"pk-hashed-0123456789")
             .iter()

@@ -17,6 +17,7 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::clients::persist::{self, ClientRecord};
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Usage, UsageCounters};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,6 +36,8 @@ struct StateDocument {
     accounts: Vec<AccountRecord>,
     #[serde(default)]
     fleet: Option<FleetMemory>,
+    #[serde(default)]
+    clients: Vec<ClientRecord>,
 }
 
 /// What a replica of a fleet (with `REDIS_URL`) remembers across restarts: its name, under
@@ -54,6 +57,8 @@ struct Written<'a> {
     accounts: &'a [AccountRecord],
     #[serde(skip_serializing_if = "Option::is_none")]
     fleet: Option<&'a FleetMemory>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    clients: &'a [ClientRecord],
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -173,9 +178,12 @@ struct Snapshot {
     keys: Vec<KeyRecord>,
     accounts: Vec<AccountRecord>,
     fleet: Option<FleetMemory>,
+    clients: Vec<ClientRecord>,
 }
 
-fn snapshot(pool: &KeyPool, fleet: Option<FleetMemory>, now: i64) -> Snapshot {
+fn snapshot(app: &App, now: i64) -> Snapshot {
+    let pool = &*app.keys();
+    let fleet = fleet_memory(app);
     let day = pool.calendar().today(now);
     let keys = pool
         .keys()
@@ -218,6 +226,7 @@ fn snapshot(pool: &KeyPool, fleet: Option<FleetMemory>, now: i64) -> Snapshot {
         keys,
         accounts,
         fleet,
+        clients: persist::records(&app.clients, day.date),
     }
 }
 
@@ -228,6 +237,7 @@ fn document(pool: &KeyPool, snapshot: &Snapshot, now: i64) -> String {
         keys: &snapshot.keys,
         accounts: &snapshot.accounts,
         fleet: snapshot.fleet.as_ref(),
+        clients: &snapshot.clients,
     };
     serde_json::to_string_pretty(&written).expect("the state document serialises")
 }
@@ -237,16 +247,17 @@ fn document(pool: &KeyPool, snapshot: &Snapshot, now: i64) -> String {
 /// # Panics
 /// Never: the document holds only strings and numbers, which always serialise.
 #[must_use]
-pub fn render(pool: &KeyPool, fleet: Option<FleetMemory>) -> String {
+pub fn render(app: &App) -> String {
     let now = now_ms();
-    document(pool, &snapshot(pool, fleet, now), now)
+    document(&app.keys(), &snapshot(app, now), now)
 }
 
-/// Restores the state file at `path` into `pool`: learned accounts, today's counts,
-/// blocks still in force, and totals, for keys that are still configured. Returns what
-/// it remembered of the fleet.
-pub fn load(path: &Path, pool: &KeyPool) -> Option<FleetMemory> {
+/// Restores the state file at `path` into `app`: learned accounts, today's counts,
+/// blocks still in force, and totals, for keys that are still configured, and the
+/// clients' counts by name. Returns what it remembered of the fleet.
+pub fn load(path: &Path, app: &App) -> Option<FleetMemory> {
     let document = read_document(path)?;
+    let pool = &*app.keys();
     let now = now_ms();
     // Linear in the file and the pool, however many records there are.
     let by_fingerprint: HashMap<&str, usize> = pool
@@ -260,6 +271,11 @@ pub fn load(path: &Path, pool: &KeyPool) -> Option<FleetMemory> {
     restore_groupings(pool, &document, &index_of, now);
     let restored = restore_keys(pool, &document.keys, &index_of, now);
     restore_accounts(pool, &document.accounts, &index_of, now);
+    persist::restore(
+        &app.clients,
+        &document.clients,
+        pool.calendar().today(now).date,
+    );
     info!(
         "restored the state of {restored} key(s) from {}",
         path.display()
@@ -506,7 +522,7 @@ impl Persistence {
     pub async fn flush(&mut self) {
         let now = now_ms();
         let pool = self.app.keys();
-        let state = snapshot(&pool, fleet_memory(&self.app), now);
+        let state = snapshot(&self.app, now);
         if self.last_written.as_ref() == Some(&state) {
             return;
         }

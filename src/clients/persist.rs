@@ -1,0 +1,73 @@
+//! What the state file keeps of each client, by name: today's counts and the lifetime
+//! totals, so a restart loses nothing. Never the key nor its hash.
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{Client, Clients};
+use crate::keys::share::packed;
+use crate::keys::Usage;
+
+/// One client in the state file.
+#[derive(Serialize, Deserialize, PartialEq, Clone, Debug)]
+pub struct ClientRecord {
+    name: String,
+    /// The quota day the `today` figures belong to.
+    day: u32,
+    /// Requests and free requests that day.
+    requests: [u64; 2],
+    /// Lifetime requests and free requests.
+    lifetime_requests: [u64; 2],
+    /// `[prompt tokens, completion tokens, nano-USD]` that day and in all.
+    usage_today: [u64; 3],
+    usage_lifetime: [u64; 3],
+}
+
+impl Client {
+    fn record(&self, date: u32) -> ClientRecord {
+        let (requests, free) = self.requests_on(date);
+        ClientRecord {
+            name: self.spec.name.clone(),
+            day: date,
+            requests: [requests, free],
+            lifetime_requests: self.lifetime.each_ref().map(|n| n.load(Relaxed)),
+            usage_today: self.spent.today(date).parts(),
+            usage_lifetime: self.spent.lifetime().parts(),
+        }
+    }
+
+    fn restore(&self, record: &ClientRecord, today: u32) {
+        if record.day == today {
+            self.requests
+                .store(packed(today, record.requests[0]), Relaxed);
+            self.free_requests
+                .store(packed(today, record.requests[1]), Relaxed);
+        }
+        for (counter, value) in self.lifetime.iter().zip(record.lifetime_requests) {
+            counter.store(value, Relaxed);
+        }
+        let kept = if record.day == today {
+            Usage::from_parts(record.usage_today)
+        } else {
+            Usage::default()
+        };
+        self.spent
+            .restore(today, kept, Usage::from_parts(record.usage_lifetime));
+    }
+}
+
+/// Every client's record for quota day `date`.
+#[must_use]
+pub fn records(clients: &Clients, date: u32) -> Vec<ClientRecord> {
+    clients.all().iter().map(|c| c.record(date)).collect()
+}
+
+/// Restores each still-configured client from `records` (a client no longer in the file
+/// is left out; a new one starts from nothing).
+pub fn restore(clients: &Clients, records: &[ClientRecord], today: u32) {
+    for record in records {
+        if let Some(client) = clients.all().iter().find(|c| c.spec.name == record.name) {
+            client.restore(record, today);
+        }
+    }
+}
