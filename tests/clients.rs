@@ -338,7 +338,18 @@ async fn a_client_sees_only_itself_and_the_operator_sees_every_client() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["planner", "coder"]);
-    let text = all.to_string() + &proxy.log_text();
+    let metrics = get_as(&proxy, PROXY_KEY, "/metrics").await.text();
+    for line in [
+        "openrouter_proxy_client_requests_today{client=\"planner\"} 1",
+        "openrouter_proxy_client_free_requests_today{client=\"planner\"} 1",
+        "openrouter_proxy_client_requests_today{client=\"coder\"} 0",
+        "openrouter_proxy_client_refused_today{client=\"coder\",reason=\"model\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    let lines = metrics.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+    let text = all.to_string() + &proxy.log_text() + &metrics;
     for secret in [PLANNER_KEY, CODER_KEY] {
         assert!(!text.contains(secret), "{secret} shown");
     }

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::config::{ClientSpec, Config};
 use crate::keys::share::{count_in, date_of, packed};
 use crate::keys::{Gcra, Usage, UsageCounters};
+use crate::observe::logging::OncePerSecond;
 use allow::Allowlist;
 
 // Counters and packed `(date << 32) | count` words, each self-contained: Relaxed throughout.
@@ -74,6 +75,8 @@ pub struct Client {
     pub waiting: AtomicU64,
     /// Refused today by reason, `(date << 32) | count` each.
     refused: [AtomicU64; 6],
+    /// One log line a second per reason, however many are refused.
+    refusal_lines: [OncePerSecond; 6],
 }
 
 impl Client {
@@ -94,6 +97,7 @@ impl Client {
             in_flight: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             refused: Default::default(),
+            refusal_lines: Default::default(),
             spec,
         }
     }
@@ -118,11 +122,33 @@ impl Client {
         )
     }
 
-    /// Counts a refusal of `date`.
+    /// Lifetime requests sent upstream.
+    #[must_use]
+    pub fn lifetime_requests(&self) -> u64 {
+        self.lifetime[0].load(Relaxed)
+    }
+
+    /// Refusals of quota day `date`, by reason.
+    pub fn refused_on(&self, date: u32) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        REFUSALS
+            .iter()
+            .zip(&self.refused)
+            .map(move |(name, word)| (*name, count_in(word.load(Relaxed), date)))
+    }
+
+    /// Counts a refusal of `date`, and logs it (at most a line a second per reason).
     pub fn count_refused(&self, why: Refused, date: u32) {
         let _ = self.refused[why as usize].fetch_update(Relaxed, Relaxed, |word| {
             Some(packed(date, count_in(word, date) + 1))
         });
+        if self.refusal_lines[why as usize].allow(crate::keys::now_ms()) {
+            log::warn!(
+                "refused a request of client {}: {} (today: {})",
+                self.name(),
+                REFUSALS[why as usize],
+                count_in(self.refused[why as usize].load(Relaxed), date)
+            );
+        }
     }
 
     /// Adds what one of its answers used.

@@ -7,7 +7,11 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 use serde_json::{json, Value};
 
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::app::App;
+use crate::clients::{Client, Clients};
 use crate::keys::now_ms;
 
 fn json_response(body: &Value) -> Response<Bytes> {
@@ -71,4 +75,97 @@ pub fn key(app: &App, index: usize) -> Response<Bytes> {
         "tokens_today": spent.prompt_tokens.saturating_add(spent.completion_tokens),
         "tokens_per_day": limits.tokens_per_day,
     }}))
+}
+
+/// The per-client series of `/metrics` (clients come from the file, so the label's
+/// values are bounded): today's requests and refusals, lifetime requests, tokens and
+/// cost, requests in flight and waiting.
+pub fn write_metrics(out: &mut String, clients: &Clients, date: u32) {
+    if clients.is_empty() {
+        return;
+    }
+    let each = |out: &mut String,
+                name: &str,
+                kind: &str,
+                help: &str,
+                value: &dyn Fn(&Client) -> String| {
+        let _ = writeln!(
+            out,
+            "# HELP openrouter_proxy_{name} {help}\n# TYPE openrouter_proxy_{name} {kind}"
+        );
+        for client in clients.all() {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_{name}{{client=\"{}\"}} {}",
+                client.name(),
+                value(client)
+            );
+        }
+    };
+    each(
+        out,
+        "client_requests_today",
+        "gauge",
+        "Requests of each client sent upstream this quota day.",
+        &|c| c.requests_on(date).0.to_string(),
+    );
+    each(
+        out,
+        "client_free_requests_today",
+        "gauge",
+        "Free-model requests of each client this quota day.",
+        &|c| c.requests_on(date).1.to_string(),
+    );
+    each(
+        out,
+        "client_requests_total",
+        "counter",
+        "Requests of each client sent upstream, lifetime.",
+        &|c| c.lifetime_requests().to_string(),
+    );
+    each(
+        out,
+        "client_cost_usd_total",
+        "counter",
+        "Cost of each client's answers in USD, lifetime.",
+        &|c| (c.spent.lifetime().cost_nano as f64 / 1e9).to_string(),
+    );
+    each(
+        out,
+        "client_in_flight",
+        "gauge",
+        "Requests of each client in flight (a stream until its last byte).",
+        &|c| c.in_flight.load(Relaxed).to_string(),
+    );
+    each(
+        out,
+        "client_waiting",
+        "gauge",
+        "Requests of each client waiting for their turn.",
+        &|c| c.waiting.load(Relaxed).to_string(),
+    );
+    let _ = writeln!(out, "# HELP openrouter_proxy_client_tokens_total Prompt and completion tokens of each client's answers, lifetime.\n# TYPE openrouter_proxy_client_tokens_total counter");
+    for client in clients.all() {
+        let lifetime = client.spent.lifetime();
+        for (kind, n) in [
+            ("prompt", lifetime.prompt_tokens),
+            ("completion", lifetime.completion_tokens),
+        ] {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_client_tokens_total{{client=\"{}\",kind=\"{kind}\"}} {n}",
+                client.name()
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP openrouter_proxy_client_refused_today Requests of each client the proxy refused this quota day, by reason.\n# TYPE openrouter_proxy_client_refused_today gauge");
+    for client in clients.all() {
+        for (reason, n) in client.refused_on(date) {
+            let _ = writeln!(
+                out,
+                "openrouter_proxy_client_refused_today{{client=\"{}\",reason=\"{reason}\"}} {n}",
+                client.name()
+            );
+        }
+    }
 }

@@ -145,10 +145,13 @@ fn account_json(pool: &KeyPool, index: usize, members: &[usize], now: i64) -> Va
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
 #[must_use]
 pub fn metrics(app: &App) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(app.metrics.render(
-        &app.keys(),
-        app.shared.as_ref().map(|s| (s.in_use(), s.fleet())),
-    )));
+    let keys = app.keys();
+    let mut text = app
+        .metrics
+        .render(&keys, app.shared.as_ref().map(|s| (s.in_use(), s.fleet())));
+    let date = keys.calendar().today(now_ms()).date;
+    super::clients::write_metrics(&mut text, &app.clients, date);
+    let mut response = Response::new(Bytes::from(text));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
