@@ -108,6 +108,21 @@ async fn a_model_outside_the_allowlist_is_a_403_and_nothing_is_sent() {
         "model openai/gpt-4o is not allowed for client coder"
     );
     assert!(upstream.requests().is_empty());
+    // Nor through OpenRouter's fallback list.
+    let fallback = send(
+        hyper::Request::builder()
+            .method("POST")
+            .uri(proxy.url("/api/v1/chat/completions"))
+            .header("authorization", format!("Bearer {CODER_KEY}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"models":["{FREE}","{PAID}"],"messages":[]}}"#
+            ))))
+            .unwrap(),
+    )
+    .await;
+    fallback.assert_error(403);
+    assert!(upstream.requests().is_empty());
     assert_eq!(chat_as(&proxy, CODER_KEY, FREE).await.status, 200);
     assert_eq!(
         chat_as(&proxy, CODER_KEY, "anthropic/claude-sonnet-4")

@@ -32,16 +32,17 @@ pub struct Today {
 }
 
 impl Client {
-    /// Admits a request for `model` (`free`: a free model) or says why not.
-    pub async fn admit(
+    /// Admits a request for `models` (its `model` and any fallbacks; `free`: free models
+    /// only) or says why not.
+    pub async fn admit<'m>(
         &self,
         index: usize,
-        model: Option<&str>,
+        mut models: impl Iterator<Item = &'m str>,
         free: bool,
         today: Today,
         max_wait: Duration,
     ) -> Result<Ticket, ProxyError> {
-        if let Some(model) = model.filter(|m| !self.allows(m)) {
+        if let Some(model) = models.find(|m| !self.allows(m)) {
             self.count_refused(Refused::Model, today.date);
             return Err(ProxyError::Forbidden(format!(
                 "model {model} is not allowed for client {}",

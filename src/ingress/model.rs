@@ -33,6 +33,8 @@ struct ModelFields<'a> {
 pub struct ModelInfo<'a> {
     /// The `model` field, if it is a string.
     pub model: Option<Cow<'a, str>>,
+    /// The `models` fallback list OpenRouter may route to (empty when absent).
+    pub fallbacks: Vec<Cow<'a, str>>,
     /// True when the request can only reach `:free` models.
     pub free: bool,
 }
@@ -104,7 +106,15 @@ pub fn read(body: &[u8]) -> Result<ModelInfo<'_>, BodyProblem> {
         Some(model) => is_free(model),
         None => fallbacks_free,
     };
-    Ok(ModelInfo { model, free })
+    let fallbacks = fields
+        .models
+        .map(|ids| ids.into_iter().map(|id| id.0).collect())
+        .unwrap_or_default();
+    Ok(ModelInfo {
+        model,
+        fallbacks,
+        free,
+    })
 }
 
 /// Reads the model fields of any body; anything unreadable is simply not a free-model request.

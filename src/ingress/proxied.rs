@@ -172,14 +172,13 @@ async fn admit(
         now_ms: now,
     };
     let client = app.clients.get(index);
+    let models = model
+        .model
+        .iter()
+        .chain(&model.fallbacks)
+        .map(AsRef::as_ref);
     let ticket = client
-        .admit(
-            index,
-            model.model.as_deref(),
-            model.free,
-            today,
-            app.config.max_wait,
-        )
+        .admit(index, models, model.free, today, app.config.max_wait)
         .await?;
     Ok(Some(ticket))
 }
