@@ -25,8 +25,9 @@ pub struct App {
     /// Rate-limits the WARN lines about refused proxy keys.
     pub refusals: RefusalLog,
     pub(crate) upstream: UpstreamClients,
-    /// The clients of `CONFIG_FILE`, each with its key, limits and counts.
-    pub clients: Clients,
+    /// The clients of `CONFIG_FILE` in force, each with its key, limits and counts; a
+    /// reload (SIGHUP) puts new ones in place, keeping counts by name.
+    clients: RwLock<Arc<Clients>>,
     /// The fleet's shared state, with `REDIS_URL`.
     pub shared: Option<Arc<Shared>>,
 }
@@ -38,7 +39,7 @@ impl App {
         let upstream = UpstreamClients::new(config.upstream_http2);
         let shared = config.redis.clone().map(Shared::new);
         Arc::new(App {
-            clients: Clients::from_config(&config),
+            clients: RwLock::new(Arc::new(Clients::from_config(&config, None))),
             shared,
             config,
             pool: RwLock::new(pool),
@@ -59,6 +60,35 @@ impl App {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// The clients in force.
+    #[must_use]
+    pub fn clients(&self) -> Arc<Clients> {
+        Arc::clone(
+            &self
+                .clients
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts the clients of `config` in force: those that stay (by name) keep their counts,
+    /// a removed one is refused from the next request (its requests in flight finish), a
+    /// changed limit applies to the next request. Returns how many clients stayed.
+    pub fn reload_clients(&self, config: &Config) -> usize {
+        let mut clients = self
+            .clients
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = Clients::from_config(config, Some(&clients));
+        let stayed = fresh
+            .all()
+            .iter()
+            .filter(|c| clients.all().iter().any(|o| o.spec.name == c.spec.name))
+            .count();
+        *clients = Arc::new(fresh);
+        stayed
     }
 
     /// Which pool is in force: changes with every reload.

@@ -209,9 +209,10 @@ fn flush_on_other_signals(app: &Arc<App>) {
     }
 }
 
-/// Reads `.env` and the environment again and puts the new key list in force, carrying
-/// over what was known about the keys that stay; a list with errors is refused (every error
-/// logged, keys masked) and the running one kept. Other settings need a restart.
+/// Reads `.env`, the environment and `CONFIG_FILE` again and puts the new key list and
+/// clients in force, carrying over what was known about the keys and clients that stay; a
+/// configuration with errors is refused as a whole (every error logged, keys masked) and
+/// the running one kept. Other settings need a restart.
 fn reload_key_list(app: &App) {
     let (env, env_file) = env_file::merged_environment(std::path::Path::new("."));
     env_file.log();
@@ -224,7 +225,7 @@ fn reload_key_list(app: &App) {
             for problem in &errors.0 {
                 error!("reload refused: {problem}");
             }
-            warn!("the key list in force is kept");
+            warn!("the key list and clients in force are kept");
             return;
         }
     };
@@ -235,6 +236,11 @@ fn reload_key_list(app: &App) {
     info!(
         "reloaded the key list: {} key(s), {stayed} kept their counts and blocks",
         pool.keys().len()
+    );
+    let clients_stayed = app.reload_clients(&config);
+    info!(
+        "reloaded the clients: {} client(s), {clients_stayed} kept their counts",
+        config.clients.len()
     );
     log_keys(&config.keys, &pool);
 }

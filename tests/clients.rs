@@ -490,3 +490,79 @@ async fn a_restart_keeps_each_clients_counts_and_the_state_file_holds_no_client_
         .await
         .assert_error(429);
 }
+
+#[tokio::test]
+async fn sighup_rereads_the_clients_keeping_counts_by_name_and_refusing_a_broken_file() {
+    let upstream = Upstream::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.toml");
+    let write = |toml: &str| std::fs::write(&file, toml).unwrap();
+    write(&format!(
+        "[[clients]]\nname = \"planner\"\nkey = \"{PLANNER_KEY}\"\nrequests_per_day = 5\n\n[[clients]]\nname = \"coder\"\nkey = \"{CODER_KEY}\"\n"
+    ));
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("OPENROUTER_KEYS={KEY_A}\n"),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap().to_owned();
+    let proxy = Running::start_in(
+        dir.path(),
+        &upstream.base_url(),
+        &dir.path().join("state.json"),
+        &[("CONFIG_FILE", config.as_str())],
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(chat_as(&proxy, PLANNER_KEY, PAID).await.status, 200);
+    }
+    assert_eq!(chat_as(&proxy, CODER_KEY, PAID).await.status, 200);
+    let reloaded = |n: usize| {
+        let proxy = &proxy;
+        async move {
+            let done = eventually(Duration::from_secs(5), || {
+                proxy.log_text().matches("reloaded the clients").count() == n
+            })
+            .await;
+            assert!(done, "{}", proxy.log_text());
+        }
+    };
+
+    // planner's limit changes to 4 and it keeps its 3; coder goes; tester comes.
+    let tester = "pk-tester-0123456789ab";
+    write(&format!(
+        "[[clients]]\nname = \"planner\"\nkey = \"{PLANNER_KEY}\"\nrequests_per_day = 4\n\n[[clients]]\nname = \"tester\"\nkey = \"{tester}\"\n"
+    ));
+    proxy.signal("HUP");
+    reloaded(1).await;
+    assert!(
+        proxy.log_text().contains("1 kept their counts"),
+        "{}",
+        proxy.log_text()
+    );
+    assert_eq!(chat_as(&proxy, PLANNER_KEY, PAID).await.status, 200);
+    let over = chat_as(&proxy, PLANNER_KEY, PAID).await;
+    over.assert_error(429);
+    assert!(
+        over.text().contains("daily request limit (4)"),
+        "{}",
+        over.text()
+    );
+    chat_as(&proxy, CODER_KEY, PAID).await.assert_error(401);
+    assert_eq!(chat_as(&proxy, tester, PAID).await.status, 200);
+
+    // A file with an error is refused as a whole: the clients in force stay.
+    write("[[clients]]\nname = \"planner\"\nkey = \"short\"\n");
+    proxy.signal("HUP");
+    let refused = eventually(Duration::from_secs(5), || {
+        proxy.log_text().contains("reload refused")
+    })
+    .await;
+    assert!(refused, "{}", proxy.log_text());
+    assert_eq!(chat_as(&proxy, tester, PAID).await.status, 200);
+    assert!(
+        !proxy.log_text().contains("short\""),
+        "{}",
+        proxy.log_text()
+    );
+}

@@ -458,7 +458,9 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
     std::fs::write(&env, format!("OPENROUTER_KEYS={KEY_C};{KEY_A}\n")).unwrap();
     proxy.signal("HUP");
     let refused = eventually(Duration::from_secs(5), || {
-        proxy.log_text().contains("the key list in force is kept")
+        proxy
+            .log_text()
+            .contains("the key list and clients in force are kept")
     })
     .await;
     assert!(refused, "{}", proxy.log_text());

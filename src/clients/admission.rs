@@ -11,13 +11,17 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{give_back, take_within, Client, Refused};
+use std::sync::Arc;
+
+use super::{give_back, take_within, Client, Counts, Refused};
 use crate::error::ProxyError;
+use crate::keys::Usage;
 
 /// An admitted request of a client: the units it took and its concurrency permit, held
 /// until its response ends.
 pub struct Ticket {
-    pub index: usize,
+    /// The client's counts (they outlive a reload that changes its limits).
+    pub counts: Arc<Counts>,
     date: u32,
     free: bool,
     permit: Option<OwnedSemaphorePermit>,
@@ -36,7 +40,6 @@ impl Client {
     /// only) or says why not.
     pub async fn admit<'m>(
         &self,
-        index: usize,
         mut models: impl Iterator<Item = &'m str>,
         free: bool,
         today: Today,
@@ -52,9 +55,9 @@ impl Client {
         self.check_spend(today)?;
         let permit = self.wait_turn(today, max_wait).await?;
         self.take_units(today, free)?;
-        self.in_flight.fetch_add(1, Relaxed);
+        self.counts.in_flight.fetch_add(1, Relaxed);
         Ok(Ticket {
-            index,
+            counts: Arc::clone(&self.counts),
             date: today.date,
             free,
             permit,
@@ -65,7 +68,7 @@ impl Client {
     /// total is under the limit, so the one that crosses it completes.
     fn check_spend(&self, today: Today) -> Result<(), ProxyError> {
         let limits = &self.spec.limits;
-        let spent = self.spent.today(today.date);
+        let spent = self.counts.spent.today(today.date);
         let tokens = spent.prompt_tokens.saturating_add(spent.completion_tokens);
         if let Some(limit) = limits.tokens_per_day.filter(|l| tokens >= *l) {
             return Err(self.over(
@@ -92,7 +95,7 @@ impl Client {
     /// Takes one unit of today's requests (and free requests), within the limits.
     fn take_units(&self, today: Today, free: bool) -> Result<(), ProxyError> {
         let limits = &self.spec.limits;
-        if !take_within(&self.requests, today.date, limits.requests_per_day) {
+        if !take_within(&self.counts.requests, today.date, limits.requests_per_day) {
             let limit = limits.requests_per_day.unwrap_or(0);
             return Err(self.over(
                 Refused::RequestsPerDay,
@@ -104,12 +107,12 @@ impl Client {
         }
         if free
             && !take_within(
-                &self.free_requests,
+                &self.counts.free_requests,
                 today.date,
                 limits.free_requests_per_day,
             )
         {
-            give_back(&self.requests, today.date);
+            give_back(&self.counts.requests, today.date);
             let limit = limits.free_requests_per_day.unwrap_or(0);
             return Err(self.over(
                 Refused::FreeRequestsPerDay,
@@ -147,10 +150,10 @@ impl Client {
         if self.limiter.is_none() && self.concurrency.is_none() {
             return Ok(None);
         }
-        self.waiting.fetch_add(1, Relaxed);
+        self.counts.waiting.fetch_add(1, Relaxed);
         let deadline = tokio::time::Instant::now() + max_wait;
         let turn = tokio::time::timeout_at(deadline, self.turn()).await;
-        self.waiting.fetch_sub(1, Relaxed);
+        self.counts.waiting.fetch_sub(1, Relaxed);
         turn.map_err(|_| {
             self.count_refused(Refused::Busy, today.date);
             ProxyError::ClientBusy {
@@ -183,25 +186,33 @@ impl Client {
         }
         permit
     }
+}
 
-    /// The request ended: its permit goes, and if it never reached OpenRouter its units
-    /// are given back (it does not count).
-    pub fn release(&self, ticket: Ticket, sent: bool) {
+impl Ticket {
+    /// The request ended: its permit goes back, what its answer used is counted, and if it
+    /// never reached OpenRouter its units are given back (it does not count).
+    pub fn release(self, sent: bool, usage: Option<Usage>) {
         let Ticket {
-            date, free, permit, ..
-        } = ticket;
-        // Its concurrency permit goes back now: the next waiting request may start.
+            counts,
+            date,
+            free,
+            permit,
+        } = self;
+        // The next waiting request may start now.
         drop(permit);
-        self.in_flight.fetch_sub(1, Relaxed);
+        counts.in_flight.fetch_sub(1, Relaxed);
+        if let Some(usage) = usage {
+            counts.spent.add(date, usage);
+        }
         if sent {
-            self.lifetime[0].fetch_add(1, Relaxed);
+            counts.lifetime[0].fetch_add(1, Relaxed);
             if free {
-                self.lifetime[1].fetch_add(1, Relaxed);
+                counts.lifetime[1].fetch_add(1, Relaxed);
             }
         } else {
-            give_back(&self.requests, date);
+            give_back(&counts.requests, date);
             if free {
-                give_back(&self.free_requests, date);
+                give_back(&counts.free_requests, date);
             }
         }
     }

@@ -17,19 +17,19 @@ use tokio::sync::Semaphore;
 
 use crate::config::{ClientSpec, Config};
 use crate::keys::share::{count_in, date_of, packed};
-use crate::keys::{Gcra, Usage, UsageCounters};
+use crate::keys::{Gcra, UsageCounters};
 use crate::observe::logging::OncePerSecond;
 use allow::Allowlist;
 
 // Counters and packed `(date << 32) | count` words, each self-contained: Relaxed throughout.
 
 /// Who sent a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Caller {
     /// `PROXY_API_KEY`: no limits, sees everything.
     Operator,
-    /// The client at this index of [`Clients`].
-    Client(usize),
+    /// A client of `CONFIG_FILE`, as configured when the request arrived.
+    Client(Arc<Client>),
 }
 
 /// Why a client's request was refused before anything was sent.
@@ -53,10 +53,23 @@ pub const REFUSALS: [&str; 6] = [
     "busy",
 ];
 
-/// One client: its configuration and what it did.
+/// One client: its configuration, and what it did (kept across reloads by name).
 pub struct Client {
     pub spec: ClientSpec,
     allow: Option<Allowlist>,
+    /// Its per-minute limit, if it has one.
+    limiter: Option<Gcra>,
+    /// Its `max_concurrent` permits; waiting is first come first served.
+    concurrency: Option<Arc<Semaphore>>,
+    /// Its counts: shared with the client of the same name in the configuration a reload
+    /// replaces, so requests in flight across a reload count where the next ones do.
+    pub counts: Arc<Counts>,
+}
+
+/// What one client did.
+pub struct Counts {
+    /// Its name (the one thing a reload keeps it by).
+    pub name: String,
     /// `(date << 32) | requests` sent upstream (or on their way) on the quota day.
     requests: AtomicU64,
     /// The same for free-model requests.
@@ -65,10 +78,6 @@ pub struct Client {
     pub spent: UsageCounters,
     /// Lifetime requests and free requests.
     lifetime: [AtomicU64; 2],
-    /// Its per-minute limit, if it has one.
-    limiter: Option<Gcra>,
-    /// Its `max_concurrent` permits; waiting is first come first served.
-    concurrency: Option<Arc<Semaphore>>,
     /// Requests in flight (until their response's last byte).
     pub in_flight: AtomicU64,
     /// Requests waiting for their turn now.
@@ -79,17 +88,10 @@ pub struct Client {
     refusal_lines: [OncePerSecond; 6],
 }
 
-impl Client {
-    fn new(spec: ClientSpec) -> Self {
-        let limits = &spec.limits;
-        Client {
-            allow: spec.models.as_deref().map(Allowlist::new),
-            limiter: limits
-                .requests_per_minute
-                .map(|rpm| Gcra::new(rpm, limits.burst)),
-            concurrency: limits
-                .max_concurrent
-                .map(|n| Arc::new(Semaphore::new(n as usize))),
+impl Counts {
+    fn new(name: &str) -> Self {
+        Counts {
+            name: name.to_owned(),
             requests: AtomicU64::new(0),
             free_requests: AtomicU64::new(0),
             spent: UsageCounters::default(),
@@ -98,6 +100,29 @@ impl Client {
             waiting: AtomicU64::new(0),
             refused: Default::default(),
             refusal_lines: Default::default(),
+        }
+    }
+}
+
+impl Client {
+    /// A client of `spec`, its counts taken over from `previous` (same name) if any.
+    fn new(spec: ClientSpec, previous: Option<&Clients>) -> Self {
+        let limits = &spec.limits;
+        let counts = previous
+            .and_then(|p| p.all().iter().find(|c| c.spec.name == spec.name))
+            .map_or_else(
+                || Arc::new(Counts::new(&spec.name)),
+                |c| Arc::clone(&c.counts),
+            );
+        Client {
+            allow: spec.models.as_deref().map(Allowlist::new),
+            limiter: limits
+                .requests_per_minute
+                .map(|rpm| Gcra::new(rpm, limits.burst)),
+            concurrency: limits
+                .max_concurrent
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            counts,
             spec,
         }
     }
@@ -117,43 +142,38 @@ impl Client {
     #[must_use]
     pub fn requests_on(&self, date: u32) -> (u64, u64) {
         (
-            count_in(self.requests.load(Relaxed), date),
-            count_in(self.free_requests.load(Relaxed), date),
+            count_in(self.counts.requests.load(Relaxed), date),
+            count_in(self.counts.free_requests.load(Relaxed), date),
         )
     }
 
     /// Lifetime requests sent upstream.
     #[must_use]
     pub fn lifetime_requests(&self) -> u64 {
-        self.lifetime[0].load(Relaxed)
+        self.counts.lifetime[0].load(Relaxed)
     }
 
     /// Refusals of quota day `date`, by reason.
     pub fn refused_on(&self, date: u32) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         REFUSALS
             .iter()
-            .zip(&self.refused)
+            .zip(&self.counts.refused)
             .map(move |(name, word)| (*name, count_in(word.load(Relaxed), date)))
     }
 
     /// Counts a refusal of `date`, and logs it (at most a line a second per reason).
     pub fn count_refused(&self, why: Refused, date: u32) {
-        let _ = self.refused[why as usize].fetch_update(Relaxed, Relaxed, |word| {
+        let _ = self.counts.refused[why as usize].fetch_update(Relaxed, Relaxed, |word| {
             Some(packed(date, count_in(word, date) + 1))
         });
-        if self.refusal_lines[why as usize].allow(crate::keys::now_ms()) {
+        if self.counts.refusal_lines[why as usize].allow(crate::keys::now_ms()) {
             log::warn!(
                 "refused a request of client {}: {} (today: {})",
                 self.name(),
                 REFUSALS[why as usize],
-                count_in(self.refused[why as usize].load(Relaxed), date)
+                count_in(self.counts.refused[why as usize].load(Relaxed), date)
             );
         }
-    }
-
-    /// Adds what one of its answers used.
-    pub fn record_usage(&self, date: u32, usage: Usage) {
-        self.spent.add(date, usage);
     }
 
     /// Its limits and today's use, as `/key_status` shows them.
@@ -161,10 +181,10 @@ impl Client {
     pub fn to_json(&self, date: u32) -> Value {
         let limits = &self.spec.limits;
         let (requests, free) = self.requests_on(date);
-        let today = self.spent.today(date);
+        let today = self.counts.spent.today(date);
         let refused: serde_json::Map<String, Value> = REFUSALS
             .iter()
-            .zip(&self.refused)
+            .zip(&self.counts.refused)
             .map(|(name, word)| {
                 (
                     (*name).to_owned(),
@@ -193,12 +213,12 @@ impl Client {
                 "cost": today.cost_nano as f64 / 1e9,
                 "refused": refused,
             },
-            "in_flight": self.in_flight.load(Relaxed),
-            "waiting": self.waiting.load(Relaxed),
+            "in_flight": self.counts.in_flight.load(Relaxed),
+            "waiting": self.counts.waiting.load(Relaxed),
             "lifetime": {
-                "requests": self.lifetime[0].load(Relaxed),
-                "free_requests": self.lifetime[1].load(Relaxed),
-                "usage": self.spent.lifetime().to_json(),
+                "requests": self.counts.lifetime[0].load(Relaxed),
+                "free_requests": self.counts.lifetime[1].load(Relaxed),
+                "usage": self.counts.spent.lifetime().to_json(),
             },
         })
     }
@@ -208,13 +228,20 @@ impl Client {
 #[derive(Default)]
 pub struct Clients {
     by_key: HashMap<[u8; 32], usize>,
-    list: Box<[Client]>,
+    list: Box<[Arc<Client>]>,
 }
 
 impl Clients {
+    /// The clients of `config`; each one named in `previous` (the configuration a reload
+    /// replaces) keeps its counts.
     #[must_use]
-    pub fn from_config(config: &Config) -> Self {
-        let list: Box<[Client]> = config.clients.iter().cloned().map(Client::new).collect();
+    pub fn from_config(config: &Config, previous: Option<&Clients>) -> Self {
+        let list: Box<[Arc<Client>]> = config
+            .clients
+            .iter()
+            .cloned()
+            .map(|spec| Arc::new(Client::new(spec, previous)))
+            .collect();
         let by_key = list
             .iter()
             .enumerate()
@@ -225,22 +252,16 @@ impl Clients {
 
     /// The client whose key is `presented`, if any.
     #[must_use]
-    pub fn find(&self, presented: &[u8]) -> Option<usize> {
+    pub fn find(&self, presented: &[u8]) -> Option<&Arc<Client>> {
         if self.list.is_empty() {
             return None;
         }
-        self.by_key
-            .get(&crate::config::file::sha256(presented))
-            .copied()
+        let index = self.by_key.get(&crate::config::file::sha256(presented))?;
+        Some(&self.list[*index])
     }
 
     #[must_use]
-    pub fn get(&self, index: usize) -> &Client {
-        &self.list[index]
-    }
-
-    #[must_use]
-    pub fn all(&self) -> &[Client] {
+    pub fn all(&self) -> &[Arc<Client>] {
         &self.list
     }
 

@@ -30,20 +30,22 @@ impl Client {
             name: self.spec.name.clone(),
             day: date,
             requests: [requests, free],
-            lifetime_requests: self.lifetime.each_ref().map(|n| n.load(Relaxed)),
-            usage_today: self.spent.today(date).parts(),
-            usage_lifetime: self.spent.lifetime().parts(),
+            lifetime_requests: self.counts.lifetime.each_ref().map(|n| n.load(Relaxed)),
+            usage_today: self.counts.spent.today(date).parts(),
+            usage_lifetime: self.counts.spent.lifetime().parts(),
         }
     }
 
     fn restore(&self, record: &ClientRecord, today: u32) {
         if record.day == today {
-            self.requests
+            self.counts
+                .requests
                 .store(packed(today, record.requests[0]), Relaxed);
-            self.free_requests
+            self.counts
+                .free_requests
                 .store(packed(today, record.requests[1]), Relaxed);
         }
-        for (counter, value) in self.lifetime.iter().zip(record.lifetime_requests) {
+        for (counter, value) in self.counts.lifetime.iter().zip(record.lifetime_requests) {
             counter.store(value, Relaxed);
         }
         let kept = if record.day == today {
@@ -51,7 +53,8 @@ impl Client {
         } else {
             Usage::default()
         };
-        self.spent
+        self.counts
+            .spent
             .restore(today, kept, Usage::from_parts(record.usage_lifetime));
     }
 }

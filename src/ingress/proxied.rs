@@ -161,7 +161,7 @@ async fn admit(
     caller: Caller,
     model: &model::ModelInfo<'_>,
 ) -> Result<Option<Ticket>, ProxyError> {
-    let Caller::Client(index) = caller else {
+    let Caller::Client(client) = caller else {
         return Ok(None);
     };
     let now = now_ms();
@@ -171,14 +171,13 @@ async fn admit(
         end_ms: day.end_ms,
         now_ms: now,
     };
-    let client = app.clients.get(index);
     let models = model
         .model
         .iter()
         .chain(&model.fallbacks)
         .map(AsRef::as_ref);
     let ticket = client
-        .admit(index, models, model.free, today, app.config.max_wait)
+        .admit(models, model.free, today, app.config.max_wait)
         .await?;
     Ok(Some(ticket))
 }

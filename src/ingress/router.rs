@@ -65,7 +65,7 @@ pub async fn route(
             Route::Own,
             own(match authorized(app, &request, peer) {
                 Ok(Caller::Operator) => status::key_status(app),
-                Ok(Caller::Client(index)) => clients::status(app, index),
+                Ok(Caller::Client(client)) => clients::status(app, &client),
                 Err(refused) => refused.into_response(),
             }),
         ),
@@ -85,10 +85,10 @@ pub async fn route(
         (&Method::GET, "/") if accepts_html(&request) => (Route::Own, own(status::page())),
         _ => match authorized(app, &request, peer) {
             // What a client's key may still do is the proxy's to say, not OpenRouter's.
-            Ok(Caller::Client(index))
+            Ok(Caller::Client(client))
                 if request.method() == Method::GET && request.uri().path().ends_with("/key") =>
             {
-                (Route::Own, own(clients::key(app, index)))
+                (Route::Own, own(clients::key(app, &client)))
             }
             Ok(caller) => (
                 kind,
@@ -119,7 +119,7 @@ fn authorized(
     peer: SocketAddr,
 ) -> Result<Caller, ProxyError> {
     let headers = request.headers();
-    authenticate(headers, app.config.proxy_api_key.as_bytes(), &app.clients).map_err(|why| {
+    authenticate(headers, app.config.proxy_api_key.as_bytes(), &app.clients()).map_err(|why| {
         app.refusals
             .refused(request.uri().path(), request.headers(), peer, now_ms());
         ProxyError::Unauthorized(why)

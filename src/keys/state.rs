@@ -226,7 +226,7 @@ fn snapshot(app: &App, now: i64) -> Snapshot {
         keys,
         accounts,
         fleet,
-        clients: persist::records(&app.clients, day.date),
+        clients: persist::records(&app.clients(), day.date),
     }
 }
 
@@ -272,7 +272,7 @@ pub fn load(path: &Path, app: &App) -> Option<FleetMemory> {
     let restored = restore_keys(pool, &document.keys, &index_of, now);
     restore_accounts(pool, &document.accounts, &index_of, now);
     persist::restore(
-        &app.clients,
+        &app.clients(),
         &document.clients,
         pool.calendar().today(now).date,
     );

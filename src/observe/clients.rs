@@ -31,7 +31,7 @@ fn today(app: &App) -> u32 {
 #[must_use]
 pub fn all(app: &App) -> Value {
     let date = today(app);
-    app.clients
+    app.clients()
         .all()
         .iter()
         .map(|client| client.to_json(date))
@@ -40,20 +40,19 @@ pub fn all(app: &App) -> Value {
 
 /// `/key_status` with a client's key: `{"client": {...}}`, nothing else.
 #[must_use]
-pub fn status(app: &App, index: usize) -> Response<Bytes> {
-    json_response(&json!({"client": app.clients.get(index).to_json(today(app))}))
+pub fn status(app: &App, client: &Client) -> Response<Bytes> {
+    json_response(&json!({"client": client.to_json(today(app))}))
 }
 
 /// `GET /api/v1/key` with a client's key, answered in OpenRouter's own shape about the
 /// client: its daily budget as the key's limit, its free-request limit as the key's
 /// free-model quota. Nothing is sent upstream.
 #[must_use]
-pub fn key(app: &App, index: usize) -> Response<Bytes> {
-    let client = app.clients.get(index);
+pub fn key(app: &App, client: &Client) -> Response<Bytes> {
     let date = today(app);
     let limits = &client.spec.limits;
     let (requests, free) = client.requests_on(date);
-    let spent = client.spent.today(date);
+    let spent = client.counts.spent.today(date);
     let usd = |nano: u64| nano as f64 / 1e9;
     let limit = limits.nano_usd_per_day.map(usd);
     let free_limit = limits.free_requests_per_day;
@@ -128,25 +127,25 @@ pub fn write_metrics(out: &mut String, clients: &Clients, date: u32) {
         "client_cost_usd_total",
         "counter",
         "Cost of each client's answers in USD, lifetime.",
-        &|c| (c.spent.lifetime().cost_nano as f64 / 1e9).to_string(),
+        &|c| (c.counts.spent.lifetime().cost_nano as f64 / 1e9).to_string(),
     );
     each(
         out,
         "client_in_flight",
         "gauge",
         "Requests of each client in flight (a stream until its last byte).",
-        &|c| c.in_flight.load(Relaxed).to_string(),
+        &|c| c.counts.in_flight.load(Relaxed).to_string(),
     );
     each(
         out,
         "client_waiting",
         "gauge",
         "Requests of each client waiting for their turn.",
-        &|c| c.waiting.load(Relaxed).to_string(),
+        &|c| c.counts.waiting.load(Relaxed).to_string(),
     );
     let _ = writeln!(out, "# HELP openrouter_proxy_client_tokens_total Prompt and completion tokens of each client's answers, lifetime.\n# TYPE openrouter_proxy_client_tokens_total counter");
     for client in clients.all() {
-        let lifetime = client.spent.lifetime();
+        let lifetime = client.counts.spent.lifetime();
         for (kind, n) in [
             ("prompt", lifetime.prompt_tokens),
             ("completion", lifetime.completion_tokens),

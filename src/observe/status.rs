@@ -150,7 +150,7 @@ pub fn metrics(app: &App) -> Response<Bytes> {
         .metrics
         .render(&keys, app.shared.as_ref().map(|s| (s.in_use(), s.fleet())));
     let date = keys.calendar().today(now_ms()).date;
-    super::clients::write_metrics(&mut text, &app.clients, date);
+    super::clients::write_metrics(&mut text, &app.clients(), date);
     let mut response = Response::new(Bytes::from(text));
     response.headers_mut().insert(
         CONTENT_TYPE,

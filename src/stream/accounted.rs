@@ -37,6 +37,7 @@ use log::{info, log_enabled, warn, Level};
 use super::body::{BodyError, ProxyBody};
 use crate::app::App;
 use crate::clients::admission::Ticket;
+use crate::clients::Counts;
 use crate::keys::{now_ms, KeyPool, Tally, Usage};
 use crate::observe::metrics::ENDINGS;
 
@@ -169,13 +170,9 @@ impl Accounted {
             let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             pool.tally(Some(key), Tally::Tokens, tokens, now);
         }
-        let client = self.served.ticket.as_ref().map(|t| t.index);
+        let client = self.served.ticket.as_ref().map(|t| Arc::clone(&t.counts));
         if let Some(ticket) = self.served.ticket.take() {
-            let client = self.app.clients.get(ticket.index);
-            if let Some(usage) = usage {
-                client.record_usage(pool.calendar().today(now).date, usage);
-            }
-            client.release(ticket, self.served.attempts > 0);
+            ticket.release(self.served.attempts > 0, usage);
         }
         pool.tally(key, Tally::Requests, 1, now);
         if self.served.free {
@@ -209,10 +206,10 @@ impl Accounted {
         ended: Ended,
         usage: Option<Usage>,
         total: std::time::Duration,
-        client: Option<usize>,
+        client: Option<Arc<Counts>>,
     ) {
         let served = &self.served;
-        let client = client.map_or("operator", |index| self.app.clients.get(index).name());
+        let client = client.as_ref().map_or("operator", |c| c.name.as_str());
         let pool = &served.pool;
         let key = served.key.map(|k| &pool.keys()[k]);
         let account = key.map(|k| pool.account_id(k.account()));
