@@ -196,7 +196,7 @@ impl Accounted {
         }
         metrics.ended[ended as usize].fetch_add(1, Relaxed);
         if log_enabled!(Level::Info) {
-            self.log(ended, usage, total, client);
+            self.log(ended, usage, total, client.as_deref());
         }
     }
 
@@ -206,10 +206,10 @@ impl Accounted {
         ended: Ended,
         usage: Option<Usage>,
         total: std::time::Duration,
-        client: Option<Arc<Counts>>,
+        client: Option<&Counts>,
     ) {
         let served = &self.served;
-        let client = client.as_ref().map_or("operator", |c| c.name.as_str());
+        let client = client.map_or("operator", |c| c.name.as_str());
         let pool = &served.pool;
         let key = served.key.map(|k| &pool.keys()[k]);
         let account = key.map(|k| pool.account_id(k.account()));
