@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::clients::fair::FairQueue;
 use crate::clients::Clients;
 use crate::config::{Config, KeySpec};
 use crate::forward::breaker::Breaker;
@@ -28,6 +29,8 @@ pub struct App {
     /// The clients of `CONFIG_FILE` in force, each with its key, limits and counts; a
     /// reload (SIGHUP) puts new ones in place, keeping counts by name.
     clients: RwLock<Arc<Clients>>,
+    /// Free-model requests waiting for the pool, served by their clients' fair share.
+    pub fair: FairQueue,
     /// The fleet's shared state, with `REDIS_URL`.
     pub shared: Option<Arc<Shared>>,
 }
@@ -40,6 +43,7 @@ impl App {
         let shared = config.redis.clone().map(Shared::new);
         Arc::new(App {
             clients: RwLock::new(Arc::new(Clients::from_config(&config, None))),
+            fair: FairQueue::default(),
             shared,
             config,
             pool: RwLock::new(pool),

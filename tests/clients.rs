@@ -566,3 +566,95 @@ async fn sighup_rereads_the_clients_keeping_counts_by_name_and_refusing_a_broken
         proxy.log_text()
     );
 }
+
+/// Keeps `outstanding` requests of `key` for a free model going until `until`; returns how
+/// long each took.
+fn keep_busy(
+    proxy: &Running,
+    key: &'static str,
+    outstanding: usize,
+    until: Instant,
+) -> tokio::task::JoinSet<Vec<Duration>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..outstanding {
+        let url = proxy.url("/api/v1/chat/completions");
+        tasks.spawn(async move {
+            let mut took = Vec::new();
+            // Bounded by time and count.
+            for _ in 0..500 {
+                if Instant::now() >= until {
+                    break;
+                }
+                let began = Instant::now();
+                let answer = send(
+                    hyper::Request::builder()
+                        .method("POST")
+                        .uri(&url)
+                        .header("authorization", format!("Bearer {key}"))
+                        .body(Full::new(Bytes::from(format!(
+                            r#"{{"model":"{FREE}","messages":[]}}"#
+                        ))))
+                        .unwrap(),
+                )
+                .await;
+                assert_eq!(answer.status, 200, "{}", answer.text());
+                took.push(began.elapsed());
+            }
+            took
+        });
+    }
+    tasks
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+const FAIR_POOL: [(&str, &str); 3] = [("FREE_RPM", "600"), ("FREE_BURST", "1"), ("MAX_WAIT", "30")];
+
+#[tokio::test]
+async fn a_client_sending_one_at_a_time_is_not_queued_behind_another_clients_backlog() {
+    let upstream = Upstream::ok().await;
+    let toml = format!(
+        "[[clients]]\nname = \"swarm\"\nkey = \"{PLANNER_KEY}\"\n\n[[clients]]\nname = \"solo\"\nkey = \"{CODER_KEY}\"\n"
+    );
+    let keys = format!("{KEY_A}:1000");
+    let mut vars = vec![("OPENROUTER_KEYS", keys.as_str())];
+    vars.extend_from_slice(&FAIR_POOL);
+    let (proxy, _dir) = with_clients(&upstream, &toml, &vars).await;
+    // The swarm keeps 10 free-model requests waiting: a slot every 100 ms serves one.
+    let until = Instant::now() + Duration::from_secs(4);
+    let swarm = keep_busy(&proxy, PLANNER_KEY, 10, until);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let solo = keep_busy(&proxy, CODER_KEY, 1, until);
+    let solo = median(solo.join_all().await.concat());
+    let swarm = median(swarm.join_all().await.concat());
+    // The swarm waits about 10 slots a request, the solo client about 2.
+    assert!(
+        solo * 3 < swarm,
+        "solo waited {solo:?} a request, the swarm {swarm:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_always_waiting_share_the_free_pool_by_their_weights() {
+    let upstream = Upstream::ok().await;
+    let toml = format!(
+        "[[clients]]\nname = \"heavy\"\nkey = \"{PLANNER_KEY}\"\nweight = 3\n\n[[clients]]\nname = \"light\"\nkey = \"{CODER_KEY}\"\n"
+    );
+    let keys = format!("{KEY_A}:1000");
+    let mut vars = vec![("OPENROUTER_KEYS", keys.as_str())];
+    vars.extend_from_slice(&FAIR_POOL);
+    let (proxy, _dir) = with_clients(&upstream, &toml, &vars).await;
+    let until = Instant::now() + Duration::from_secs(5);
+    let heavy = keep_busy(&proxy, PLANNER_KEY, 8, until);
+    let light = keep_busy(&proxy, CODER_KEY, 8, until);
+    let heavy = heavy.join_all().await.concat().len() as f64;
+    let light = light.join_all().await.concat().len() as f64;
+    let share = heavy / (heavy + light);
+    assert!(
+        (0.675..=0.825).contains(&share),
+        "heavy {heavy}, light {light}: {share:.3} of the pool for a 3:1 weight"
+    );
+}

@@ -22,6 +22,8 @@ use crate::keys::Usage;
 pub struct Ticket {
     /// The client's counts (they outlive a reload that changes its limits).
     pub counts: Arc<Counts>,
+    /// Its share of a contended free-model pool.
+    pub weight: u32,
     date: u32,
     free: bool,
     permit: Option<OwnedSemaphorePermit>,
@@ -58,6 +60,7 @@ impl Client {
         self.counts.in_flight.fetch_add(1, Relaxed);
         Ok(Ticket {
             counts: Arc::clone(&self.counts),
+            weight: self.spec.limits.weight,
             date: today.date,
             free,
             permit,
@@ -197,6 +200,7 @@ impl Ticket {
             date,
             free,
             permit,
+            ..
         } = self;
         // The next waiting request may start now.
         drop(permit);

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod allow;
+pub mod fair;
 pub mod persist;
 
 use std::collections::HashMap;
@@ -69,7 +70,7 @@ pub struct Client {
 /// What one client did.
 pub struct Counts {
     /// Its name (the one thing a reload keeps it by).
-    pub name: String,
+    pub name: Arc<str>,
     /// `(date << 32) | requests` sent upstream (or on their way) on the quota day.
     requests: AtomicU64,
     /// The same for free-model requests.
@@ -91,7 +92,7 @@ pub struct Counts {
 impl Counts {
     fn new(name: &str) -> Self {
         Counts {
-            name: name.to_owned(),
+            name: Arc::from(name),
             requests: AtomicU64::new(0),
             free_requests: AtomicU64::new(0),
             spent: UsageCounters::default(),

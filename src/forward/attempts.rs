@@ -80,6 +80,9 @@ pub struct Journey {
     pub headers_at: Option<Instant>,
     /// When the latest attempt was sent.
     sent_at: Option<Instant>,
+    /// Who it is for, by name, and the client's weight: its place when free-model requests
+    /// wait for the pool (the operator's requests wait as `operator`, weight 1).
+    pub fair_share: (Arc<str>, u32),
 }
 
 impl Journey {
@@ -98,6 +101,7 @@ impl Journey {
             started,
             headers_at: None,
             sent_at: None,
+            fair_share: (Arc::from("operator"), 1),
         }
     }
 
@@ -213,6 +217,10 @@ impl Journey {
             config.max_wait.min(self.remaining())
         };
         let deadline = now_ms().saturating_add(wait.as_millis() as i64);
+        if self.takes_turns() && self.app.fair.has_waiters() {
+            // Others wait already: a newcomer does not take the slot the next one waits for.
+            return self.acquire_in_turn(deadline).await;
+        }
         loop {
             self.follow();
             let now = now_ms();
@@ -223,6 +231,50 @@ impl Journey {
                     }
                     // The fleet refused it (its account is used up, blocked or throttled
                     // for the fleet); the local view knows now: pick again.
+                }
+                Err(unavailable) if unavailable.until_ms <= deadline => {
+                    if self.takes_turns() {
+                        return self.acquire_in_turn(deadline).await;
+                    }
+                    let pause = (unavailable.until_ms - now).max(1);
+                    tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+                }
+                Err(unavailable) => return Err(no_key(&self.pool, unavailable)),
+            }
+        }
+    }
+
+    /// Whether this request waits for the pool in its client's fair share: a free-model
+    /// request, with clients configured (without them, first come first served).
+    fn takes_turns(&self) -> bool {
+        self.outgoing.demand == Demand::Free && !self.app.clients().is_empty()
+    }
+
+    /// Waits for the pool in the fair queue (see `clients::fair`): only the request next
+    /// in line picks; the others wait until the line moves, up to `deadline`.
+    async fn acquire_in_turn(&mut self, deadline: i64) -> Result<Pick, ProxyError> {
+        let app = Arc::clone(&self.app);
+        let (client, weight) = self.fair_share.clone();
+        let place = app.fair.join(&client, weight);
+        loop {
+            self.follow();
+            let now = now_ms();
+            if !place.is_next() {
+                let left = Duration::from_millis((deadline - now).max(0) as u64);
+                if tokio::time::timeout(left, place.changed()).await.is_err() {
+                    let unavailable = self
+                        .pool
+                        .unavailable(Demand::Free, now_ms(), &self.excluded);
+                    return Err(no_key(&self.pool, unavailable));
+                }
+                continue;
+            }
+            match self.pool.pick(self.outgoing.demand, now, &self.excluded) {
+                Ok(pick) => {
+                    if let Some(pick) = self.confirm(pick, now).await {
+                        place.served();
+                        return Ok(pick);
+                    }
                 }
                 Err(unavailable) if unavailable.until_ms <= deadline => {
                     let pause = (unavailable.until_ms - now).max(1);

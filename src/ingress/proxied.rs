@@ -58,7 +58,10 @@ pub async fn forward(
         Cow::Borrowed(name) => body.slice_ref(name.as_bytes()),
         Cow::Owned(name) => Bytes::from(name),
     });
-    let journey = Journey::new(Arc::clone(app), outgoing, started);
+    let mut journey = Journey::new(Arc::clone(app), outgoing, started);
+    if let Some(ticket) = &ticket {
+        journey.fair_share = (Arc::clone(&ticket.counts.name), ticket.weight);
+    }
     let served = Served {
         method: journey.outgoing.method.clone(),
         uri: journey.outgoing.uri.clone(),

@@ -53,6 +53,13 @@ impl KeyPool {
         Err(self.shortage(demand, day, now_ms, exclude))
     }
 
+    /// When the soonest key frees up for `demand` and why none serves now, without taking
+    /// anything (for a request that gave up waiting in line).
+    #[must_use]
+    pub fn unavailable(&self, demand: Demand, now_ms: i64, exclude: &[usize]) -> Unavailable {
+        self.shortage(demand, self.calendar.today(now_ms), now_ms, exclude)
+    }
+
     /// Gives back what `pick` took (its quota unit and limiter slot): its attempt never
     /// reached OpenRouter, so OpenRouter counted nothing.
     pub fn give_back(&self, pick: Pick) {

@@ -209,7 +209,7 @@ impl Accounted {
         client: Option<&Counts>,
     ) {
         let served = &self.served;
-        let client = client.map_or("operator", |c| c.name.as_str());
+        let client = client.map_or("operator", |c| &*c.name);
         let pool = &served.pool;
         let key = served.key.map(|k| &pool.keys()[k]);
         let account = key.map(|k| pool.account_id(k.account()));
