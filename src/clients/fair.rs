@@ -33,7 +33,7 @@ struct State {
 }
 
 /// A tag, ordered as a number (tags are finite and never NaN).
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Clone, Copy, PartialEq)]
 struct Tag(f64);
 
 impl Eq for Tag {}
@@ -41,6 +41,12 @@ impl Eq for Tag {}
 impl Ord for Tag {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
+    }
+}
+
+impl PartialOrd for Tag {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
