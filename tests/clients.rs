@@ -661,3 +661,48 @@ async fn clients_always_waiting_share_the_free_pool_by_their_weights() {
         "heavy {heavy}, light {light}: {share:.3} of the pool for a 3:1 weight"
     );
 }
+
+#[tokio::test]
+async fn the_list_of_models_shows_a_client_only_what_it_may_use() {
+    let upstream = Upstream::start(|seen| {
+        if seen.path_and_query.ends_with("/models") {
+            return Reply::json(
+                200,
+                r#"{"data":[{"id":"qwen/qwen3-coder:free","name":"Qwen"},{"id":"openai/gpt-4o","name":"GPT-4o"},{"id":"anthropic/claude-sonnet-4","name":"Claude"}]}"#,
+            );
+        }
+        Reply::ok()
+    })
+    .await;
+    let toml = format!(
+        "[[clients]]\nname = \"coder\"\nkey = \"{CODER_KEY}\"\nmodels = [\"*:free\", \"anthropic/claude-*\"]\n\n[[clients]]\nname = \"planner\"\nkey = \"{PLANNER_KEY}\"\n"
+    );
+    let (proxy, _dir) = with_clients(&upstream, &toml, &[]).await;
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let coder = get_as(&proxy, CODER_KEY, "/api/v1/models").await;
+    assert_eq!(coder.status, 200);
+    assert_eq!(
+        ids(&coder),
+        ["qwen/qwen3-coder:free", "anthropic/claude-sonnet-4"]
+    );
+    assert_eq!(
+        header(&coder, "content-length"),
+        coder.body.len().to_string()
+    );
+    // Without an allowlist, and for the operator, the list as OpenRouter sent it.
+    assert_eq!(
+        ids(&get_as(&proxy, PLANNER_KEY, "/api/v1/models").await).len(),
+        3
+    );
+    assert_eq!(
+        ids(&get_as(&proxy, PROXY_KEY, "/api/v1/models").await).len(),
+        3
+    );
+}

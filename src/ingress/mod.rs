@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod model;
+pub mod models_list;
 pub mod proxied;
 pub mod request_body;
 pub mod router;

@@ -18,8 +18,8 @@ use crate::clients::Caller;
 use crate::error::ProxyError;
 use crate::forward::attempts::{Journey, Outgoing, Settled};
 use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstream_uri};
-use crate::ingress::model;
 use crate::ingress::request_body::{read_capped, ReadError};
+use crate::ingress::{model, models_list};
 use crate::keys::now_ms;
 use crate::keys::Demand;
 use crate::stream::accounted::{Accounted, Ended, Served};
@@ -37,7 +37,7 @@ pub async fn forward(
     let uri = target(app, &parts)?;
     let body = read_body(app, body).await?;
     let model = model_of(&parts.headers, &body)?;
-    let ticket = admit(app, caller, &model).await?;
+    let ticket = admit(app, &caller, &model).await?;
     sanitize_request_headers(&mut parts.headers);
     if log::log_enabled!(Level::Trace) {
         log::trace!("request body: {}", String::from_utf8_lossy(&body));
@@ -101,10 +101,23 @@ pub async fn forward(
             let relay = ProxyBody::Relay(Box::new(SseRelay::new(upstream, journey)));
             Response::from_parts(head, relay)
         }
-        Settled::Answer(response) => {
-            let idle_after = app.config.stream_idle_timeout;
-            response.map(|held| ProxyBody::answer(held, idle_after))
-        }
+        Settled::Answer(response) => match &caller {
+            // A client with an allowlist sees only the models it may use.
+            Caller::Client(client)
+                if client.spec.models.is_some()
+                    && response.status().is_success()
+                    && models_list::is_models_list(&served.method, served.uri.path()) =>
+            {
+                models_list::filtered(response, client)
+                    .await
+                    .unwrap_or_else(ProxyError::into_response)
+                    .map(ProxyBody::from)
+            }
+            _ => {
+                let idle_after = app.config.stream_idle_timeout;
+                response.map(|held| ProxyBody::answer(held, idle_after))
+            }
+        },
         Settled::Failed(err) => err.into_response().map(ProxyBody::from),
     };
     served.status = response.status().as_u16();
@@ -161,7 +174,7 @@ impl Drop for InFlight {
 /// A client's request admitted within its limits (`None` for the operator's).
 async fn admit(
     app: &App,
-    caller: Caller,
+    caller: &Caller,
     model: &model::ModelInfo<'_>,
 ) -> Result<Option<Ticket>, ProxyError> {
     let Caller::Client(client) = caller else {
