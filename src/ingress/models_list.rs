@@ -26,9 +26,9 @@ pub async fn filtered(
     answer: Response<Held>,
     client: &Client,
 ) -> Result<Response<Bytes>, ProxyError> {
-    let (mut head, held) = answer.into_parts();
-    let mut body = held.bytes.to_vec();
-    if let Some(rest) = held.rest {
+    let (mut parts, start) = answer.into_parts();
+    let mut body = start.bytes.to_vec();
+    if let Some(rest) = start.rest {
         let rest = http_body_util::Limited::new(rest, MAX_LIST_BYTES)
             .collect()
             .await
@@ -48,10 +48,10 @@ pub async fn filtered(
     let body = Bytes::from(list.to_string());
     // The rewritten body has its own length and no upstream encoding.
     for name in [CONTENT_ENCODING, TRANSFER_ENCODING] {
-        head.headers.remove(name);
+        parts.headers.remove(name);
     }
-    head.headers.insert(CONTENT_LENGTH, body.len().into());
-    Ok(Response::from_parts(head, body))
+    parts.headers.insert(CONTENT_LENGTH, body.len().into());
+    Ok(Response::from_parts(parts, body))
 }
 
 const UNREADABLE: &str = "OpenRouter's list of models could not be read";
