@@ -12,6 +12,7 @@
 //! Run: `cargo bench --bench select`
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -66,9 +67,10 @@ fn select(c: &mut Criterion) {
 fn config_with_clients() -> Config {
     let mut toml = String::new();
     for i in 0..50 {
-        toml.push_str(&format!(
+        let _ = write!(
+            toml,
             "[[clients]]\nname = \"agent{i}\"\nkey = \"pk-agent-{i:04}-0123456789\"\nmodels = [\"*:free\", \"openai/*\"]\nrequests_per_day = 4000000000\nfree_requests_per_day = 4000000000\ntokens_per_day = 4000000000\nusd_per_day = 1000000\n\n"
-        ));
+        );
     }
     let file = std::env::temp_dir().join(format!("select-bench-{}.toml", std::process::id()));
     std::fs::write(&file, toml).expect("the bench writes its clients file");
