@@ -30,7 +30,9 @@ daily=sk-or-v1-perday00000000000000000000000000000002
 active=sk-or-v1-active00000000000000000000000000000003
 one_a_day=sk-or-v1-oneday00000000000000000000000000000004
 alice2=sk-or-v1-alice200000000000000000000000000000005
-env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000@alice,$one_a_day:1,$alice2@alice" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
+client_key=browser-client-key-0123456789
+printf '[[clients]]\nname = "planner"\nkey = "%s"\nrequests_per_day = 100\nmodels = ["*:free"]\n' "$client_key" > "$work/clients.toml"
+env -i PROXY_API_KEY="$proxy_key" CONFIG_FILE="$work/clients.toml" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000@alice,$one_a_day:1,$alice2@alice" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT=0 \
   "$bin" 2>"$work/proxy.log" &
 pids+=($!)
@@ -40,7 +42,7 @@ proxy_port=$(port_from "$work/proxy.log" "listening on 127.0.0.1:") || { echo "F
 # the second goes to the key with the largest share left, the one-a-day key, which then
 # reaches its configured daily limit without any block from OpenRouter.
 python3 - "$proxy_port" "$proxy_key" <<'PY'
-import json, sys, urllib.request
+import json, sys, urllib.error, urllib.request
 port, key = sys.argv[1], sys.argv[2]
 for stream in (False, False, True):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/chat/completions",
@@ -49,6 +51,15 @@ for stream in (False, False, True):
     with urllib.request.urlopen(req, timeout=10) as answer:
         assert answer.status == 200
         answer.read()
+# The client asks for a model outside its list once: a refusal on its row.
+req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/chat/completions",
+    data=json.dumps({"model": "openai/gpt-4o", "messages": []}).encode(),
+    headers={"Authorization": "Bearer browser-client-key-0123456789", "Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=10)
+    raise SystemExit("a model outside the allowlist was served")
+except urllib.error.HTTPError as refused:
+    assert refused.code == 403
 PY
 
 url="http://127.0.0.1:$proxy_port/status#key=$proxy_key"
@@ -74,7 +85,10 @@ check "the last hour's OpenRouter 429s" '<rect[^>]*class="or429"'
 check "the last hour's totals" 'last hour: 3 requests (3 free), 23 tokens'
 check "today's tokens and cost of an account" '5 + 4 tokens · \$0.0000 today\|3 + 4 tokens · \$0.0002 today'
 check "today's tokens of all accounts" '23 tokens today'
-for secret in "$blocked" "$daily" "$active" "$one_a_day" "$alice2" "$proxy_key"; do
+check "a row per client" 'data-client="planner"'
+check "a client's use against its limits" 'requests 0 / 100'
+check "a client's refusals by reason" 'refused: model 1'
+for secret in "$blocked" "$daily" "$active" "$one_a_day" "$alice2" "$proxy_key" "$client_key"; do
   if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
 done
 chrome --dump-dom "http://127.0.0.1:$proxy_port/status" > "$work/login.html"
