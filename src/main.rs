@@ -128,14 +128,23 @@ fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
     // The bound address, not the configured one: with port 0 the OS picks it (tests read it here).
     let bound = listener.local_addr().unwrap_or(config.listen);
     info!(
-        "listening on {bound} with {} keys, forwarding to {}://{}{}, daily reset at midnight {}",
-        config.keys.len(),
+        "listening on {bound} with {}, forwarding to {}://{}{}, daily reset at midnight {}",
+        plural(config.keys.len(), "key"),
         config.upstream.scheme,
         config.upstream.authority,
         config.upstream.path,
         config.timezone_name
     );
     Some(listener)
+}
+
+/// "1 key", "3 keys".
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// Connections the kernel may queue before they are accepted: a burst of agents connecting
@@ -234,13 +243,13 @@ fn reload_key_list(app: &App) {
         shared.reloaded(&pool);
     }
     info!(
-        "reloaded the key list: {} key(s), {stayed} kept their counts and blocks",
-        pool.keys().len()
+        "reloaded the key list: {}, {stayed} kept their counts and blocks",
+        plural(pool.keys().len(), "key")
     );
     let clients_stayed = app.reload_clients(&config);
     info!(
-        "reloaded the clients: {} client(s), {clients_stayed} kept their counts",
-        config.clients.len()
+        "reloaded the clients: {}, {clients_stayed} kept their counts",
+        plural(config.clients.len(), "client")
     );
     log_keys(&config.keys, &pool);
 }

@@ -178,6 +178,14 @@ async fn the_status_page_is_one_self_contained_html_page() {
             "external assets"
         );
     }
+    // The icon a browser asks for with the page: nothing, without a key, not forwarded.
+    let icon = send(
+        hyper::Request::get(proxy.url("/favicon.ico"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(icon.status, 204);
     assert!(upstream.requests().is_empty());
 }
 

@@ -149,7 +149,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["REDIS_URL"],
         default: "(none: one process)",
-        help: "redis://[user:password@]host:port[/db] or rediss:// (TLS): replicas share quota, limiter and blocks through this Redis or Valkey",
+        help: "the Redis or Valkey replicas share quota, limiter and blocks through: redis://[user:password@]host:port[/db], or rediss:// for TLS",
     },
     Variable {
         names: &["REDIS_PREFIX"],

@@ -82,6 +82,8 @@ pub async fn route(
             }),
         ),
         (&Method::GET, "/status") => (Route::Own, own(status::page())),
+        // Browsers ask for it with the status page: no icon, no key, no warning.
+        (&Method::GET, "/favicon.ico") => (Route::Own, no_icon()),
         (&Method::GET, "/") if accepts_html(&request) => (Route::Own, own(status::page())),
         _ => match authorized(app, &request, peer) {
             // What a client's key may still do is the proxy's to say, not OpenRouter's.
@@ -103,6 +105,13 @@ pub async fn route(
     response
         .headers_mut()
         .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+/// `/favicon.ico`: 204, nothing to show.
+fn no_icon() -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
 
