@@ -41,9 +41,11 @@ impl App {
         let pool = Arc::new(KeyPool::from_config(&config));
         let upstream = UpstreamClients::new(config.upstream_http2);
         let shared = config.redis.clone().map(Shared::new);
+        let fair = FairQueue::default();
+        fair.enable(!config.clients.is_empty());
         Arc::new(App {
             clients: RwLock::new(Arc::new(Clients::from_config(&config, None))),
-            fair: FairQueue::default(),
+            fair,
             shared,
             config,
             pool: RwLock::new(pool),
@@ -91,6 +93,7 @@ impl App {
             .iter()
             .filter(|c| clients.all().iter().any(|o| o.spec.name == c.spec.name))
             .count();
+        self.fair.enable(!fresh.is_empty());
         *clients = Arc::new(fresh);
         stayed
     }

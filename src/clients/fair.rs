@@ -8,6 +8,7 @@
 //! path of a request a key can serve at once.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -15,6 +16,12 @@ use tokio::sync::Notify;
 /// The waiting free-model requests of every client.
 #[derive(Default)]
 pub struct FairQueue {
+    /// Whether clients are configured (without them, first come first served).
+    enabled: AtomicBool,
+    /// Requests in the queue, so a request that need not wait checks it without the lock.
+    // Relaxed: a hint; a request that misses a waiter joining at that instant is one that
+    // would have raced for the slot anyway.
+    waiters: AtomicUsize,
     state: Mutex<State>,
     /// Wakes the waiters when the head of the queue changes.
     turn: Notify,
@@ -64,10 +71,21 @@ impl FairQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Turns the queue on (clients are configured) or off.
+    pub fn enable(&self, on: bool) {
+        self.enabled.store(on, Relaxed);
+    }
+
+    /// Whether free-model requests wait in their clients' fair share.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
     /// Whether any request waits now.
     #[must_use]
     pub fn has_waiters(&self) -> bool {
-        !self.lock().waiting.is_empty()
+        self.waiters.load(Relaxed) > 0
     }
 
     /// Queues a request of `client` (its `weight`).
@@ -80,6 +98,7 @@ impl FairQueue {
         state.arrivals += 1;
         let key = (Tag(tag), state.arrivals);
         state.waiting.insert(key);
+        self.waiters.fetch_add(1, Relaxed);
         Place {
             queue: self,
             key,
@@ -117,6 +136,7 @@ impl Drop for Place<'_> {
     fn drop(&mut self) {
         let mut state = self.queue.lock();
         state.waiting.remove(&self.key);
+        self.queue.waiters.fetch_sub(1, Relaxed);
         let tag = self.key.0 .0;
         if self.served {
             state.virtual_now = state.virtual_now.max(tag);

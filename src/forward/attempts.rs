@@ -247,7 +247,7 @@ impl Journey {
     /// Whether this request waits for the pool in its client's fair share: a free-model
     /// request, with clients configured (without them, first come first served).
     fn takes_turns(&self) -> bool {
-        self.outgoing.demand == Demand::Free && !self.app.clients().is_empty()
+        self.outgoing.demand == Demand::Free && self.app.fair.enabled()
     }
 
     /// Waits for the pool in the fair queue (see `clients::fair`): only the request next
