@@ -380,3 +380,45 @@ async fn the_binary_logs_one_line_per_request_when_it_ends_and_keeps_usage_acros
         .sum();
     assert_eq!(prompt, 100, "{status}");
 }
+
+#[tokio::test]
+async fn a_wait_for_the_limiter_is_shown_as_waited_not_hidden_in_the_time_to_first_byte() {
+    let upstream = Upstream::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One key, 60 free requests a minute, no burst: the second request waits about 1 s.
+    let keys = format!("{KEY_A}:100");
+    let vars = [
+        ("OPENROUTER_KEYS", keys.as_str()),
+        ("FREE_RPM", "60"),
+        ("FREE_BURST", "1"),
+    ];
+    let proxy = Running::start(&upstream.base_url(), &dir.path().join("state.json"), &vars).await;
+    for _ in 0..2 {
+        assert_eq!(proxy.chat(FREE).await.status, 200);
+    }
+    let logged = eventually(Duration::from_secs(5), || {
+        proxy.log_text().matches("ended=").count() == 2
+    })
+    .await;
+    assert!(logged, "{}", proxy.log_text());
+    let log = proxy.log_text();
+    let waits: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split(" waited=").nth(1))
+        .map(|rest| rest.split("ms").next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(waits.len(), 2, "{log}");
+    assert!(waits[0] < 100.0 && waits[1] > 500.0, "{waits:?}");
+    let metrics = send(
+        request("GET", &proxy.url("/metrics"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .text();
+    assert_eq!(
+        metric(&metrics, "openrouter_proxy_queue_wait_seconds_count", &[]),
+        2.0
+    );
+    assert!(metric(&metrics, "openrouter_proxy_queue_wait_seconds_sum", &[]) > 0.5);
+}

@@ -24,6 +24,8 @@ pub struct Ticket {
     pub counts: Arc<Counts>,
     /// Its share of a contended free-model pool.
     pub weight: u32,
+    /// How long it waited for its turn (per-minute limit, concurrency).
+    pub waited: Duration,
     date: u32,
     free: bool,
     permit: Option<OwnedSemaphorePermit>,
@@ -55,12 +57,15 @@ impl Client {
             )));
         }
         self.check_spend(today)?;
+        let began = std::time::Instant::now();
         let permit = self.wait_turn(today, max_wait).await?;
+        let waited = began.elapsed();
         self.take_units(today, free)?;
         self.counts.in_flight.fetch_add(1, Relaxed);
         Ok(Ticket {
             counts: Arc::clone(&self.counts),
             weight: self.spec.limits.weight,
+            waited,
             date: today.date,
             free,
             permit,

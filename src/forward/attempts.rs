@@ -83,6 +83,8 @@ pub struct Journey {
     /// Who it is for, by name, and the client's weight: its place when free-model requests
     /// wait for the pool (the operator's requests wait as `operator`, weight 1).
     pub fair_share: (Arc<str>, u32),
+    /// How long it waited on purpose, for its client's turn and for keys.
+    pub waited: Duration,
 }
 
 impl Journey {
@@ -102,6 +104,7 @@ impl Journey {
             headers_at: None,
             sent_at: None,
             fair_share: (Arc::from("operator"), 1),
+            waited: Duration::ZERO,
         }
     }
 
@@ -207,9 +210,17 @@ impl Journey {
         }
     }
 
+    /// Picks a key (see [`Self::pick_or_wait`]), adding the time it waited to [`Self::waited`].
+    async fn acquire(&mut self) -> Result<Pick, ProxyError> {
+        let began = Instant::now();
+        let picked = self.pick_or_wait().await;
+        self.waited += began.elapsed();
+        picked
+    }
+
     /// Picks a key, waiting up to `MAX_WAIT` (and, for retries, within `MAX_RETRY_TIME`)
     /// for a limiter or block to let one through; each try picks from the pool in force.
-    async fn acquire(&mut self) -> Result<Pick, ProxyError> {
+    async fn pick_or_wait(&mut self) -> Result<Pick, ProxyError> {
         let config = &self.app.config;
         let wait = if self.attempts == 0 {
             config.max_wait

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -75,6 +75,7 @@ pub async fn forward(
         attempts: 0,
         ended_early: None,
         ticket,
+        waited: Duration::ZERO,
     };
     let mut in_flight = InFlight {
         journey: Some(journey),
@@ -152,6 +153,8 @@ impl InFlight {
         let (journey, mut served) = (self.journey.take()?, self.served.take()?);
         (served.pool, served.key) = (journey.pool_arc(), journey.last_key);
         served.attempts = journey.attempts;
+        let turn = served.ticket.as_ref().map_or(Duration::ZERO, |t| t.waited);
+        served.waited = journey.waited + turn;
         Some((journey, served))
     }
 }

@@ -146,6 +146,9 @@ pub struct Metrics {
     pub request_duration: LongHistogram,
     /// Request arrival → the first content event (streams) or first byte (other answers).
     pub time_to_first_content: LongHistogram,
+    /// Time a request waited on purpose: for its client's turn and for a key (a limiter's
+    /// slot, a block's end), summed over its attempts.
+    pub queue_wait: LongHistogram,
     /// Proxied requests by how they ended (see [`ENDINGS`]).
     pub ended: [AtomicU64; ENDINGS.len()],
 }
@@ -205,6 +208,11 @@ impl Metrics {
             &mut out,
             "openrouter_proxy_time_to_first_content_seconds",
             "Time from a proxied request's arrival to its first content event (streams) or first byte.",
+        );
+        self.queue_wait.0.write(
+            &mut out,
+            "openrouter_proxy_queue_wait_seconds",
+            "Time a proxied request waited on purpose: for its client's turn and for a key (limiter slot, block end).",
         );
         let _ = writeln!(out, "# HELP openrouter_proxy_requests_ended_total Proxied requests by how their response ended.\n# TYPE openrouter_proxy_requests_ended_total counter");
         for (name, count) in ENDINGS.iter().zip(&self.ended) {

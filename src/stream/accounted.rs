@@ -63,6 +63,9 @@ pub struct Served {
     pub ended_early: Option<Ended>,
     /// The client's admission (`None`: the operator's request), released at the end.
     pub ticket: Option<Ticket>,
+    /// How long it waited on purpose before its response head: for its client's turn and
+    /// for keys.
+    pub waited: std::time::Duration,
 }
 
 /// How many bytes of a response's end are kept to find its `usage` object in: OpenRouter
@@ -195,6 +198,7 @@ impl Accounted {
                 .observe(at.saturating_duration_since(self.served.started));
         }
         metrics.ended[ended as usize].fetch_add(1, Relaxed);
+        metrics.queue_wait.0.observe(self.served.waited);
         if log_enabled!(Level::Info) {
             self.log(ended, usage, total, client.as_deref());
         }
@@ -219,7 +223,7 @@ impl Accounted {
             .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
         let ms = |at: Instant| at.saturating_duration_since(served.started).as_secs_f64() * 1e3;
         info!(
-            "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} ttfb={} total={:.1}ms bytes={}{}",
+            "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} waited={:.1}ms ttfb={} total={:.1}ms bytes={}{}",
             served.method,
             served.uri.path(),
             client,
@@ -228,6 +232,7 @@ impl Accounted {
             served.attempts,
             served.status,
             ended.as_str(),
+            served.waited.as_secs_f64() * 1e3,
             Millis(self.first_byte.map(ms)),
             total.as_secs_f64() * 1e3,
             self.bytes,
