@@ -22,16 +22,16 @@ use openrouter_proxy::clients::Clients;
 use openrouter_proxy::config::Config;
 use openrouter_proxy::keys::{now_ms, Demand, KeyPool};
 
-/// `n` keys, in `accounts` shared accounts (0: each key its own account).
-fn pool(n: usize, accounts: usize) -> KeyPool {
-    // Limits high enough that no pick is ever refused during the run.
+/// `n` keys, in `accounts` shared accounts (0: each key its own account), with limits high
+/// enough that no pick is ever refused during the run; `config_file` names a CONFIG_FILE.
+fn config(n: usize, accounts: usize, config_file: Option<&std::path::Path>) -> Config {
     let keys: Vec<String> = (0..n)
         .map(|i| match accounts {
             0 => format!("sk-or-v1-bench{i:04}:4000000000"),
             _ => format!("sk-or-v1-bench{i:04}:4000000000@acct{}", i % accounts),
         })
         .collect();
-    let vars: HashMap<&str, String> = [
+    let mut vars: HashMap<&str, String> = [
         ("PROXY_API_KEY", "p".to_owned()),
         ("OPENROUTER_KEYS", keys.join(",")),
         ("FREE_RPM", "4000000000".to_owned()),
@@ -39,8 +39,14 @@ fn pool(n: usize, accounts: usize) -> KeyPool {
     ]
     .into_iter()
     .collect();
-    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid bench config");
-    KeyPool::from_config(&config)
+    if let Some(file) = config_file {
+        vars.insert("CONFIG_FILE", file.to_string_lossy().into_owned());
+    }
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("valid bench config")
+}
+
+fn pool(n: usize, accounts: usize) -> KeyPool {
+    KeyPool::from_config(&config(n, accounts, None))
 }
 
 fn select(c: &mut Criterion) {
@@ -74,19 +80,7 @@ fn config_with_clients() -> Config {
     }
     let file = std::env::temp_dir().join(format!("select-bench-{}.toml", std::process::id()));
     std::fs::write(&file, toml).expect("the bench writes its clients file");
-    let keys: Vec<String> = (0..10)
-        .map(|i| format!("sk-or-v1-bench{i:04}:4000000000"))
-        .collect();
-    let vars: HashMap<&str, String> = [
-        ("PROXY_API_KEY", "p".to_owned()),
-        ("OPENROUTER_KEYS", keys.join(",")),
-        ("FREE_RPM", "4000000000".to_owned()),
-        ("FREE_BURST", "1000000000".to_owned()),
-        ("CONFIG_FILE", file.to_string_lossy().into_owned()),
-    ]
-    .into_iter()
-    .collect();
-    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid bench config");
+    let config = config(10, 0, Some(&file));
     let _ = std::fs::remove_file(file);
     config
 }

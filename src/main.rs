@@ -11,7 +11,7 @@ use openrouter_proxy::config::env_file::{self, EnvFileReport};
 use openrouter_proxy::config::{Config, KeySpec};
 use openrouter_proxy::keys::state::{self, Persistence};
 use openrouter_proxy::keys::KeyPool;
-use openrouter_proxy::observe::logging;
+use openrouter_proxy::observe::logging::{self, plural};
 use openrouter_proxy::server;
 
 /// jemalloc with background purging: see the reason in `Cargo.toml` and the measurements in
@@ -136,15 +136,6 @@ fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
         config.timezone_name
     );
     Some(listener)
-}
-
-/// "1 key", "3 keys".
-fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 /// Connections the kernel may queue before they are accepted: a burst of agents connecting

@@ -61,3 +61,13 @@ impl OncePerSecond {
                 .is_ok()
     }
 }
+
+/// A count with its noun, for log lines: "1 key", "3 keys".
+#[must_use]
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

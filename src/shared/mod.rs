@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 use crate::config::RedisTarget;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Pick};
+use crate::observe::logging::plural;
 use crate::worker::PerWorker;
 pub use merge::start;
 use names::Names;
@@ -333,13 +334,13 @@ impl Shared {
                 info!(
                     "Redis at {} is back: sharing key state with the fleet again ({}); what this replica sent meanwhile is in the shared counts",
                     self.target.shown(),
-                    replicas(self.fleet())
+                    plural(self.fleet() as usize, "replica")
                 );
             }
             _ => info!(
                 "sharing key state through Redis at {} with {}",
                 self.target.shown(),
-                replicas(self.fleet())
+                plural(self.fleet() as usize, "replica")
             ),
         }
     }
@@ -373,15 +374,6 @@ impl Shared {
 /// Whether `err` says the connection went (and is being replaced), not that Redis is slow.
 fn dropped(err: &redis::RedisError) -> bool {
     !err.is_timeout() && (err.is_connection_dropped() || err.is_unrecoverable_error())
-}
-
-/// "1 replica", "3 replicas".
-fn replicas(n: u32) -> String {
-    if n == 1 {
-        "1 replica".to_owned()
-    } else {
-        format!("{n} replicas")
-    }
 }
 
 /// A name for this replica in the heartbeat set: its pid and a random part.
