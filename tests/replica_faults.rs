@@ -236,16 +236,11 @@ async fn a_hung_redis_never_makes_the_fleet_count_what_it_did_not_send() {
     stop.store(true, Relaxed);
     load.await.unwrap();
     let sent = chats_seen(&upstream).len() as u64;
-    // Never below what was sent, and at most the picks in flight when Redis hung above it
-    // (2 replicas, 4 at a time): a pick whose confirmation timed out is sent and counted
-    // as the replica's, and if its script runs after a merge already pushed that count it
-    // counts twice (docs/RELIABILITY.md "One unit too many"). Before the fix: 1101 for 813.
-    let bounded = eventually(5 * SECOND, || {
-        (sent..=sent + 4).contains(&redis.shared_count("{a:k:"))
-    })
-    .await;
+    // Exactly what was sent: a pick whose confirmation timed out is sent and counted as the
+    // replica's, and its script, run when Redis resumes, is fenced. Before: 1101 for 813.
+    let exact = eventually(5 * SECOND, || redis.shared_count("{a:k:") == sent).await;
     assert!(
-        bounded,
+        exact,
         "OpenRouter received {sent}, Redis counts {}",
         redis.shared_count("{a:k:")
     );
@@ -428,10 +423,8 @@ async fn values_out_of_bounds_in_redis_are_repaired_not_believed() {
     );
     let sent = chats_seen(&upstream).len() as u64;
     let counted = || redis.shared_count(&hash) + redis.shared_count(&account_hash(KEY_B));
-    // One above is tolerated: a rare overcount (the safe direction) seen in CI, see
-    // docs/RELIABILITY.md "One unit too many".
     assert!(
-        eventually(5 * SECOND, || (sent..=sent + 1).contains(&counted())).await,
+        eventually(5 * SECOND, || counted() == sent).await,
         "OpenRouter received {sent}, Redis counts {}\n{}",
         counted(),
         redis.dump()
@@ -558,12 +551,7 @@ async fn under_random_redis_faults_across_a_reset_the_fleet_never_overshoots_and
         // Counted by the mock's own clock: a request that reached it in the millisecond of
         // the reset belongs to the window it was answered in.
         let sent = new_window.lock().unwrap().get(secret).copied().unwrap_or(0);
-        // Up to the picks in flight (3) above is tolerated: see docs/RELIABILITY.md "One
-        // unit too many".
-        let exact = eventually(10 * SECOND, || {
-            (sent..=sent + 3).contains(&redis.shared_count(&hash))
-        })
-        .await;
+        let exact = eventually(10 * SECOND, || redis.shared_count(&hash) == sent).await;
         let _ = writeln!(
             report,
             "account {name}: OpenRouter received {sent} in the new window (limit {LIMIT}), Redis counts {}",

@@ -297,23 +297,16 @@ impl Journey {
     }
 
     /// With `REDIS_URL`, confirms a free-model pick for the whole fleet in Redis (`None`: the
-    /// fleet refused it), or counts it alone while Redis is away.
+    /// fleet refused it), or takes it alone while Redis is away.
     async fn confirm(&self, pick: Pick, now: i64) -> Option<Pick> {
-        let (Some(shared), Some((account, date))) = (&self.app.shared, pick.charged) else {
+        let (Some(shared), Some(_)) = (&self.app.shared, pick.charged) else {
             return Some(pick);
         };
-        let confirmed = if shared.in_use() {
-            shared.confirm(&self.pool, pick, now).await
-        } else {
-            Confirmed::Away
-        };
-        let via = match confirmed {
+        let via = match shared.confirm(&self.pool, pick, now).await {
             Confirmed::Taken => Via::Redis,
             Confirmed::Refused => return None,
             Confirmed::Away => Via::Alone,
         };
-        // This replica's own count, pushed to Redis as is: only units it sends.
-        self.pool.accounts()[account].share.count_mine(date, false);
         Some(Pick { via, ..pick })
     }
 
@@ -500,9 +493,9 @@ impl Journey {
         self.app.metrics.count_error(verdict.class());
         if react.give_back {
             if let Some(pick) = self.last_pick.take() {
-                self.pool.give_back(pick);
-                if let (Some(shared), Via::Redis) = (&self.app.shared, pick.via) {
-                    shared.give_back(&self.pool, pick);
+                match (&self.app.shared, pick.via) {
+                    (Some(shared), Via::Redis) => shared.give_back(&self.pool, pick),
+                    _ => self.pool.give_back(pick),
                 }
             }
             self.app.breaker.unreached();

@@ -10,7 +10,10 @@
 //! `1 / replicas` of the whole limit. Rounded down, so the fleet together never
 //! takes more than the limit.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 
 // Relaxed throughout: every word is self-contained, nothing else is published through it.
 
@@ -47,13 +50,17 @@ pub struct Share {
     withheld: AtomicU64,
     /// While deciding alone: the fleet's size it shares with (0: not alone).
     alone_with: AtomicU32,
+    /// Units Redis may count as this replica's that `mine` does not show yet: picks whose
+    /// answer is on its way, units given back whose give-back has not run.
+    unsettled: AtomicU32,
 }
 
 impl Share {
     /// Counts a unit this replica sends on `date`, confirmed by Redis or decided alone
     /// (`undo`: one given back, its attempt never reached OpenRouter).
     pub(crate) fn count_mine(&self, date: u32, undo: bool) {
-        let _ = self.mine.fetch_update(Relaxed, Relaxed, |word| {
+        // SeqCst: a merge that sees the unit settled sees it counted.
+        let _ = self.mine.fetch_update(SeqCst, SeqCst, |word| {
             let n = count_in(word, date);
             Some(packed(date, if undo { n.saturating_sub(1) } else { n + 1 }))
         });
@@ -65,10 +72,30 @@ impl Share {
         count_in(self.mine.load(Relaxed), date) as u32
     }
 
-    /// Raises this replica's count of `date` to what Redis holds for it (a pick that timed
-    /// out but ran, a state file older than the last merge).
+    /// Raises this replica's count of `date` to what the state file remembered.
     pub(crate) fn raise_mine(&self, date: u32, units: u32) {
         raise(&self.mine, date, units);
+    }
+
+    /// Raises this replica's count of `date` to what Redis holds for it (`in_redis`: a state
+    /// file older than the last merge), less the units still unsettled: a pick Redis has
+    /// counted whose answer has not arrived is counted here when it does, not twice.
+    pub(crate) fn raise_mine_to_redis(&self, date: u32, in_redis: u32) {
+        let unsettled = self.unsettled.load(SeqCst);
+        raise(&self.mine, date, in_redis.saturating_sub(unsettled));
+    }
+
+    /// A unit Redis may count before `mine` shows it is under way (see [`Self::settle`]).
+    pub(crate) fn unsettle(&self) {
+        self.unsettled.fetch_add(1, SeqCst);
+    }
+
+    /// The unit of [`Self::unsettle`] is settled: `mine` shows it (counted, or given back and
+    /// the give-back ran or gave up).
+    pub(crate) fn settle(&self) {
+        let _ = self
+            .unsettled
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
     }
 
     /// What the other replicas had sent on `date`, as the last merge said.
@@ -164,7 +191,7 @@ impl Share {
 
 /// Raises `date`'s count in `word` to `count`; an older `date` changes nothing.
 fn raise(word: &AtomicU64, date: u32, count: u32) {
-    let _ = word.fetch_update(Relaxed, Relaxed, |w| {
+    let _ = word.fetch_update(SeqCst, SeqCst, |w| {
         (date >= date_of(w) && u64::from(count) > count_in(w, date))
             .then_some(packed(date, u64::from(count)))
     });

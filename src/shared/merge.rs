@@ -89,8 +89,8 @@ async fn merge_round(shared: &Shared, pool: &KeyPool, baselines: &mut Baselines)
 struct Plan {
     pipe: redis::Pipeline,
     date: u32,
-    /// The live accounts merged, by index.
-    accounts: Vec<usize>,
+    /// The live accounts merged, by index, with their hash and the fences sent to it.
+    accounts: Vec<(usize, String, Vec<u64>)>,
     /// Per key: the totals read when the merge was planned.
     totals: Vec<[u64; 5]>,
 }
@@ -116,10 +116,13 @@ impl Plan {
             let (b, br) = block_args(account.block_at(now));
             let (fb, fbr) = block_args(account.free_block_at(now));
             let (name, prelude) = shared.account_args(pool, index, now);
+            // Read after this replica's count: a unit in it that was sent without an answer
+            // from Redis has its fence here.
+            let fences = shared.fences_of(&name);
             pipe.cmd("EVALSHA")
                 .arg(scripts::SYNC_ACCOUNT.get_hash())
                 .arg(1)
-                .arg(name)
+                .arg(&name)
                 .arg(prelude)
                 .arg(day.date)
                 .arg(mine)
@@ -130,8 +133,9 @@ impl Plan {
                 .arg(fb)
                 .arg(fbr)
                 .arg(account.limiter().ahead_ms(now))
-                .arg(others);
-            accounts.push(index);
+                .arg(others)
+                .arg(&fences);
+            accounts.push((index, name, fences));
         }
         let mut totals = Vec::with_capacity(pool.keys().len());
         for key in pool.keys() {
@@ -213,9 +217,13 @@ impl Plan {
                 ),
             }
         }
-        for (&index, value) in self.accounts.iter().zip(accounts) {
+        for ((index, name, fences), value) in self.accounts.iter().zip(accounts) {
+            let index = *index;
             match redis::from_redis_value::<Vec<i64>>(value.clone()) {
-                Ok(fields) => apply_account(pool, index, &fields, self.date, now),
+                Ok(fields) => {
+                    shared.fenced(name, fences);
+                    apply_account(pool, index, &fields, self.date, now);
+                }
                 Err(_) => warn!(
                     "Redis could not merge account {}: {}",
                     pool.account_id(index),
@@ -299,7 +307,7 @@ fn apply_account(pool: &KeyPool, index: usize, fields: &[i64], date: u32, now: i
         let used = u32::try_from(*used).unwrap_or(u32::MAX).min(limit);
         let own = u32::try_from(*own).unwrap_or(0).min(limit);
         account.raise_used(date, used);
-        account.share.raise_mine(date, own);
+        account.share.raise_mine_to_redis(date, own);
         account.share.raise_others(date, used.saturating_sub(own));
     }
     for block in [block_from(*b, *br, now), block_from(*fb, *fbr, now)]

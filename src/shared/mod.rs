@@ -21,7 +21,7 @@ pub mod probes;
 mod scripts;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
 use crate::config::RedisTarget;
+use crate::keys::share::Share;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Pick};
 use crate::observe::logging::plural;
 use crate::worker::PerWorker;
@@ -65,6 +66,13 @@ pub struct Shared {
     replica: OnceLock<String>,
     /// Wakes the merge task at once (a refusal was learned).
     nudge: Notify,
+    /// The next free-model pick's number. It starts at the start's epoch ms × 1000, so a
+    /// restarted replica (same name) never reuses a number its last run fenced.
+    next_pick: AtomicU64,
+    /// Picks this replica stopped waiting for (no answer in time, or the request went
+    /// away), by account hash: the next merge fences them in Redis, so a script that still
+    /// runs there counts nothing (the replica counted the unit itself, if it sent it).
+    fences: Mutex<Vec<(String, u64)>>,
 }
 
 /// What Redis said about a free-model pick.
@@ -106,6 +114,8 @@ impl Shared {
             fleet_smaller_since: AtomicI64::new(0),
             replica: OnceLock::new(),
             nudge: Notify::new(),
+            next_pick: AtomicU64::new(u64::try_from(now_ms()).unwrap_or(0) * 1_000),
+            fences: Mutex::new(Vec::new()),
         })
     }
 
@@ -204,23 +214,32 @@ impl Shared {
         (self.names.account(pool, index), args)
     }
 
-    /// Confirms free-model `pick` (taken locally from `pool` at `now_ms`) for the fleet.
-    /// A refusal is applied to the local view (block, used-up quota or limiter spacing),
-    /// so the next local pick looks elsewhere; its local unit and slot are given back.
+    /// Confirms free-model `pick` (taken locally from `pool` at `now_ms`) for the fleet, or
+    /// takes it alone while Redis is away; a pick taken either way is counted as this
+    /// replica's. A refusal is applied to the local view (block, used-up quota or limiter
+    /// spacing), so the next local pick looks elsewhere; its local unit and slot are given
+    /// back.
     pub async fn confirm(&self, pool: &KeyPool, pick: Pick, now_ms: i64) -> Confirmed {
         let Some((account_index, date)) = pick.charged else {
             return Confirmed::Taken;
         };
         let account = &pool.accounts()[account_index];
+        if !self.in_use() {
+            account.share.count_mine(date, false);
+            return Confirmed::Away;
+        }
         let (name, args) = self.account_args(pool, account_index, now_ms);
+        let seq = self.next_pick.fetch_add(1, Relaxed);
+        let mut waiting = Waiting::new(self, &account.share, &name, seq);
         let (mine, others) = merge::report(account, date, now_ms);
         let mut invocation = scripts::PICK.prepare_invoke();
         invocation
-            .key(name)
+            .key(&name)
             .arg(args)
             .arg(date)
             .arg(mine)
-            .arg(others);
+            .arg(others)
+            .arg(seq);
         // A connection Redis dropped (it restarted) is replaced and the script sent again:
         // it cannot have run on a Redis that was not there (a connection cut between a
         // script's run and its answer would count one unit too many, never one too few).
@@ -228,19 +247,24 @@ impl Shared {
         let call = self.query(|mut connection| async move {
             invocation.invoke_async::<Vec<i64>>(&mut connection).await
         });
-        let answer = tokio::time::timeout(self.target.timeout, call).await;
-        let answer = match answer {
+        let answer = match tokio::time::timeout(self.target.timeout, call).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(err)) => {
-                self.lost(pool, &err.to_string());
-                return Confirmed::Away;
-            }
-            Err(_) => {
-                self.lost(pool, "no answer in REDIS_TIMEOUT_MS");
+            failed => {
+                let why = match failed {
+                    Ok(Err(err)) => err.to_string(),
+                    _ => "no answer in REDIS_TIMEOUT_MS".to_owned(),
+                };
+                // Fenced before the unit is counted: a merge that pushes the count fences
+                // the script too, should it still run.
+                waiting.fence();
+                self.lost(pool, &why);
+                account.share.count_mine(date, false);
                 return Confirmed::Away;
             }
         };
+        waiting.answered();
         if answer.first() == Some(&0) {
+            account.share.count_mine(date, false);
             return Confirmed::Taken;
         }
         // Given back before the refusal is applied: giving back the local slot after
@@ -265,17 +289,22 @@ impl Shared {
                 );
             }
             Some(2) => account.raise_used(date, account.daily_limit()),
-            _ => account.limiter().defer_until(until),
+            Some(3) => account.limiter().defer_until(until),
+            // `{4}` (fenced) answers only a pick nobody waits for any more.
+            _ => {}
         }
         Confirmed::Refused
     }
 
-    /// Gives back in Redis what [`Self::confirm`] took for `pick` (its attempt never reached
-    /// OpenRouter); in the background, never on the request path.
-    pub fn give_back(self: &Arc<Self>, pool: &KeyPool, pick: Pick) {
+    /// Gives back, here and in Redis, what [`Self::confirm`] took for `pick` (its attempt
+    /// never reached OpenRouter); Redis' part in the background, never on the request path.
+    pub fn give_back(self: &Arc<Self>, pool: &Arc<KeyPool>, pick: Pick) {
         let Some((account_index, date)) = pick.charged else {
             return;
         };
+        // Unsettled until Redis' part ran: a merge in between does not count it again here.
+        pool.accounts()[account_index].share.unsettle();
+        pool.give_back(pick);
         let (interval, _) = pool.accounts()[account_index].limiter().shape_ms();
         let mut invocation = scripts::GIVE_BACK.prepare_invoke();
         invocation
@@ -283,18 +312,42 @@ impl Shared {
             .arg(date)
             .arg(interval)
             .arg(self.replica());
-        self.in_background(invocation);
+        let pool = Arc::clone(pool);
+        self.in_background(invocation, move || {
+            pool.accounts()[account_index].share.settle();
+        });
     }
 
-    /// Runs `invocation` in its own task, bounded by `REDIS_TIMEOUT_MS`; its answer is not
-    /// needed (the next merge brings the fleet's state back either way).
-    fn in_background(self: &Arc<Self>, invocation: redis::ScriptInvocation<'static>) {
+    /// The fences to send with the next merge of account hash `name`.
+    fn fences_of(&self, name: &str) -> Vec<u64> {
+        let fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        fences
+            .iter()
+            .filter(|(hash, _)| hash == name)
+            .map(|&(_, seq)| seq)
+            .collect()
+    }
+
+    /// A merge of account hash `name` carrying `sent` was answered: they are in Redis.
+    fn fenced(&self, name: &str, sent: &[u64]) {
+        let mut fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        fences.retain(|(hash, seq)| hash != name || !sent.contains(seq));
+    }
+
+    /// Runs `invocation` in its own task, bounded by `REDIS_TIMEOUT_MS`, then `after`; its
+    /// answer is not needed (the next merge brings the fleet's state back either way).
+    fn in_background(
+        self: &Arc<Self>,
+        invocation: redis::ScriptInvocation<'static>,
+        after: impl FnOnce() + Send + 'static,
+    ) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             // Never sent twice: a give-back that ran twice would lose a unit.
             let mut connection = shared.connection();
             let call = invocation.invoke_async::<i64>(&mut connection);
             let _ = tokio::time::timeout(shared.target.timeout, call).await;
+            after();
         });
     }
 
@@ -368,6 +421,54 @@ impl Shared {
             "Redis at {} is unreachable ({why}): this replica decides alone with 1/{fleet}{known} of each account's remaining quota and rate until it is back",
             self.target.shown()
         );
+    }
+}
+
+/// A pick waiting for Redis' answer: its unit is unsettled meanwhile; if it is never
+/// answered (no answer in time, or the request went away), it is fenced.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    share: &'a Share,
+    hash: &'a str,
+    seq: u64,
+    open: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared, share: &'a Share, hash: &'a str, seq: u64) -> Waiting<'a> {
+        share.unsettle();
+        Waiting {
+            shared,
+            share,
+            hash,
+            seq,
+            open: true,
+        }
+    }
+
+    /// Redis answered: nothing to fence.
+    fn answered(&mut self) {
+        self.open = false;
+    }
+
+    /// Redis did not answer: should the script still run, it counts nothing.
+    fn fence(&mut self) {
+        if std::mem::take(&mut self.open) {
+            let mut fences = self
+                .shared
+                .fences
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            fences.push((self.hash.to_owned(), self.seq));
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.fence();
+        // After the unit was counted (or not): a merge that sees it settled sees it counted.
+        self.share.settle();
     }
 }
 

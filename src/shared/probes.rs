@@ -50,7 +50,7 @@ impl Shared {
             .key(self.names.key(fingerprint))
             .arg(at_ms)
             .arg(encode(outcome, next_at_ms));
-        self.in_background(invocation);
+        self.in_background(invocation, || {});
     }
 }
 

@@ -16,7 +16,9 @@ use redis::Script;
 /// never more than the truth, so never more than the sum once all are),
 /// `floor` (what OpenRouter itself said the count is at least), `b`/`br` (block of every
 /// request: until, reason), `fb`/`fbr` (free-model block), `tat` (GCRA arrival time),
-/// `wend` (OpenRouter's reset instant of the count's window).
+/// `wend` (OpenRouter's reset instant of the count's window), `x:<replica>:<pick>` (a
+/// fence: that replica stopped waiting for that pick's answer and counted it itself if it
+/// sent it, so the pick's script, should it run late, counts nothing).
 ///
 /// Nothing read back is trusted: a value that is not a number in bounds (an instant more
 /// than 25 h ahead, a limiter arrival more than a minute and a burst ahead, a day after
@@ -54,11 +56,12 @@ local function bounded(v, hi)
 end
 local h = redis.pcall('HGETALL', KEYS[1])
 if type(h) ~= 'table' or h.err then redis.call('DEL', KEYS[1]); h = {}; repaired = 1 end
-local f, counts, heard = {}, {}, {}
+local f, counts, heard, fences = {}, {}, {}, {}
 for i = 1, #h, 2 do
   local kind = string.sub(h[i], 1, 2)
   if kind == 'u:' then counts[h[i]] = h[i + 1]
   elseif kind == 'o:' then heard[string.sub(h[i], 3)] = h[i + 1]
+  elseif kind == 'x:' then fences[h[i]] = true
   else f[h[i]] = h[i + 1] end
 end
 local day = bounded(f.day, 99991231)
@@ -74,7 +77,11 @@ if f.used then
 end
 local fresh = day ~= date or (wend > 0 and now >= wend)
 if wend > 0 and now >= wend then wend = 0 end
-if fresh then floor = 0 end
+if fresh then
+  floor = 0
+  for name in pairs(fences) do redis.call('HDEL', KEYS[1], name) end
+  fences = {}
+end
 local sum = 0
 for name, v in pairs(counts) do
   local n = tonumber(v)
@@ -129,12 +136,18 @@ if fresh or repaired == 1 then keep() end
 /// Confirms one free-model pick for the fleet. ARGV: the prelude's, then the replica's
 /// date, the units it sent in the window and what it last heard the others had sent (-1
 /// each when its window may have ended for Redis): so a Redis that lost its data knows at
-/// least what this replica knows before it decides. Returns `{0}` (taken: one unit counted
-/// as this replica's and one slot), `{1, wait, reason}` (blocked), `{2, wait}` (quota used
-/// up), `{3, wait}` (throttled).
+/// least what this replica knows before it decides; then the pick's number. Returns `{0}`
+/// (taken: one unit counted as this replica's and one slot), `{1, wait, reason}`
+/// (blocked), `{2, wait}` (quota used up), `{3, wait}` (throttled), `{4}` (fenced: the
+/// replica stopped waiting, nothing is taken).
 pub static PICK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{ACCOUNT_PRELUDE}
+local fence = 'x:' .. ARGV[5] .. ':' .. ARGV[9]
+if fences[fence] then
+  redis.call('HDEL', KEYS[1], fence)
+  return {{4}}
+end
 report(tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 if b > now then return {{1, b - now, br}} end
 if fb > now then return {{1, fb - now, fbr}} end
@@ -174,11 +187,13 @@ return 1",
 /// when its window may have ended). Its own count is set to the larger of
 /// Redis' and its own (a pick that timed out in Redis but ran is not counted twice); the
 /// floor, blocks and the window end: the larger (later) wins; the limiter: the later
-/// arrival wins. Returns `{day, used, b, br, fb, fbr, tat ahead of now, wend, this
-/// replica's count, 1 if something was repaired}`.
+/// arrival wins; then the numbers of the picks it stopped waiting for, fenced. Returns
+/// `{day, used, b, br, fb, fbr, tat ahead of now, wend, this replica's count, 1 if
+/// something was repaired}`.
 pub static SYNC_ACCOUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{ACCOUNT_PRELUDE}
+for i = 16, #ARGV do redis.call('HSET', KEYS[1], 'x:' .. ARGV[5] .. ':' .. ARGV[i], 1) end
 local theirs = tonumber(ARGV[9])
 if theirs > now and theirs <= far and theirs > wend then wend = theirs end
 report(tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[15]))
