@@ -98,6 +98,7 @@ fn admission(c: &mut Criterion) {
             date: day.date,
             end_ms: day.end_ms,
             now_ms: now,
+            offset_ms: keys.calendar().utc_offset_ms(now),
         }
     };
     let mut group = c.benchmark_group("admit_and_pick_50_clients");
@@ -116,7 +117,13 @@ fn admission(c: &mut Criterion) {
                     .find(black_box(b"pk-agent-0037-0123456789"))
                     .expect("a client");
                 let ticket = runtime
-                    .block_on(client.admit([model].into_iter(), free, today(now), Duration::ZERO))
+                    .block_on(client.admit(
+                        [model].into_iter(),
+                        free,
+                        today(now),
+                        Duration::ZERO,
+                        None,
+                    ))
                     .expect("admitted");
                 let pick = keys.pick(demand, now, &[]);
                 ticket.release(true, None);

@@ -7,15 +7,16 @@
 //! overshoot a daily limit.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use std::sync::Arc;
-
-use super::{give_back, take_within, Client, Counts, Refused};
+use super::{Client, Counts, Refused};
 use crate::error::ProxyError;
 use crate::keys::Usage;
+use crate::shared::clients::Admitted;
+use crate::shared::Shared;
 
 /// An admitted request of a client: the units it took and its concurrency permit, held
 /// until its response ends.
@@ -29,6 +30,8 @@ pub struct Ticket {
     date: u32,
     free: bool,
     permit: Option<OwnedSemaphorePermit>,
+    /// Set when Redis counted it: a request that never reached OpenRouter is given back there.
+    counted_in: Option<Arc<Shared>>,
 }
 
 /// The quota day's date and its end (epoch ms), for counts and `Retry-After`.
@@ -37,17 +40,20 @@ pub struct Today {
     pub date: u32,
     pub end_ms: i64,
     pub now_ms: i64,
+    /// `TIMEZONE`'s offset from UTC now (ms), for Redis to find the same quota day.
+    pub offset_ms: i64,
 }
 
 impl Client {
     /// Admits a request for `models` (its `model` and any fallbacks; `free`: free models
-    /// only) or says why not.
+    /// only) or says why not; with `shared`, for the whole fleet.
     pub async fn admit<'m>(
         &self,
         mut models: impl Iterator<Item = &'m str>,
         free: bool,
         today: Today,
         max_wait: Duration,
+        shared: Option<&Arc<Shared>>,
     ) -> Result<Ticket, ProxyError> {
         if let Some(model) = models.find(|m| !self.allows(m)) {
             self.count_refused(Refused::Model, today.date);
@@ -57,10 +63,12 @@ impl Client {
             )));
         }
         self.check_spend(today)?;
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         let permit = self.wait_turn(today, max_wait).await?;
+        let counted_in = self
+            .take_units(today, free, shared, began + max_wait)
+            .await?;
         let waited = began.elapsed();
-        self.take_units(today, free)?;
         self.counts.in_flight.fetch_add(1, Relaxed);
         Ok(Ticket {
             counts: Arc::clone(&self.counts),
@@ -69,6 +77,7 @@ impl Client {
             date: today.date,
             free,
             permit,
+            counted_in,
         })
     }
 
@@ -100,37 +109,75 @@ impl Client {
         Ok(())
     }
 
-    /// Takes one unit of today's requests (and free requests), within the limits.
-    fn take_units(&self, today: Today, free: bool) -> Result<(), ProxyError> {
+    /// Takes one unit of today's requests (and free requests), within the limits: in Redis
+    /// for the fleet when the client has a shared limit and Redis is in use (returned, for
+    /// a give-back), else here (within this replica's share while Redis is away).
+    async fn take_units(
+        &self,
+        today: Today,
+        free: bool,
+        shared: Option<&Arc<Shared>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Arc<Shared>>, ProxyError> {
+        let counts = &self.counts;
+        let Some(shared) = shared.filter(|_| self.has_shared_limit(free)) else {
+            self.take_here(today, free)?;
+            return Ok(None);
+        };
+        // Until what is decided is counted here: a merge meanwhile does not count it twice.
+        let _requests = counts.requests.unsettled();
+        let _free = free.then(|| counts.free_requests.unsettled());
+        match shared.admit(self, free, today, deadline).await {
+            Admitted::Taken => Ok(Some(Arc::clone(shared))),
+            Admitted::OverRequests => Err(self.over_requests(today)),
+            Admitted::OverFree => Err(self.over_free_requests(today)),
+            Admitted::Busy => Err(self.busy(today)),
+            Admitted::Away => self.take_here(today, free).map(|()| None),
+        }
+    }
+
+    /// Takes the units here: the fleet's count as last heard, or this replica's share of
+    /// what is left while Redis is away.
+    fn take_here(&self, today: Today, free: bool) -> Result<(), ProxyError> {
         let limits = &self.spec.limits;
-        if !take_within(&self.counts.requests, today.date, limits.requests_per_day) {
-            let limit = limits.requests_per_day.unwrap_or(0);
-            return Err(self.over(
-                Refused::RequestsPerDay,
-                "daily request limit",
-                limit,
-                limit,
-                today,
-            ));
+        let counts = &self.counts;
+        if !counts
+            .requests
+            .take_within(today.date, limits.requests_per_day)
+        {
+            return Err(self.over_requests(today));
         }
         if free
-            && !take_within(
-                &self.counts.free_requests,
-                today.date,
-                limits.free_requests_per_day,
-            )
+            && !counts
+                .free_requests
+                .take_within(today.date, limits.free_requests_per_day)
         {
-            give_back(&self.counts.requests, today.date);
-            let limit = limits.free_requests_per_day.unwrap_or(0);
-            return Err(self.over(
-                Refused::FreeRequestsPerDay,
-                "daily free-request limit",
-                limit,
-                limit,
-                today,
-            ));
+            counts.requests.count_mine(today.date, true);
+            return Err(self.over_free_requests(today));
         }
         Ok(())
+    }
+
+    fn over_requests(&self, today: Today) -> ProxyError {
+        let limit = self.spec.limits.requests_per_day.unwrap_or(0);
+        self.over(
+            Refused::RequestsPerDay,
+            "daily request limit",
+            limit,
+            limit,
+            today,
+        )
+    }
+
+    fn over_free_requests(&self, today: Today) -> ProxyError {
+        let limit = self.spec.limits.free_requests_per_day.unwrap_or(0);
+        self.over(
+            Refused::FreeRequestsPerDay,
+            "daily free-request limit",
+            limit,
+            limit,
+            today,
+        )
     }
 
     /// The 429 of a daily limit: until the quota day ends, in OpenRouter's headers.
@@ -162,16 +209,19 @@ impl Client {
         let deadline = tokio::time::Instant::now() + max_wait;
         let turn = tokio::time::timeout_at(deadline, self.turn()).await;
         self.counts.waiting.fetch_sub(1, Relaxed);
-        turn.map_err(|_| {
-            self.count_refused(Refused::Busy, today.date);
-            ProxyError::ClientBusy {
-                message: format!(
-                    "client {} is at its requests_per_minute or max_concurrent limit; waited MAX_WAIT",
-                    self.name()
-                ),
-                retry_after_secs: 1,
-            }
-        })
+        turn.map_err(|_| self.busy(today))
+    }
+
+    /// The 429 of a request that waited `MAX_WAIT` for its turn.
+    fn busy(&self, today: Today) -> ProxyError {
+        self.count_refused(Refused::Busy, today.date);
+        ProxyError::ClientBusy {
+            message: format!(
+                "client {} is at its requests_per_minute or max_concurrent limit; waited MAX_WAIT",
+                self.name()
+            ),
+            retry_after_secs: 1,
+        }
     }
 
     /// The permit (first come first served), then a slot of the per-minute limit.
@@ -205,6 +255,7 @@ impl Ticket {
             date,
             free,
             permit,
+            counted_in,
             ..
         } = self;
         // The next waiting request may start now.
@@ -219,9 +270,13 @@ impl Ticket {
                 counts.lifetime[1].fetch_add(1, Relaxed);
             }
         } else {
-            give_back(&counts.requests, date);
+            // Unsettled before it is given back here, settled once Redis' part ran.
+            if let Some(shared) = &counted_in {
+                shared.give_back_client(&counts, date, free);
+            }
+            counts.requests.count_mine(date, true);
             if free {
-                give_back(&counts.free_requests, date);
+                counts.free_requests.count_mine(date, true);
             }
         }
     }

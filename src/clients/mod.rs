@@ -10,15 +10,15 @@ pub mod fair;
 pub mod persist;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::config::{ClientSpec, Config};
-use crate::keys::share::{count_in, date_of, packed};
-use crate::keys::{Gcra, UsageCounters};
+use crate::keys::share::{count_in, packed, Share};
+use crate::keys::{Gcra, Usage, UsageCounters};
 use crate::observe::logging::OncePerSecond;
 use allow::Allowlist;
 
@@ -71,12 +71,15 @@ pub struct Client {
 pub struct Counts {
     /// Its name (the one thing a reload keeps it by).
     pub name: Arc<str>,
-    /// `(date << 32) | requests` sent upstream (or on their way) on the quota day.
-    requests: AtomicU64,
+    /// Requests sent upstream (or on their way) on the quota day: this replica's own, and
+    /// the other replicas' as the last merge said (with `REDIS_URL`).
+    pub requests: Share,
     /// The same for free-model requests.
-    free_requests: AtomicU64,
-    /// Tokens and cost of its answers, today's and lifetime.
+    pub free_requests: Share,
+    /// Tokens and cost of its answers through this replica, today's and lifetime.
     pub spent: UsageCounters,
+    /// Today's tokens and cost through the other replicas, as the last merge said.
+    pub others_spent: OthersSpent,
     /// Lifetime requests and free requests.
     lifetime: [AtomicU64; 2],
     /// Requests in flight (until their response's last byte).
@@ -93,15 +96,42 @@ impl Counts {
     fn new(name: &str) -> Self {
         Counts {
             name: Arc::from(name),
-            requests: AtomicU64::new(0),
-            free_requests: AtomicU64::new(0),
+            requests: Share::default(),
+            free_requests: Share::default(),
             spent: UsageCounters::default(),
+            others_spent: OthersSpent::default(),
             lifetime: [AtomicU64::new(0), AtomicU64::new(0)],
             in_flight: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             refused: Default::default(),
             refusal_lines: Default::default(),
         }
+    }
+}
+
+/// Today's tokens and cost of a client through the other replicas. Written by the merge
+/// alone; a reader may see a day's figures a moment before its date, which only shows.
+#[derive(Default)]
+pub struct OthersSpent {
+    day: AtomicU32,
+    parts: [AtomicU64; 3],
+}
+
+impl OthersSpent {
+    /// What the other replicas spent on `date`.
+    pub fn set(&self, date: u32, usage: Usage) {
+        for (part, value) in self.parts.iter().zip(usage.parts()) {
+            part.store(value, Relaxed);
+        }
+        self.day.store(date, Relaxed);
+    }
+
+    #[must_use]
+    pub fn on(&self, date: u32) -> Usage {
+        if self.day.load(Relaxed) != date {
+            return Usage::default();
+        }
+        Usage::from_parts(self.parts.each_ref().map(|p| p.load(Relaxed)))
     }
 }
 
@@ -133,19 +163,77 @@ impl Client {
         &self.spec.name
     }
 
+    /// The per-minute limiter's interval and burst tolerance (ms), if it has one.
+    #[must_use]
+    pub fn limiter_shape_ms(&self) -> Option<(i64, i64)> {
+        self.limiter.as_ref().map(Gcra::shape_ms)
+    }
+
+    /// Whether a limit of this client holds across the fleet through Redis for a request
+    /// (`free`: for free models): a daily request limit, or free-request limit, or rate.
+    #[must_use]
+    pub fn has_shared_limit(&self, free: bool) -> bool {
+        let limits = &self.spec.limits;
+        limits.requests_per_day.is_some()
+            || limits.requests_per_minute.is_some()
+            || (free && limits.free_requests_per_day.is_some())
+    }
+
+    /// Redis is away: this replica keeps to `1 / replicas` of what is left of each daily
+    /// limit and of the per-minute rate (once; until [`Self::end_alone`]).
+    pub fn go_alone(&self, date: u32, replicas: u32) {
+        let limits = &self.spec.limits;
+        let mut began = false;
+        for (share, limit) in [
+            (&self.counts.requests, limits.requests_per_day),
+            (&self.counts.free_requests, limits.free_requests_per_day),
+        ] {
+            let limit = limit.map_or(u32::MAX, |l| u32::try_from(l).unwrap_or(u32::MAX));
+            let fleet = share.mine_on(date).saturating_add(share.others_on(date));
+            began |= share.go_alone(date, limit.saturating_sub(fleet), replicas);
+        }
+        if let (true, Some(limiter)) = (began, &self.limiter) {
+            limiter.widen_for(replicas);
+        }
+    }
+
+    /// Redis is back: the whole limits are the fleet's again, decided in Redis.
+    pub fn end_alone(&self) {
+        if self.counts.requests.alone_with() == 0 {
+            return;
+        }
+        self.counts.requests.end_alone();
+        self.counts.free_requests.end_alone();
+        if let Some(limiter) = &self.limiter {
+            limiter.widen_for(1);
+        }
+    }
+
     /// Whether the client may use `model`.
     #[must_use]
     pub fn allows(&self, model: &str) -> bool {
         self.allow.as_ref().is_none_or(|a| a.allows(model))
     }
 
-    /// Requests (all, free) of quota day `date`.
+    /// The fleet's requests (all, free) of quota day `date`: this replica's and, with
+    /// `REDIS_URL`, the others' as the last merge said.
     #[must_use]
     pub fn requests_on(&self, date: u32) -> (u64, u64) {
+        let fleet = |share: &Share| u64::from(share.mine_on(date) + share.others_on(date));
         (
-            count_in(self.counts.requests.load(Relaxed), date),
-            count_in(self.counts.free_requests.load(Relaxed), date),
+            fleet(&self.counts.requests),
+            fleet(&self.counts.free_requests),
         )
+    }
+
+    /// The fleet's tokens and cost of quota day `date`, like [`Self::requests_on`].
+    #[must_use]
+    pub fn spent_on(&self, date: u32) -> Usage {
+        let mine = self.counts.spent.today(date);
+        let others = self.counts.others_spent.on(date);
+        Usage::from_parts(std::array::from_fn(|i| {
+            mine.parts()[i].saturating_add(others.parts()[i])
+        }))
     }
 
     /// Lifetime requests sent upstream.
@@ -182,7 +270,7 @@ impl Client {
     pub fn to_json(&self, date: u32) -> Value {
         let limits = &self.spec.limits;
         let (requests, free) = self.requests_on(date);
-        let today = self.counts.spent.today(date);
+        let today = self.spent_on(date);
         let refused: serde_json::Map<String, Value> = REFUSALS
             .iter()
             .zip(&self.counts.refused)
@@ -270,25 +358,4 @@ impl Clients {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
-}
-
-/// Raises `word`'s count of `date` by one if it stays within `limit` (none: always);
-/// false when the limit is reached.
-fn take_within(word: &AtomicU64, date: u32, limit: Option<u64>) -> bool {
-    word.fetch_update(Relaxed, Relaxed, |w| {
-        let n = if date_of(w) == date {
-            count_in(w, date)
-        } else {
-            0
-        };
-        (limit.is_none_or(|l| n < l)).then_some(packed(date, n + 1))
-    })
-    .is_ok()
-}
-
-/// Lowers `word`'s count of `date` by one (a request that was never sent).
-fn give_back(word: &AtomicU64, date: u32) {
-    let _ = word.fetch_update(Relaxed, Relaxed, |w| {
-        (date_of(w) == date && count_in(w, date) > 0).then(|| w - 1)
-    });
 }

@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Client, Clients};
-use crate::keys::share::packed;
 use crate::keys::Usage;
 
 /// One client in the state file.
@@ -25,11 +24,15 @@ pub struct ClientRecord {
 
 impl Client {
     fn record(&self, date: u32) -> ClientRecord {
-        let (requests, free) = self.requests_on(date);
+        // This replica's own: with Redis, the others' are theirs to keep.
+        let (requests, free) = (
+            self.counts.requests.mine_on(date),
+            self.counts.free_requests.mine_on(date),
+        );
         ClientRecord {
             name: self.spec.name.clone(),
             day: date,
-            requests: [requests, free],
+            requests: [u64::from(requests), u64::from(free)],
             lifetime_requests: self.counts.lifetime.each_ref().map(|n| n.load(Relaxed)),
             usage_today: self.counts.spent.today(date).parts(),
             usage_lifetime: self.counts.spent.lifetime().parts(),
@@ -38,12 +41,13 @@ impl Client {
 
     fn restore(&self, record: &ClientRecord, today: u32) {
         if record.day == today {
+            let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
             self.counts
                 .requests
-                .store(packed(today, record.requests[0]), Relaxed);
+                .raise_mine(today, count(record.requests[0]));
             self.counts
                 .free_requests
-                .store(packed(today, record.requests[1]), Relaxed);
+                .raise_mine(today, count(record.requests[1]));
         }
         for (counter, value) in self.counts.lifetime.iter().zip(record.lifetime_requests) {
             counter.store(value, Relaxed);

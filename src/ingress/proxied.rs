@@ -184,11 +184,14 @@ async fn admit(
         return Ok(None);
     };
     let now = now_ms();
-    let day = app.keys().calendar().today(now);
+    let keys = app.keys();
+    let calendar = keys.calendar();
+    let day = calendar.today(now);
     let today = Today {
         date: day.date,
         end_ms: day.end_ms,
         now_ms: now,
+        offset_ms: calendar.utc_offset_ms(now),
     };
     let models = model
         .model
@@ -196,7 +199,13 @@ async fn admit(
         .chain(&model.fallbacks)
         .map(AsRef::as_ref);
     let ticket = client
-        .admit(models, model.free, today, app.config.max_wait)
+        .admit(
+            models,
+            model.free,
+            today,
+            app.config.max_wait,
+            app.shared.as_ref(),
+        )
         .await?;
     Ok(Some(ticket))
 }

@@ -15,7 +15,8 @@ use std::sync::atomic::{
     Ordering::{Relaxed, SeqCst},
 };
 
-// Relaxed throughout: every word is self-contained, nothing else is published through it.
+// Relaxed where a word is self-contained; SeqCst where a merge must see a unit counted
+// once it sees it settled (`mine`, `unsettled`).
 
 /// The date a packed `(yyyymmdd << 32) | count` word belongs to.
 pub(crate) fn date_of(word: u64) -> u32 {
@@ -85,6 +86,12 @@ impl Share {
         raise(&self.mine, date, in_redis.saturating_sub(unsettled));
     }
 
+    /// A unit Redis may count before `mine` shows it is under way until the guard drops.
+    pub(crate) fn unsettled(&self) -> Unsettled<'_> {
+        self.unsettle();
+        Unsettled(self)
+    }
+
     /// A unit Redis may count before `mine` shows it is under way (see [`Self::settle`]).
     pub(crate) fn unsettle(&self) {
         self.unsettled.fetch_add(1, SeqCst);
@@ -106,6 +113,28 @@ impl Share {
 
     pub(crate) fn raise_others(&self, date: u32, units: u32) {
         raise(&self.others, date, units);
+    }
+
+    /// What the other replicas have on `date` now (a client's units, which go back when a
+    /// request never reaches OpenRouter, so they may be fewer than the last merge said).
+    pub(crate) fn set_others(&self, date: u32, units: u32) {
+        self.others.store(packed(date, u64::from(units)), Relaxed);
+    }
+
+    /// Counts a unit of `date` as this replica's if the fleet's count (its own and the
+    /// others' as last heard) stays under `limit`, or its share of it while deciding
+    /// alone; false when reached. No limit: always counted.
+    pub(crate) fn take_within(&self, date: u32, limit: Option<u64>) -> bool {
+        let limit = limit.map(|l| self.limit_on(date, u32::try_from(l).unwrap_or(u32::MAX)));
+        let others = u64::from(self.others_on(date));
+        self.mine
+            .fetch_update(SeqCst, SeqCst, |word| {
+                let n = count_in(word, date);
+                limit
+                    .is_none_or(|l| n + others < u64::from(l))
+                    .then(|| packed(date, n + 1))
+            })
+            .is_ok()
     }
 
     /// What OpenRouter said `date`'s count is at least.
@@ -186,6 +215,15 @@ impl Share {
             self.alone_with
                 .store(other.alone_with.load(Relaxed), Relaxed);
         }
+    }
+}
+
+/// A unit under way to Redis (see [`Share::unsettled`]); settled when dropped.
+pub(crate) struct Unsettled<'a>(&'a Share);
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        self.0.settle();
     }
 }
 

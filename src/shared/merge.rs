@@ -17,8 +17,11 @@ use std::time::Duration;
 use log::warn;
 use redis::{RedisResult, Value};
 
+use super::clients::apply_client;
 use super::{probes, scripts, Shared};
 use crate::app::App;
+use crate::clients::admission::Today;
+use crate::clients::{Client, Clients};
 use crate::keys::{now_ms, Account, Block, BlockReason, KeyPool};
 
 /// How often a replica merges with the fleet: the age limit of a paid pick's view of blocks.
@@ -43,7 +46,7 @@ pub async fn start(app: &Arc<App>) {
         return;
     };
     let mut baselines = Baselines::new();
-    merge_round(&shared, &app.keys(), &mut baselines).await;
+    merge_round(&shared, &app.keys(), &app.clients(), &mut baselines).await;
     let app = Arc::clone(app);
     tokio::spawn(async move {
         let mut pause = ROUND;
@@ -52,7 +55,7 @@ pub async fn start(app: &Arc<App>) {
                 () = tokio::time::sleep(pause) => {}
                 () = shared.nudge.notified() => {}
             }
-            let ok = merge_round(&shared, &app.keys(), &mut baselines).await;
+            let ok = merge_round(&shared, &app.keys(), &app.clients(), &mut baselines).await;
             // Away: try again with backoff, 250 ms doubling up to 1 s.
             pause = if ok {
                 ROUND
@@ -64,9 +67,14 @@ pub async fn start(app: &Arc<App>) {
 }
 
 /// One merge, with its outcome applied to the replica's state; true if Redis answered.
-async fn merge_round(shared: &Shared, pool: &KeyPool, baselines: &mut Baselines) -> bool {
+async fn merge_round(
+    shared: &Shared,
+    pool: &KeyPool,
+    clients: &Clients,
+    baselines: &mut Baselines,
+) -> bool {
     let now = now_ms();
-    let plan = Plan::new(shared, pool, baselines, now);
+    let plan = Plan::new(shared, pool, clients, baselines, now);
     let answer = tokio::time::timeout(shared.target.timeout * 4, plan.send(shared)).await;
     match answer {
         Ok(Ok(values)) => {
@@ -93,10 +101,18 @@ struct Plan {
     accounts: Vec<(usize, String, Vec<u64>)>,
     /// Per key: the totals read when the merge was planned.
     totals: Vec<[u64; 5]>,
+    /// The clients merged, with their hash and the fences sent to it.
+    clients: Vec<(Arc<Client>, String, Vec<u64>)>,
 }
 
 impl Plan {
-    fn new(shared: &Shared, pool: &KeyPool, baselines: &Baselines, now: i64) -> Plan {
+    fn new(
+        shared: &Shared,
+        pool: &KeyPool,
+        clients: &Clients,
+        baselines: &Baselines,
+        now: i64,
+    ) -> Plan {
         let day = pool.calendar().today(now);
         let mut pipe = redis::pipe();
         // One bad hash answers with its own error; the others are merged all the same.
@@ -160,6 +176,20 @@ impl Plan {
                 .arg(key.user_id.get().map_or("", String::as_str));
             totals.push(values);
         }
+        let today = Today {
+            date: day.date,
+            end_ms: day.end_ms,
+            now_ms: now,
+            offset_ms: pool.calendar().utc_offset_ms(now),
+        };
+        let clients = clients
+            .all()
+            .iter()
+            .map(|client| {
+                let (hash, fences) = shared.plan_client(&mut pipe, client, today);
+                (Arc::clone(client), hash, fences)
+            })
+            .collect();
         pipe.cmd("EVALSHA")
             .arg(scripts::HEARTBEAT.get_hash())
             .arg(1)
@@ -170,6 +200,7 @@ impl Plan {
             date: day.date,
             accounts,
             totals,
+            clients,
         }
     }
 
@@ -229,6 +260,17 @@ impl Plan {
                     pool.account_id(index),
                     failure(&value)
                 ),
+            }
+        }
+        for ((client, hash, fences), value) in self.clients.iter().zip(values.by_ref()) {
+            if apply_client(client, &value, self.date) {
+                shared.fenced(hash, fences);
+            } else {
+                warn!(
+                    "Redis could not merge client {}: {}",
+                    client.name(),
+                    failure(&value)
+                );
             }
         }
         if let Some(Ok(fleet)) = values.next().map(redis::from_redis_value::<u32>) {

@@ -15,6 +15,7 @@
 //! `REDIS_URL` none of this exists.
 
 mod alone;
+pub mod clients;
 mod merge;
 mod names;
 pub mod probes;
@@ -30,7 +31,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
 use crate::config::RedisTarget;
-use crate::keys::share::Share;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Pick};
 use crate::observe::logging::plural;
 use crate::worker::PerWorker;
@@ -230,7 +230,9 @@ impl Shared {
         }
         let (name, args) = self.account_args(pool, account_index, now_ms);
         let seq = self.next_pick.fetch_add(1, Relaxed);
-        let mut waiting = Waiting::new(self, &account.share, &name, seq);
+        // Dropped last: a merge that sees the unit settled sees it counted.
+        let _unsettled = account.share.unsettled();
+        let mut waiting = Waiting::new(self, &name, seq);
         let (mine, others) = merge::report(account, date, now_ms);
         let mut invocation = scripts::PICK.prepare_invoke();
         invocation
@@ -424,22 +426,19 @@ impl Shared {
     }
 }
 
-/// A pick waiting for Redis' answer: its unit is unsettled meanwhile; if it is never
-/// answered (no answer in time, or the request went away), it is fenced.
+/// A pick or admission waiting for Redis' answer: if it is never answered (no answer in
+/// time, or the request went away), it is fenced.
 struct Waiting<'a> {
     shared: &'a Shared,
-    share: &'a Share,
     hash: &'a str,
     seq: u64,
     open: bool,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(shared: &'a Shared, share: &'a Share, hash: &'a str, seq: u64) -> Waiting<'a> {
-        share.unsettle();
+    fn new(shared: &'a Shared, hash: &'a str, seq: u64) -> Waiting<'a> {
         Waiting {
             shared,
-            share,
             hash,
             seq,
             open: true,
@@ -467,8 +466,6 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.fence();
-        // After the unit was counted (or not): a merge that sees it settled sees it counted.
-        self.share.settle();
     }
 }
 

@@ -42,6 +42,11 @@ impl Names {
         format!("{}{{k:{fingerprint}}}:probe", self.prefix)
     }
 
+    /// The client named `name` (names are `[A-Za-z0-9_.-]`).
+    pub fn client(&self, name: &str) -> String {
+        format!("{}{{c:{name}}}", self.prefix)
+    }
+
     /// The fleet's heartbeats.
     pub fn replicas(&self) -> String {
         format!("{}replicas", self.prefix)

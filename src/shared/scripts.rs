@@ -8,24 +8,10 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Account hash fields: `day` (yyyymmdd in `TIMEZONE` by Redis' clock), `u:<replica>` (the
-/// units each replica sent in the window: the shared count is their sum, so every replica
-/// writes only its own absolute number and a repeated or late write cannot count twice),
-/// `o:<replica>` (what that replica last heard the others had sent: after Redis lost its
-/// data, `o + u` of the first replica back stands for the others until they are back too;
-/// never more than the truth, so never more than the sum once all are),
-/// `floor` (what OpenRouter itself said the count is at least), `b`/`br` (block of every
-/// request: until, reason), `fb`/`fbr` (free-model block), `tat` (GCRA arrival time),
-/// `wend` (OpenRouter's reset instant of the count's window), `x:<replica>:<pick>` (a
-/// fence: that replica stopped waiting for that pick's answer and counted it itself if it
-/// sent it, so the pick's script, should it run late, counts nothing).
-///
-/// Nothing read back is trusted: a value that is not a number in bounds (an instant more
-/// than 25 h ahead, a limiter arrival more than a minute and a burst ahead, a day after
-/// Redis' today, a count that is not a whole number) is repaired and the caller told.
-/// ARGV (every account script): the `TIMEZONE` offset at the replica's now (ms), the
-/// daily limit, the limiter's interval and burst tolerance (ms), the replica's name.
-const ACCOUNT_PRELUDE: &str = r"
+/// Redis' now (epoch ms) and the quota day by it: `date` (yyyymmdd in `TIMEZONE`, whose
+/// offset at the replica's now is ARGV[1]) and `day_end`. Every hash with a daily count
+/// starts with it.
+const DAY_PRELUDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local off = tonumber(ARGV[1])
@@ -44,6 +30,26 @@ local function civil(z)
   return y * 10000 + m * 100 + d
 end
 local date, day_end = civil(days), (days + 1) * 86400000 - off
+";
+
+/// Account hash fields: `day` (yyyymmdd in `TIMEZONE` by Redis' clock), `u:<replica>` (the
+/// units each replica sent in the window: the shared count is their sum, so every replica
+/// writes only its own absolute number and a repeated or late write cannot count twice),
+/// `o:<replica>` (what that replica last heard the others had sent: after Redis lost its
+/// data, `o + u` of the first replica back stands for the others until they are back too;
+/// never more than the truth, so never more than the sum once all are),
+/// `floor` (what OpenRouter itself said the count is at least), `b`/`br` (block of every
+/// request: until, reason), `fb`/`fbr` (free-model block), `tat` (GCRA arrival time),
+/// `wend` (OpenRouter's reset instant of the count's window), `x:<replica>:<pick>` (a
+/// fence: that replica stopped waiting for that pick's answer and counted it itself if it
+/// sent it, so the pick's script, should it run late, counts nothing).
+///
+/// Nothing read back is trusted: a value that is not a number in bounds (an instant more
+/// than 25 h ahead, a limiter arrival more than a minute and a burst ahead, a day after
+/// Redis' today, a count that is not a whole number) is repaired and the caller told.
+/// ARGV (every account script): the `TIMEZONE` offset at the replica's now (ms), the
+/// daily limit, the limiter's interval and burst tolerance (ms), the replica's name.
+const ACCOUNT_PRELUDE: &str = r"
 local limit, interval, tolerance = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local mine_field = 'u:' .. ARGV[5]
 local far, tat_max = now + 90000000, now + 60000 + tolerance + interval
@@ -142,7 +148,7 @@ if fresh or repaired == 1 then keep() end
 /// replica stopped waiting, nothing is taken).
 pub static PICK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{ACCOUNT_PRELUDE}
+        "{DAY_PRELUDE}{ACCOUNT_PRELUDE}
 local fence = 'x:' .. ARGV[5] .. ':' .. ARGV[9]
 if fences[fence] then
   redis.call('HDEL', KEYS[1], fence)
@@ -192,7 +198,7 @@ return 1",
 /// something was repaired}`.
 pub static SYNC_ACCOUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{ACCOUNT_PRELUDE}
+        "{DAY_PRELUDE}{ACCOUNT_PRELUDE}
 for i = 16, #ARGV do redis.call('HSET', KEYS[1], 'x:' .. ARGV[5] .. ':' .. ARGV[i], 1) end
 local theirs = tonumber(ARGV[9])
 if theirs > now and theirs <= far and theirs > wend then wend = theirs end
@@ -276,10 +282,128 @@ return 1",
     )
 });
 
+/// Client hash fields: `day` (as for accounts), `r:<replica>`, `f:<replica>` (the requests
+/// and free-model requests each replica admitted today and did not give back: absolute, as
+/// for accounts), `p:`, `q:`, `c:<replica>` (today's prompt tokens, completion tokens and
+/// nano-USD through each replica), `tat` (the per-minute limiter's arrival time) and fences
+/// `x:<replica>:<admission>` as for accounts. A value that is not a whole number in bounds
+/// is dropped. ARGV (every client script): the `TIMEZONE` offset (ms), the replica's name,
+/// its date, its own requests and free requests of that date.
+const CLIENT_PRELUDE: &str = r"
+local me, their_date = ARGV[2], tonumber(ARGV[3])
+local h = redis.pcall('HGETALL', KEYS[1])
+if type(h) ~= 'table' or h.err then redis.call('DEL', KEYS[1]); h = {} end
+local day, tat, fences = 0, 0, {}
+local all, own, fields = {r = 0, f = 0, p = 0, q = 0, c = 0}, {r = 0, f = 0, p = 0, q = 0, c = 0}, {}
+for i = 1, #h, 2 do
+  local name, v = h[i], tonumber(h[i + 1])
+  if name == 'day' then day = v or 0
+  elseif name == 'tat' then tat = v or 0
+  elseif string.sub(name, 1, 2) == 'x:' then fences[name] = true
+  elseif all[string.sub(name, 1, 1)] and string.sub(name, 2, 2) == ':' then fields[name] = v end
+end
+if tat ~= tat or tat > now + 86400000 then tat = 0 end
+local fresh = day ~= date
+for name, v in pairs(fields) do
+  if fresh or v == nil or v ~= v or v < 0 or v > 9e15 or v ~= math.floor(v) then
+    redis.call('HDEL', KEYS[1], name)
+  else
+    local kind = string.sub(name, 1, 1)
+    all[kind] = all[kind] + v
+    if string.sub(name, 3) == me then own[kind] = v end
+  end
+end
+if fresh then
+  for name in pairs(fences) do redis.call('HDEL', KEYS[1], name) end
+  fences = {}
+end
+-- What the calling replica has of `kind` on its date: its own field is set to the larger.
+local function report(kind, mine)
+  mine = tonumber(mine)
+  if their_date ~= date or mine <= own[kind] then return end
+  redis.call('HSET', KEYS[1], kind .. ':' .. me, mine)
+  all[kind] = all[kind] + mine - own[kind]
+  own[kind] = mine
+end
+report('r', ARGV[4])
+report('f', ARGV[5])
+local function keep()
+  redis.call('HSET', KEYS[1], 'day', date, 'tat', tat)
+  redis.call('PEXPIREAT', KEYS[1], math.max(day_end, tat) + 3600000)
+end
+";
+
+/// Admits one request of a client with a shared limit. ARGV: the prelude's, then its daily
+/// request limit and free-request limit (-1: none), 1 if the request is for free models,
+/// the per-minute limiter's interval and burst tolerance (ms; 0 interval: none), the
+/// admission's number. Returns `{0}` (admitted: one request, and one free request if free,
+/// counted as this replica's), `{1}` (daily request limit reached), `{2}` (daily
+/// free-request limit reached), `{3, wait}` (per-minute limit), `{4}` (fenced).
+pub static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DAY_PRELUDE}{CLIENT_PRELUDE}
+local fence = 'x:' .. me .. ':' .. ARGV[11]
+if fences[fence] then
+  redis.call('HDEL', KEYS[1], fence)
+  return {{4}}
+end
+local limit, free_limit, free = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
+local interval, tolerance = tonumber(ARGV[9]), tonumber(ARGV[10])
+keep()
+if limit >= 0 and all.r >= limit then return {{1}} end
+if free and free_limit >= 0 and all.f >= free_limit then return {{2}} end
+if interval > 0 then
+  tat = math.max(tat, now)
+  if tat - now > tolerance then return {{3, tat - tolerance - now}} end
+  tat = tat + interval
+  keep()
+end
+redis.call('HINCRBY', KEYS[1], 'r:' .. me, 1)
+if free then redis.call('HINCRBY', KEYS[1], 'f:' .. me, 1) end
+return {{0}}"
+    ))
+});
+
+/// Gives back a request [`ADMIT`] counted that never reached OpenRouter. ARGV: the
+/// replica's date, its name, 1 if it was a free-model request.
+pub static GIVE_BACK_CLIENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local kinds = ARGV[3] == '1' and {'r', 'f'} or {'r'}
+if tonumber(redis.call('HGET', KEYS[1], 'day')) ~= tonumber(ARGV[1]) then return 0 end
+for _, kind in ipairs(kinds) do
+  local field = kind .. ':' .. ARGV[2]
+  if (tonumber(redis.call('HGET', KEYS[1], field)) or 0) >= 1 then
+    redis.call('HINCRBY', KEYS[1], field, -1)
+  end
+end
+return 1",
+    )
+});
+
+/// Merges one replica's counts of a client. ARGV: the prelude's, then its own prompt
+/// tokens, completion tokens and nano-USD of its date, then the admissions it stopped
+/// waiting for, fenced. Returns `{date, own requests, own free requests, the others'
+/// requests, free requests, prompt tokens, completion tokens, nano-USD}`.
+pub static SYNC_CLIENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DAY_PRELUDE}{CLIENT_PRELUDE}
+report('p', ARGV[6])
+report('q', ARGV[7])
+report('c', ARGV[8])
+for i = 9, #ARGV do redis.call('HSET', KEYS[1], 'x:' .. me .. ':' .. ARGV[i], 1) end
+keep()
+return {{date, own.r, own.f, all.r - own.r, all.f - own.f, all.p - own.p, all.q - own.q, all.c - own.c}}"
+    ))
+});
+
 /// Every script, for loading them again after Redis lost them (`NOSCRIPT`).
-pub fn all() -> [&'static Script; 6] {
+pub fn all() -> [&'static Script; 9] {
     [
         &PICK,
+        &ADMIT,
+        &GIVE_BACK_CLIENT,
+        &SYNC_CLIENT,
         &GIVE_BACK,
         &SYNC_ACCOUNT,
         &SYNC_KEY,
