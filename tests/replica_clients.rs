@@ -17,7 +17,8 @@ use http_body_util::Full;
 const SECOND: Duration = Duration::from_secs(1);
 const PLANNER_KEY: &str = "pk-planner-0123456789";
 
-/// A fleet of `n` replicas whose `CONFIG_FILE` defines client `planner` with `limits`.
+/// A fleet of `n` replicas whose `CONFIG_FILE` defines client `planner` with `limits`,
+/// logging at `trace`.
 async fn fleet_with_planner(
     n: usize,
     upstream: &Upstream,
@@ -33,6 +34,7 @@ async fn fleet_with_planner(
         ("CONFIG_FILE", file.to_str().unwrap()),
         ("MAX_WAIT", "0"),
         ("OPENROUTER_KEYS", keys.as_str()),
+        ("LOG_LEVEL", "trace"),
     ];
     let fleet = Fleet::start(n, upstream, &redis.url(), &vars).await;
     assert!(
@@ -83,7 +85,8 @@ async fn planner_today(replica: &Running) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn two_replicas_share_a_clients_daily_limits_exactly_and_add_up_its_tokens() {
+async fn two_replicas_share_a_clients_daily_limits_exactly_add_up_its_tokens_and_never_show_its_key(
+) {
     let Some(redis) = RedisServer::start("replicas_share_a_clients_limits", None) else {
         return;
     };
@@ -138,10 +141,41 @@ async fn two_replicas_share_a_clients_daily_limits_exactly_and_add_up_its_tokens
         .unwrap();
     assert!((cost - 0.025).abs() < 1e-9, "{cost}");
 
-    // Redis holds the client by name, never its key.
+    // Redis holds the client by name. Nothing anywhere holds its key or the key's hash:
+    // Redis, the logs at trace, /key_status, /metrics, the state files.
     let dump = redis.dump();
     assert!(dump.contains("c:planner"), "{dump}");
-    assert!(!dump.contains(PLANNER_KEY), "{dump}");
+    let hash: String = openrouter_proxy::config::file::sha256(PLANNER_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut outputs = vec![("Redis".to_owned(), dump)];
+    let mut fleet = fleet;
+    for (i, replica) in fleet.replicas.iter().enumerate() {
+        outputs.push((
+            format!("/key_status {i}"),
+            replica.key_status().await.to_string(),
+        ));
+        outputs.push((format!("/metrics {i}"), text_of(replica, "/metrics").await));
+    }
+    for (i, replica) in fleet.replicas.iter_mut().enumerate() {
+        replica.signal("TERM");
+        replica.wait(10 * SECOND);
+        outputs.push((format!("log {i}"), replica.log_text()));
+        outputs.push((
+            format!("state file {i}"),
+            std::fs::read_to_string(&fleet.states[i]).unwrap(),
+        ));
+    }
+    for (place, text) in &outputs {
+        assert!(!text.is_empty(), "{place} is empty");
+        for secret in [PLANNER_KEY, &PLANNER_KEY[..12], hash.as_str(), &hash[..16]] {
+            assert!(!text.contains(secret), "{place} holds {secret}:\n{text}");
+        }
+    }
+    assert!(outputs
+        .iter()
+        .any(|(place, text)| place.starts_with("log") && text.contains("TRACE")));
 }
 
 #[tokio::test]

@@ -82,10 +82,11 @@ impl Client {
     }
 
     /// Tokens and cost are known only when a request ends: one is admitted while today's
-    /// total is under the limit, so the one that crosses it completes.
+    /// total (the fleet's, as the last merge said) is under the limit, so the one that
+    /// crosses it completes.
     fn check_spend(&self, today: Today) -> Result<(), ProxyError> {
         let limits = &self.spec.limits;
-        let spent = self.counts.spent.today(today.date);
+        let spent = self.spent_on(today.date);
         let tokens = spent.prompt_tokens.saturating_add(spent.completion_tokens);
         if let Some(limit) = limits.tokens_per_day.filter(|l| tokens >= *l) {
             return Err(self.over(

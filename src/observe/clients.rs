@@ -52,7 +52,7 @@ pub fn key(app: &App, client: &Client) -> Response<Bytes> {
     let date = today(app);
     let limits = &client.spec.limits;
     let (requests, free) = client.requests_on(date);
-    let spent = client.counts.spent.today(date);
+    let spent = client.spent_on(date);
     let usd = |nano: u64| nano as f64 / 1e9;
     let limit = limits.nano_usd_per_day.map(usd);
     let free_limit = limits.free_requests_per_day;
