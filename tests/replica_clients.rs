@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -145,10 +146,12 @@ async fn two_replicas_share_a_clients_daily_limits_exactly_add_up_its_tokens_and
     // Redis, the logs at trace, /key_status, /metrics, the state files.
     let dump = redis.dump();
     assert!(dump.contains("c:planner"), "{dump}");
-    let hash: String = openrouter_proxy::config::file::sha256(PLANNER_KEY.as_bytes())
+    let hash = openrouter_proxy::config::file::sha256(PLANNER_KEY.as_bytes())
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
     let mut outputs = vec![("Redis".to_owned(), dump)];
     let mut fleet = fleet;
     for (i, replica) in fleet.replicas.iter().enumerate() {

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Client, Counts, Refused};
 use crate::error::ProxyError;
-use crate::keys::Usage;
+use crate::keys::{Tally, Usage};
 use crate::shared::clients::Admitted;
 use crate::shared::Shared;
 
@@ -262,13 +262,18 @@ impl Ticket {
         // The next waiting request may start now.
         drop(permit);
         counts.in_flight.fetch_sub(1, Relaxed);
+        let now = crate::keys::now_ms();
         if let Some(usage) = usage {
             counts.spent.add(date, usage);
+            let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            counts.history.add(Tally::Tokens, tokens, now);
         }
         if sent {
             counts.lifetime[0].fetch_add(1, Relaxed);
+            counts.history.add(Tally::Requests, 1, now);
             if free {
                 counts.lifetime[1].fetch_add(1, Relaxed);
+                counts.history.add(Tally::FreeRequests, 1, now);
             }
         } else {
             // Unsettled before it is given back here, settled once Redis' part ran.

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{ClientSpec, Config};
 use crate::keys::share::{count_in, packed, Share};
-use crate::keys::{Gcra, Usage, UsageCounters};
+use crate::keys::{Gcra, History, Tally, Usage, UsageCounters};
 use crate::observe::logging::OncePerSecond;
 use allow::Allowlist;
 
@@ -90,6 +90,8 @@ pub struct Counts {
     refused: [AtomicU64; 6],
     /// One log line a second per reason, however many are refused.
     refusal_lines: [OncePerSecond; 6],
+    /// The last hour through this replica, a slot a minute (the status page's chart).
+    pub history: History,
 }
 
 impl Counts {
@@ -105,6 +107,7 @@ impl Counts {
             waiting: AtomicU64::new(0),
             refused: Default::default(),
             refusal_lines: Default::default(),
+            history: History::default(),
         }
     }
 }
@@ -255,7 +258,13 @@ impl Client {
         let _ = self.counts.refused[why as usize].fetch_update(Relaxed, Relaxed, |word| {
             Some(packed(date, count_in(word, date) + 1))
         });
-        if self.counts.refusal_lines[why as usize].allow(crate::keys::now_ms()) {
+        // The chart counts every request, the proxy's own 429s among them.
+        let now = crate::keys::now_ms();
+        self.counts.history.add(Tally::Requests, 1, now);
+        if why != Refused::Model {
+            self.counts.history.add(Tally::Proxy429, 1, now);
+        }
+        if self.counts.refusal_lines[why as usize].allow(now) {
             log::warn!(
                 "refused a request of client {}: {} (today: {})",
                 self.name(),
@@ -304,6 +313,7 @@ impl Client {
             },
             "in_flight": self.counts.in_flight.load(Relaxed),
             "waiting": self.counts.waiting.load(Relaxed),
+            "history": self.counts.history.to_json(crate::keys::now_ms()),
             "lifetime": {
                 "requests": self.counts.lifetime[0].load(Relaxed),
                 "free_requests": self.counts.lifetime[1].load(Relaxed),

@@ -88,6 +88,7 @@ check "today's tokens of all accounts" '23 tokens today'
 check "a row per client" 'data-client="planner"'
 check "a client's use against its limits" 'requests 0 / 100'
 check "a client's refusals by reason" 'refused: model 1'
+check "the last hour split by client" 'data-chart="client planner"'
 for secret in "$blocked" "$daily" "$active" "$one_a_day" "$alice2" "$proxy_key" "$client_key"; do
   if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
 done
