@@ -9,11 +9,9 @@ mod common;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::fleet::*;
 use common::redis_server::RedisServer;
 use common::*;
-use http_body_util::Full;
 
 const SECOND: Duration = Duration::from_secs(1);
 const PLANNER_KEY: &str = "pk-planner-0123456789";
@@ -46,34 +44,10 @@ async fn fleet_with_planner(
     (fleet, dir)
 }
 
-async fn planner_chat(url: String, model: String) -> Answer {
-    let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
-    send(
-        hyper::Request::builder()
-            .method("POST")
-            .uri(url)
-            .header("authorization", format!("Bearer {PLANNER_KEY}"))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap(),
-    )
-    .await
-}
-
 /// `total` chats of the planner for `model`, `at_once` at a time, spread over the
 /// replicas in turn; their answers.
 async fn planner_chats(fleet: &Fleet, model: &str, total: usize, at_once: usize) -> Vec<Answer> {
-    let mut answers = Vec::new();
-    let mut sent = 0;
-    while sent < total {
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in sent..(sent + at_once).min(total) {
-            let url = fleet.replicas[i % fleet.replicas.len()].url("/api/v1/chat/completions");
-            tasks.spawn(planner_chat(url, model.to_owned()));
-        }
-        sent += tasks.len();
-        answers.extend(tasks.join_all().await);
-    }
-    answers
+    fleet.chats_as(PLANNER_KEY, model, total, at_once).await
 }
 
 fn served(answers: &[Answer]) -> usize {

@@ -85,20 +85,34 @@ impl Fleet {
         }
     }
 
-    /// `total` chats for `model`, `at_once` at a time, spread over the replicas in turn.
+    /// `total` chats for `model` with the proxy key, `at_once` at a time, spread over the
+    /// replicas in turn; their statuses.
     pub async fn chats(&self, model: &str, total: usize, at_once: usize) -> Vec<u16> {
-        let mut statuses = Vec::new();
+        let answers = self.chats_as(PROXY_KEY, model, total, at_once).await;
+        answers.iter().map(|a| a.status).collect()
+    }
+
+    /// `total` chats for `model` with bearer `key`, `at_once` at a time, spread over the
+    /// replicas in turn; their answers.
+    pub async fn chats_as(
+        &self,
+        key: &str,
+        model: &str,
+        total: usize,
+        at_once: usize,
+    ) -> Vec<Answer> {
+        let mut answers = Vec::new();
         let mut sent = 0;
         while sent < total {
             let mut tasks = tokio::task::JoinSet::new();
             for i in sent..(sent + at_once).min(total) {
                 let url = self.replicas[i % self.replicas.len()].url("/api/v1/chat/completions");
-                tasks.spawn(chat_at(url, model.to_owned()));
+                tasks.spawn(chat_as(url, key.to_owned(), model.to_owned()));
             }
             sent += tasks.len();
-            statuses.extend(tasks.join_all().await);
+            answers.extend(tasks.join_all().await);
         }
-        statuses
+        answers
     }
 
     /// Waits until every replica's /key_status satisfies `check`.
@@ -125,14 +139,21 @@ impl Fleet {
 }
 
 pub async fn chat_at(url: String, model: String) -> u16 {
+    chat_as(url, PROXY_KEY.to_owned(), model).await.status
+}
+
+/// A chat for `model` at `url` with bearer `key`.
+pub async fn chat_as(url: String, key: String, model: String) -> Answer {
     let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
     send(
-        request("POST", &url)
+        hyper::Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("authorization", format!("Bearer {key}"))
             .body(Full::new(Bytes::from(body)))
             .unwrap(),
     )
     .await
-    .status
 }
 
 pub async fn text_of(replica: &Running, path: &str) -> String {
