@@ -92,15 +92,7 @@ fn admission(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let today = |now: i64| {
-        let day = keys.calendar().today(now);
-        Today {
-            date: day.date,
-            end_ms: day.end_ms,
-            now_ms: now,
-            offset_ms: keys.calendar().utc_offset_ms(now),
-        }
-    };
+    let today = |now: i64| Today::new(keys.calendar(), now);
     let mut group = c.benchmark_group("admit_and_pick_50_clients");
     group.bench_function("block_on_empty", |b| {
         b.iter(|| runtime.block_on(async { black_box(1) }));

@@ -50,6 +50,37 @@ async fn planner_chats(fleet: &Fleet, model: &str, total: usize, at_once: usize)
     fleet.chats_as(PLANNER_KEY, model, total, at_once).await
 }
 
+/// From Redis' slow log: the scripts run with two keys (an account pick that counts a
+/// client's request) and the client admissions (one key, the client's hash, and the 11
+/// arguments of `ADMIT`; the merge's client script has 8).
+fn client_scripts(redis: &RedisServer) -> (usize, usize) {
+    let redis::Value::Array(entries) = redis.command(&["SLOWLOG", "GET", "-1"]) else {
+        panic!("SLOWLOG GET answers an array");
+    };
+    let mut counts = (0, 0);
+    for entry in entries {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| redis::from_redis_value::<String>(a.clone()).unwrap_or_default())
+            .collect();
+        if !args[0].eq_ignore_ascii_case("evalsha") {
+            continue;
+        }
+        match args[2].as_str() {
+            "2" => counts.0 += 1,
+            "1" if args[3].contains("c:planner") && args.len() == 4 + 11 => counts.1 += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
 fn served(answers: &[Answer]) -> usize {
     answers.iter().filter(|a| a.status == 200).count()
 }
@@ -80,9 +111,20 @@ async fn two_replicas_share_a_clients_daily_limits_exactly_add_up_its_tokens_and
     )
     .await;
 
-    // Free requests from both replicas at once: 15 for the fleet, not 15 each.
+    // Free requests from both replicas at once: 15 for the fleet, not 15 each. Each is
+    // counted for the client by its key's pick, in the same script (Redis' slow log, at 0
+    // µs, records every command): no admission script of its own.
+    redis.command(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    redis.command(&["CONFIG", "SET", "slowlog-max-len", "100000"]);
+    redis.command(&["SLOWLOG", "RESET"]);
     let answers = planner_chats(&fleet, FREE, 40, 8).await;
     assert_eq!(served(&answers), 15);
+    let (picks_with_client, admissions) = client_scripts(&redis);
+    assert!(
+        picks_with_client >= 15,
+        "{picks_with_client} picks counted the client"
+    );
+    assert_eq!(admissions, 0, "free requests took an admission round trip");
     let refused = answers.iter().find(|a| a.status == 429).unwrap();
     assert!(
         refused
@@ -91,9 +133,13 @@ async fn two_replicas_share_a_clients_daily_limits_exactly_add_up_its_tokens_and
         "{}",
         refused.text()
     );
-    // Paid requests take what is left of the daily request limit: 10.
+    // Paid requests take what is left of the daily request limit: 10, each admitted by
+    // one round trip (a paid request waits for no pick in Redis).
+    redis.command(&["SLOWLOG", "RESET"]);
     let answers = planner_chats(&fleet, PAID, 20, 4).await;
     assert_eq!(served(&answers), 10);
+    let (picks_with_client, admissions) = client_scripts(&redis);
+    assert_eq!((picks_with_client, admissions), (0, 20));
     assert_eq!(chats_seen(&upstream).len(), 25);
 
     // Each replica shows the fleet's day: 25 requests, 15 free, 25 answers' tokens and cost.
@@ -156,22 +202,26 @@ async fn two_replicas_share_a_clients_daily_limits_exactly_add_up_its_tokens_and
 }
 
 #[tokio::test]
-async fn a_clients_per_minute_limit_holds_across_replicas() {
-    let Some(redis) = RedisServer::start("replicas_share_a_clients_rate", None) else {
-        return;
-    };
-    let upstream = Upstream::ok().await;
-    // 2 at once, then one every 30 s: alone, each replica would let 2 through.
-    let (fleet, _dir) =
-        fleet_with_planner(2, &upstream, &redis, "requests_per_minute = 2\nburst = 2").await;
-    let answers = planner_chats(&fleet, PAID, 8, 8).await;
-    assert_eq!(served(&answers), 2, "the fleet's burst is 2");
-    let busy = answers.iter().find(|a| a.status == 429).unwrap();
-    assert!(
-        busy.text().contains("requests_per_minute"),
-        "{}",
-        busy.text()
-    );
+async fn a_clients_per_minute_limit_holds_across_replicas_admitted_or_at_the_pick() {
+    // Paid requests are admitted by their own script; free ones at their key's pick.
+    for model in [PAID, FREE] {
+        let Some(redis) = RedisServer::start("replicas_share_a_clients_rate", None) else {
+            return;
+        };
+        let upstream = Upstream::ok().await;
+        // 2 at once, then one every 30 s: alone, each replica would let 2 through.
+        let (fleet, _dir) =
+            fleet_with_planner(2, &upstream, &redis, "requests_per_minute = 2\nburst = 2").await;
+        let answers = planner_chats(&fleet, model, 8, 8).await;
+        assert_eq!(served(&answers), 2, "{model}: the fleet's burst is 2");
+        assert_eq!(chats_seen(&upstream).len(), 2);
+        let busy = answers.iter().find(|a| a.status == 429).unwrap();
+        assert!(
+            busy.text().contains("requests_per_minute"),
+            "{}",
+            busy.text()
+        );
+    }
 }
 
 #[tokio::test]
@@ -189,8 +239,9 @@ async fn while_redis_is_away_each_replica_keeps_a_client_to_its_share_of_what_is
             .await
     );
     redis.kill();
-    // 16 left: 8 each, whatever each is asked.
-    let answers = planner_chats(&fleet, PAID, 30, 3).await;
+    // 16 left: 8 each, whatever each is asked (free requests: the first picks may find
+    // Redis gone before the replica knows, and decide alone there).
+    let answers = planner_chats(&fleet, FREE, 30, 3).await;
     assert_eq!(served(&answers), 16);
     assert_eq!(chats_seen(&upstream).len(), 20);
     for replica in &fleet.replicas {

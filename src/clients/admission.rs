@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Client, Counts, Refused};
 use crate::error::ProxyError;
-use crate::keys::{Tally, Usage};
+use crate::keys::{Calendar, Tally, Usage};
 use crate::shared::clients::Admitted;
 use crate::shared::Shared;
 
@@ -30,8 +30,19 @@ pub struct Ticket {
     date: u32,
     free: bool,
     permit: Option<OwnedSemaphorePermit>,
-    /// Set when Redis counted it: a request that never reached OpenRouter is given back there.
-    counted_in: Option<Arc<Shared>>,
+    /// Where its units were taken.
+    taken: Taken,
+}
+
+/// Where a request's units were taken.
+pub enum Taken {
+    /// Here (no Redis, no shared limit, or Redis away).
+    Here,
+    /// In Redis by its admission: a request that never reached OpenRouter is given back there.
+    InRedis(Arc<Shared>),
+    /// Not yet: its key's pick counts it for the fleet (a free request with `REDIS_URL`), so
+    /// one that never picked has nothing to give back.
+    AtPick,
 }
 
 /// The quota day's date and its end (epoch ms), for counts and `Retry-After`.
@@ -42,6 +53,20 @@ pub struct Today {
     pub now_ms: i64,
     /// `TIMEZONE`'s offset from UTC now (ms), for Redis to find the same quota day.
     pub offset_ms: i64,
+}
+
+impl Today {
+    /// The quota day of `calendar` at `now_ms`.
+    #[must_use]
+    pub fn new(calendar: &Calendar, now_ms: i64) -> Today {
+        let day = calendar.today(now_ms);
+        Today {
+            date: day.date,
+            end_ms: day.end_ms,
+            now_ms,
+            offset_ms: calendar.utc_offset_ms(now_ms),
+        }
+    }
 }
 
 impl Client {
@@ -65,7 +90,7 @@ impl Client {
         self.check_spend(today)?;
         let began = tokio::time::Instant::now();
         let permit = self.wait_turn(today, max_wait).await?;
-        let counted_in = self
+        let taken = self
             .take_units(today, free, shared, began + max_wait)
             .await?;
         let waited = began.elapsed();
@@ -77,7 +102,7 @@ impl Client {
             date: today.date,
             free,
             permit,
-            counted_in,
+            taken,
         })
     }
 
@@ -112,51 +137,86 @@ impl Client {
 
     /// Takes one unit of today's requests (and free requests), within the limits: in Redis
     /// for the fleet when the client has a shared limit and Redis is in use (returned, for
-    /// a give-back), else here (within this replica's share while Redis is away).
+    /// a give-back), else here (within this replica's share while Redis is away). A free
+    /// request for the fleet is counted by its key's pick, in the same round trip
+    /// ([`Taken::AtPick`]); here it is only refused early if the fleet's count as last
+    /// heard is at a limit.
     async fn take_units(
         &self,
         today: Today,
         free: bool,
         shared: Option<&Arc<Shared>>,
         deadline: tokio::time::Instant,
-    ) -> Result<Option<Arc<Shared>>, ProxyError> {
+    ) -> Result<Taken, ProxyError> {
         let counts = &self.counts;
         let Some(shared) = shared.filter(|_| self.has_shared_limit(free)) else {
-            self.take_here(today, free)?;
-            return Ok(None);
+            self.take_here(today.date, free)
+                .map_err(|why| self.refusal(why, today))?;
+            return Ok(Taken::Here);
         };
+        if free && shared.in_use() {
+            self.reached(today.date, free)
+                .map_err(|why| self.refusal(why, today))?;
+            return Ok(Taken::AtPick);
+        }
         // Until what is decided is counted here: a merge meanwhile does not count it twice.
         let _requests = counts.requests.unsettled();
         let _free = free.then(|| counts.free_requests.unsettled());
         match shared.admit(self, free, today, deadline).await {
-            Admitted::Taken => Ok(Some(Arc::clone(shared))),
-            Admitted::OverRequests => Err(self.over_requests(today)),
-            Admitted::OverFree => Err(self.over_free_requests(today)),
+            Admitted::Taken => Ok(Taken::InRedis(Arc::clone(shared))),
+            Admitted::Over(why) => Err(self.refusal(why, today)),
             Admitted::Busy => Err(self.busy(today)),
-            Admitted::Away => self.take_here(today, free).map(|()| None),
+            Admitted::Away => self
+                .take_here(today.date, free)
+                .map(|()| Taken::Here)
+                .map_err(|why| self.refusal(why, today)),
         }
     }
 
-    /// Takes the units here: the fleet's count as last heard, or this replica's share of
-    /// what is left while Redis is away.
-    fn take_here(&self, today: Today, free: bool) -> Result<(), ProxyError> {
+    /// Takes the units here: within the fleet's count as last heard, or this replica's
+    /// share of what is left while Redis is away.
+    pub(crate) fn take_here(&self, date: u32, free: bool) -> Result<(), Refused> {
         let limits = &self.spec.limits;
         let counts = &self.counts;
-        if !counts
-            .requests
-            .take_within(today.date, limits.requests_per_day)
-        {
-            return Err(self.over_requests(today));
+        if !counts.requests.take_within(date, limits.requests_per_day) {
+            return Err(Refused::RequestsPerDay);
         }
         if free
             && !counts
                 .free_requests
-                .take_within(today.date, limits.free_requests_per_day)
+                .take_within(date, limits.free_requests_per_day)
         {
-            counts.requests.count_mine(today.date, true);
-            return Err(self.over_free_requests(today));
+            counts.requests.count_mine(date, true);
+            return Err(Refused::FreeRequestsPerDay);
         }
         Ok(())
+    }
+
+    /// Whether the fleet's count as last heard is at a daily limit (nothing is taken).
+    fn reached(&self, date: u32, free: bool) -> Result<(), Refused> {
+        let limits = &self.spec.limits;
+        let (requests, free_requests) = self.requests_on(date);
+        if limits.requests_per_day.is_some_and(|l| requests >= l) {
+            return Err(Refused::RequestsPerDay);
+        }
+        if free
+            && limits
+                .free_requests_per_day
+                .is_some_and(|l| free_requests >= l)
+        {
+            return Err(Refused::FreeRequestsPerDay);
+        }
+        Ok(())
+    }
+
+    /// The 429 of daily limit `why` (the request or free-request limit).
+    #[must_use]
+    pub fn refusal(&self, why: Refused, today: Today) -> ProxyError {
+        if why == Refused::FreeRequestsPerDay {
+            self.over_free_requests(today)
+        } else {
+            self.over_requests(today)
+        }
     }
 
     fn over_requests(&self, today: Today) -> ProxyError {
@@ -214,7 +274,8 @@ impl Client {
     }
 
     /// The 429 of a request that waited `MAX_WAIT` for its turn.
-    fn busy(&self, today: Today) -> ProxyError {
+    #[must_use]
+    pub fn busy(&self, today: Today) -> ProxyError {
         self.count_refused(Refused::Busy, today.date);
         ProxyError::ClientBusy {
             message: format!(
@@ -248,6 +309,12 @@ impl Client {
 }
 
 impl Ticket {
+    /// Whether its key's pick counts it for the fleet ([`Taken::AtPick`]).
+    #[must_use]
+    pub fn counted_at_pick(&self) -> bool {
+        matches!(self.taken, Taken::AtPick)
+    }
+
     /// The request ended: its permit goes back, what its answer used is counted, and if it
     /// never reached OpenRouter its units are given back (it does not count).
     pub fn release(self, sent: bool, usage: Option<Usage>) {
@@ -256,7 +323,7 @@ impl Ticket {
             date,
             free,
             permit,
-            counted_in,
+            taken,
             ..
         } = self;
         // The next waiting request may start now.
@@ -276,9 +343,11 @@ impl Ticket {
                 counts.history.add(Tally::FreeRequests, 1, now);
             }
         } else {
-            // Unsettled before it is given back here, settled once Redis' part ran.
-            if let Some(shared) = &counted_in {
-                shared.give_back_client(&counts, date, free);
+            match &taken {
+                Taken::AtPick => return,
+                // Unsettled before it is given back here, settled once Redis' part ran.
+                Taken::InRedis(shared) => shared.give_back_client(&counts, date, free),
+                Taken::Here => {}
             }
             counts.requests.count_mine(date, true);
             if free {

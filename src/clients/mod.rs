@@ -182,6 +182,15 @@ impl Client {
             || (free && limits.free_requests_per_day.is_some())
     }
 
+    /// Counts a request of `date` (`free`: a free-model one) as this replica's: Redis
+    /// counted it for the fleet.
+    pub fn count_mine(&self, date: u32, free: bool) {
+        self.counts.requests.count_mine(date, false);
+        if free {
+            self.counts.free_requests.count_mine(date, false);
+        }
+    }
+
     /// Redis is away: this replica keeps to `1 / replicas` of what is left of each daily
     /// limit and of the per-minute rate (once; until [`Self::end_alone`]).
     pub fn go_alone(&self, date: u32, replicas: u32) {

@@ -15,6 +15,8 @@ use hyper::{Method, Request, Response, Uri};
 use log::warn;
 
 use crate::app::App;
+use crate::clients::admission::Today;
+use crate::clients::Client;
 use crate::error::ProxyError;
 use crate::forward::held::{hold, Held, HoldError, HoldLimits};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
@@ -85,6 +87,20 @@ pub struct Journey {
     pub fair_share: (Arc<str>, u32),
     /// How long it waited on purpose, for its client's turn and for keys.
     pub waited: Duration,
+    /// The client whose request its first confirmed pick counts for the fleet (a free
+    /// request with `REDIS_URL`, see `clients::admission::Taken::AtPick`); `None` once
+    /// counted, or when its admission counted it.
+    pub count_client: Option<Arc<Client>>,
+}
+
+/// What confirming a pick came to.
+enum Confirmation {
+    /// Taken (for the fleet, or alone).
+    Picked(Pick),
+    /// The fleet refused this key: pick again.
+    Again,
+    /// The client's per-minute limit for the fleet frees up in this many ms: pick again then.
+    ClientWait(i64),
 }
 
 impl Journey {
@@ -105,6 +121,7 @@ impl Journey {
             sent_at: None,
             fair_share: (Arc::from("operator"), 1),
             waited: Duration::ZERO,
+            count_client: None,
         }
     }
 
@@ -236,13 +253,15 @@ impl Journey {
             self.follow();
             let now = now_ms();
             match self.pool.pick(self.outgoing.demand, now, &self.excluded) {
-                Ok(pick) => {
-                    if let Some(pick) = self.confirm(pick, now).await {
-                        return Ok(pick);
-                    }
+                Ok(pick) => match self.confirm(pick, now).await? {
+                    Confirmation::Picked(pick) => return Ok(pick),
                     // The fleet refused it (its account is used up, blocked or throttled
                     // for the fleet); the local view knows now: pick again.
-                }
+                    Confirmation::Again => {}
+                    Confirmation::ClientWait(wait_ms) => {
+                        self.client_wait(wait_ms, deadline).await?;
+                    }
+                },
                 Err(unavailable) if unavailable.until_ms <= deadline => {
                     if self.takes_turns() {
                         return self.acquire_in_turn(deadline).await;
@@ -266,7 +285,7 @@ impl Journey {
     async fn acquire_in_turn(&mut self, deadline: i64) -> Result<Pick, ProxyError> {
         let app = Arc::clone(&self.app);
         let (client, weight) = self.fair_share.clone();
-        let place = app.fair.join(&client, weight);
+        let mut place = app.fair.join(&client, weight);
         loop {
             self.follow();
             let now = now_ms();
@@ -281,12 +300,20 @@ impl Journey {
                 continue;
             }
             match self.pool.pick(self.outgoing.demand, now, &self.excluded) {
-                Ok(pick) => {
-                    if let Some(pick) = self.confirm(pick, now).await {
+                Ok(pick) => match self.confirm(pick, now).await? {
+                    Confirmation::Picked(pick) => {
                         place.served();
                         return Ok(pick);
                     }
-                }
+                    Confirmation::Again => {}
+                    Confirmation::ClientWait(wait_ms) => {
+                        // Its client's rate is the bottleneck, not the pool: the line moves
+                        // on without it, and it joins again once its client has a slot.
+                        drop(place);
+                        self.client_wait(wait_ms, deadline).await?;
+                        place = app.fair.join(&client, weight);
+                    }
+                },
                 Err(unavailable) if unavailable.until_ms <= deadline => {
                     let pause = (unavailable.until_ms - now).max(1);
                     tokio::time::sleep(Duration::from_millis(pause as u64)).await;
@@ -296,18 +323,41 @@ impl Journey {
         }
     }
 
-    /// With `REDIS_URL`, confirms a free-model pick for the whole fleet in Redis (`None`: the
-    /// fleet refused it), or takes it alone while Redis is away.
-    async fn confirm(&self, pick: Pick, now: i64) -> Option<Pick> {
+    /// With `REDIS_URL`, confirms a free-model pick for the whole fleet in Redis, with the
+    /// request's client if its first pick counts it, or takes it alone while Redis is away.
+    /// A client's daily limit reached for the fleet ends the request with its 429.
+    async fn confirm(&mut self, pick: Pick, now: i64) -> Result<Confirmation, ProxyError> {
         let (Some(shared), Some(_)) = (&self.app.shared, pick.charged) else {
-            return Some(pick);
+            return Ok(Confirmation::Picked(pick));
         };
-        let via = match shared.confirm(&self.pool, pick, now).await {
+        let client = self.count_client.as_deref();
+        let via = match shared.confirm(&self.pool, pick, now, client).await {
             Confirmed::Taken => Via::Redis,
-            Confirmed::Refused => return None,
             Confirmed::Away => Via::Alone,
+            Confirmed::Refused => return Ok(Confirmation::Again),
+            Confirmed::ClientWait(wait_ms) => return Ok(Confirmation::ClientWait(wait_ms)),
+            Confirmed::ClientOver(why) => {
+                let client = client.expect("only a client's pick is refused for it");
+                return Err(client.refusal(why, Today::new(self.pool.calendar(), now)));
+            }
         };
-        Some(Pick { via, ..pick })
+        self.count_client = None;
+        Ok(Confirmation::Picked(Pick { via, ..pick }))
+    }
+
+    /// Waits `wait_ms` for the client's per-minute limit, or says it is busy if that is
+    /// past `deadline`.
+    async fn client_wait(&self, wait_ms: i64, deadline: i64) -> Result<(), ProxyError> {
+        let now = now_ms();
+        if now + wait_ms > deadline {
+            let client = self
+                .count_client
+                .as_ref()
+                .expect("only a client's pick waits for it");
+            return Err(client.busy(Today::new(self.pool.calendar(), now)));
+        }
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+        Ok(())
     }
 
     fn remaining(&self) -> Duration {

@@ -61,6 +61,9 @@ pub async fn forward(
     let mut journey = Journey::new(Arc::clone(app), outgoing, started);
     if let Some(ticket) = &ticket {
         journey.fair_share = (Arc::clone(&ticket.counts.name), ticket.weight);
+        if let (true, Caller::Client(client)) = (ticket.counted_at_pick(), &caller) {
+            journey.count_client = Some(Arc::clone(client));
+        }
     }
     let served = Served {
         method: journey.outgoing.method.clone(),
@@ -184,15 +187,7 @@ async fn admit(
         return Ok(None);
     };
     let now = now_ms();
-    let keys = app.keys();
-    let calendar = keys.calendar();
-    let day = calendar.today(now);
-    let today = Today {
-        date: day.date,
-        end_ms: day.end_ms,
-        now_ms: now,
-        offset_ms: calendar.utc_offset_ms(now),
-    };
+    let today = Today::new(app.keys().calendar(), now);
     let models = model
         .model
         .iter()

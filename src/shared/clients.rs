@@ -1,8 +1,10 @@
 //! Clients across the fleet: with `REDIS_URL`, a client's daily request and
 //! free-request limits and its per-minute limit hold for the whole fleet. A
-//! request of a client with one of them is admitted by one script in Redis
-//! ([`Shared::admit`]), which counts it as this replica's; its tokens and cost
-//! and its counts of clients without such limits travel with the merge. As for
+//! free-model request of a client with one of them is counted by its key's pick
+//! script ([`Shared::confirm`] with the client: one round trip for both); a
+//! paid-model one is admitted by a script of its own ([`Shared::admit`]); either
+//! counts it as this replica's. Its tokens and cost, and the counts of clients
+//! without such limits, travel with the merge. As for
 //! accounts, each replica writes only its own absolute counts (`r:<replica>`, …),
 //! an admission it stopped waiting for is fenced, and while Redis is away each
 //! replica keeps a client to `1 / replicas` of what is left of each daily limit
@@ -14,21 +16,30 @@ use redis::Value;
 
 use super::{scripts, Shared, Waiting};
 use crate::clients::admission::Today;
-use crate::clients::{Client, Counts};
+use crate::clients::{Client, Counts, Refused};
 use crate::keys::Usage;
 
 /// What Redis said about a client's request.
 pub enum Admitted {
     /// Counted for the fleet.
     Taken,
-    /// The fleet reached the client's daily request limit.
-    OverRequests,
-    /// The fleet reached the client's daily free-request limit.
-    OverFree,
+    /// The fleet reached one of the client's daily limits.
+    Over(Refused),
     /// The client's per-minute limit had no slot before the deadline.
     Busy,
     /// Redis is away: decide alone (the client's share is taken).
     Away,
+}
+
+/// Why a script did not count a client's request (`admit_client`'s `{5, which}` or
+/// `{6, wait}`), if that is what `answer` says.
+pub(super) fn client_refused(answer: &[i64]) -> Option<Result<Refused, i64>> {
+    match answer {
+        [5, 1, ..] => Some(Ok(Refused::RequestsPerDay)),
+        [5, _, ..] => Some(Ok(Refused::FreeRequestsPerDay)),
+        [6, wait, ..] => Some(Err(*wait)),
+        _ => None,
+    }
 }
 
 impl Shared {
@@ -102,19 +113,15 @@ impl Shared {
         waiting.answered();
         // Redis decides again: the share taken while it was away is given up.
         client.end_alone();
-        match answer.first().copied() {
-            Some(0) => {
-                counts.requests.count_mine(today.date, false);
-                if free {
-                    counts.free_requests.count_mine(today.date, false);
-                }
+        match client_refused(&answer) {
+            Some(Ok(why)) => Err(Admitted::Over(why)),
+            Some(Err(wait_ms)) => Ok(Some(wait_ms)),
+            None if answer.first() == Some(&0) => {
+                client.count_mine(today.date, free);
                 Ok(None)
             }
-            Some(1) => Err(Admitted::OverRequests),
-            Some(2) => Err(Admitted::OverFree),
-            Some(3) => Ok(Some(answer.get(1).copied().unwrap_or(1))),
             // `{4}` (fenced) answers only an admission nobody waits for any more.
-            _ => Err(Admitted::Busy),
+            None => Err(Admitted::Busy),
         }
     }
 

@@ -176,12 +176,7 @@ impl Plan {
                 .arg(key.user_id.get().map_or("", String::as_str));
             totals.push(values);
         }
-        let today = Today {
-            date: day.date,
-            end_ms: day.end_ms,
-            now_ms: now,
-            offset_ms: pool.calendar().utc_offset_ms(now),
-        };
+        let today = Today::new(pool.calendar(), now);
         let clients = clients
             .all()
             .iter()

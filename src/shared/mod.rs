@@ -30,6 +30,7 @@ use log::{info, warn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
+use crate::clients::Client;
 use crate::config::RedisTarget;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Pick};
 use crate::observe::logging::plural;
@@ -83,6 +84,12 @@ pub enum Confirmed {
     Refused,
     /// Redis did not answer in time: decide alone.
     Away,
+    /// The client's daily limit for the fleet (or its share while alone) refuses the
+    /// request; nothing was taken.
+    ClientOver(crate::clients::Refused),
+    /// The client's per-minute limit for the fleet has a slot in this many ms; nothing was
+    /// taken.
+    ClientWait(i64),
 }
 
 impl Shared {
@@ -216,22 +223,34 @@ impl Shared {
 
     /// Confirms free-model `pick` (taken locally from `pool` at `now_ms`) for the fleet, or
     /// takes it alone while Redis is away; a pick taken either way is counted as this
-    /// replica's. A refusal is applied to the local view (block, used-up quota or limiter
-    /// spacing), so the next local pick looks elsewhere; its local unit and slot are given
-    /// back.
-    pub async fn confirm(&self, pool: &KeyPool, pick: Pick, now_ms: i64) -> Confirmed {
+    /// replica's, and so is the request of `client` (one whose admission left it to the
+    /// pick), in the same round trip. A refusal is applied to the local view (block,
+    /// used-up quota or limiter spacing), so the next local pick looks elsewhere; its local
+    /// unit and slot are given back.
+    pub async fn confirm(
+        &self,
+        pool: &KeyPool,
+        pick: Pick,
+        now_ms: i64,
+        client: Option<&Client>,
+    ) -> Confirmed {
         let Some((account_index, date)) = pick.charged else {
             return Confirmed::Taken;
         };
         let account = &pool.accounts()[account_index];
         if !self.in_use() {
-            account.share.count_mine(date, false);
-            return Confirmed::Away;
+            return self.alone(pool, pick, client);
         }
         let (name, args) = self.account_args(pool, account_index, now_ms);
         let seq = self.next_pick.fetch_add(1, Relaxed);
-        // Dropped last: a merge that sees the unit settled sees it counted.
+        // Dropped last: a merge that sees the units settled sees them counted.
         let _unsettled = account.share.unsettled();
+        let _client_unsettled = client.map(|c| {
+            (
+                c.counts.requests.unsettled(),
+                c.counts.free_requests.unsettled(),
+            )
+        });
         let mut waiting = Waiting::new(self, &name, seq);
         let (mine, others) = merge::report(account, date, now_ms);
         let mut invocation = scripts::PICK.prepare_invoke();
@@ -242,6 +261,19 @@ impl Shared {
             .arg(mine)
             .arg(others)
             .arg(seq);
+        if let Some(client) = client {
+            let limits = &client.spec.limits;
+            let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+            let (interval, tolerance) = client.limiter_shape_ms().unwrap_or((0, 0));
+            invocation
+                .key(self.names.client(client.name()))
+                .arg(client.counts.requests.mine_on(date))
+                .arg(client.counts.free_requests.mine_on(date))
+                .arg(limit(limits.requests_per_day))
+                .arg(limit(limits.free_requests_per_day))
+                .arg(interval)
+                .arg(tolerance);
+        }
         // A connection Redis dropped (it restarted) is replaced and the script sent again:
         // it cannot have run on a Redis that was not there (a connection cut between a
         // script's run and its answer would count one unit too many, never one too few).
@@ -260,18 +292,27 @@ impl Shared {
                 // the script too, should it still run.
                 waiting.fence();
                 self.lost(pool, &why);
-                account.share.count_mine(date, false);
-                return Confirmed::Away;
+                return self.alone(pool, pick, client);
             }
         };
         waiting.answered();
         if answer.first() == Some(&0) {
             account.share.count_mine(date, false);
+            if let Some(client) = client {
+                client.end_alone();
+                client.count_mine(date, true);
+            }
             return Confirmed::Taken;
         }
         // Given back before the refusal is applied: giving back the local slot after
         // deferring the limiter would move it back one interval, before the fleet's.
         pool.give_back(pick);
+        if let Some(refused) = clients::client_refused(&answer) {
+            return match refused {
+                Ok(why) => Confirmed::ClientOver(why),
+                Err(wait_ms) => Confirmed::ClientWait(wait_ms.clamp(1, 60_000)),
+            };
+        }
         let wait = answer.get(1).copied().unwrap_or(0);
         // Bounded like every value read back: a wait is at most a quota day and a bit.
         let until = now_ms.saturating_add(wait.clamp(1, merge::FAR_MS));
@@ -296,6 +337,23 @@ impl Shared {
             _ => {}
         }
         Confirmed::Refused
+    }
+
+    /// Takes `pick` (and `client`'s request) alone, within this replica's share: Redis is
+    /// away.
+    fn alone(&self, pool: &KeyPool, pick: Pick, client: Option<&Client>) -> Confirmed {
+        let Some((account_index, date)) = pick.charged else {
+            return Confirmed::Away;
+        };
+        if let Some(client) = client {
+            client.go_alone(date, self.fleet_or_assumed());
+            if let Err(why) = client.take_here(date, true) {
+                pool.give_back(pick);
+                return Confirmed::ClientOver(why);
+            }
+        }
+        pool.accounts()[account_index].share.count_mine(date, false);
+        Confirmed::Away
     }
 
     /// Gives back, here and in Redis, what [`Self::confirm`] took for `pick` (its attempt

@@ -139,16 +139,20 @@ end
 if fresh or repaired == 1 then keep() end
 ";
 
-/// Confirms one free-model pick for the fleet. ARGV: the prelude's, then the replica's
-/// date, the units it sent in the window and what it last heard the others had sent (-1
-/// each when its window may have ended for Redis): so a Redis that lost its data knows at
-/// least what this replica knows before it decides; then the pick's number. Returns `{0}`
-/// (taken: one unit counted as this replica's and one slot), `{1, wait, reason}`
-/// (blocked), `{2, wait}` (quota used up), `{3, wait}` (throttled), `{4}` (fenced: the
-/// replica stopped waiting, nothing is taken).
+/// Confirms one free-model pick for the fleet, and with a second key, counts its request
+/// for the client whose hash that is (one round trip for both). ARGV: the prelude's, then
+/// the replica's date, the units it sent in the window and what it last heard the others
+/// had sent (-1 each when its window may have ended for Redis): so a Redis that lost its
+/// data knows at least what this replica knows before it decides; then the pick's number;
+/// with a client, its own requests and free requests of the date, its daily request and
+/// free-request limits (-1: none), its limiter's interval and tolerance (ms). Returns `{0}`
+/// (taken: one unit counted as this replica's and one slot, and the client's request),
+/// `{1, wait, reason}` (blocked), `{2, wait}` (quota used up), `{3, wait}` (throttled),
+/// `{4}` (fenced: the replica stopped waiting, nothing is taken), or the client's refusal
+/// (`admit_client`; the account takes nothing).
 pub static PICK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{DAY_PRELUDE}{ACCOUNT_PRELUDE}
+        "{DAY_PRELUDE}{ACCOUNT_PRELUDE}{CLIENT_FUNCTIONS}
 local fence = 'x:' .. ARGV[5] .. ':' .. ARGV[9]
 if fences[fence] then
   redis.call('HDEL', KEYS[1], fence)
@@ -162,9 +166,15 @@ if used() >= limit then
   if wend > 0 then reset = wend end
   return {{2, math.max(reset - now, 0)}}
 end
-tat = math.max(tat, now)
-if tat - now > tolerance then return {{3, tat - tolerance - now}} end
-tat = tat + interval
+local next_tat = math.max(tat, now)
+if next_tat - now > tolerance then return {{3, next_tat - tolerance - now}} end
+if KEYS[2] then
+  local c = open_client(KEYS[2], ARGV[5], tonumber(ARGV[6]), ARGV[10], ARGV[11])
+  local refused = admit_client(c, tonumber(ARGV[12]), tonumber(ARGV[13]), true,
+    tonumber(ARGV[14]), tonumber(ARGV[15]))
+  if refused then return refused end
+end
+tat = next_tat + interval
 redis.call('HINCRBY', KEYS[1], mine_field, 1)
 keep()
 return {{0}}"
@@ -283,84 +293,94 @@ return 1",
 });
 
 /// Client hash fields: `day` (as for accounts), `r:<replica>`, `f:<replica>` (the requests
-/// and free-model requests each replica admitted today and did not give back: absolute, as
-/// for accounts), `p:`, `q:`, `c:<replica>` (today's prompt tokens, completion tokens and
-/// nano-USD through each replica), `tat` (the per-minute limiter's arrival time) and fences
+/// and free-model requests each replica admitted today: absolute, as for accounts), `p:`,
+/// `q:`, `c:<replica>` (today's prompt tokens, completion tokens and nano-USD through each
+/// replica), `tat` (the per-minute limiter's arrival time) and fences
 /// `x:<replica>:<admission>` as for accounts. A value that is not a whole number in bounds
-/// is dropped. ARGV (every client script): the `TIMEZONE` offset (ms), the replica's name,
-/// its date, its own requests and free requests of that date.
-const CLIENT_PRELUDE: &str = r"
-local me, their_date = ARGV[2], tonumber(ARGV[3])
-local h = redis.pcall('HGETALL', KEYS[1])
-if type(h) ~= 'table' or h.err then redis.call('DEL', KEYS[1]); h = {} end
-local day, tat, fences = 0, 0, {}
-local all, own, fields = {r = 0, f = 0, p = 0, q = 0, c = 0}, {r = 0, f = 0, p = 0, q = 0, c = 0}, {}
-for i = 1, #h, 2 do
-  local name, v = h[i], tonumber(h[i + 1])
-  if name == 'day' then day = v or 0
-  elseif name == 'tat' then tat = v or 0
-  elseif string.sub(name, 1, 2) == 'x:' then fences[name] = true
-  elseif all[string.sub(name, 1, 1)] and string.sub(name, 2, 2) == ':' then fields[name] = v end
-end
-if tat ~= tat or tat > now + 86400000 then tat = 0 end
-local fresh = day ~= date
-for name, v in pairs(fields) do
-  if fresh or v == nil or v ~= v or v < 0 or v > 9e15 or v ~= math.floor(v) then
-    redis.call('HDEL', KEYS[1], name)
-  else
-    local kind = string.sub(name, 1, 1)
-    all[kind] = all[kind] + v
-    if string.sub(name, 3) == me then own[kind] = v end
+/// is dropped. Two functions, after [`DAY_PRELUDE`]: `open_client(key, replica, their date,
+/// own requests, own free requests)` reads a client's hash and reports the replica's own
+/// counts; `admit_client(c, limit, free limit, free, interval, tolerance)` counts one
+/// request as the replica's, or returns why not: `{5, 1}` (daily request limit), `{5, 2}`
+/// (daily free-request limit), `{6, wait}` (per-minute limit). Limits of -1: none.
+const CLIENT_FUNCTIONS: &str = r"
+local function open_client(key, me, their_date, mine_r, mine_f)
+  local c = {key = key, me = me, tat = 0, fences = {},
+    all = {r = 0, f = 0, p = 0, q = 0, c = 0}, own = {r = 0, f = 0, p = 0, q = 0, c = 0}}
+  local h = redis.pcall('HGETALL', key)
+  if type(h) ~= 'table' or h.err then redis.call('DEL', key); h = {} end
+  local day, fields = 0, {}
+  for i = 1, #h, 2 do
+    local name, v = h[i], tonumber(h[i + 1])
+    if name == 'day' then day = v or 0
+    elseif name == 'tat' then c.tat = v or 0
+    elseif string.sub(name, 1, 2) == 'x:' then c.fences[name] = true
+    elseif c.all[string.sub(name, 1, 1)] and string.sub(name, 2, 2) == ':' then fields[name] = v end
   end
+  if c.tat ~= c.tat or c.tat > now + 86400000 then c.tat = 0 end
+  local fresh = day ~= date
+  for name, v in pairs(fields) do
+    if fresh or v == nil or v ~= v or v < 0 or v > 9e15 or v ~= math.floor(v) then
+      redis.call('HDEL', key, name)
+    else
+      local kind = string.sub(name, 1, 1)
+      c.all[kind] = c.all[kind] + v
+      if string.sub(name, 3) == me then c.own[kind] = v end
+    end
+  end
+  if fresh then
+    for name in pairs(c.fences) do redis.call('HDEL', key, name) end
+    c.fences = {}
+  end
+  -- What the replica has of `kind` on its date: its own field is set to the larger.
+  function c.report(kind, mine)
+    mine = tonumber(mine)
+    if their_date ~= date or mine <= c.own[kind] then return end
+    redis.call('HSET', key, kind .. ':' .. me, mine)
+    c.all[kind] = c.all[kind] + mine - c.own[kind]
+    c.own[kind] = mine
+  end
+  function c.keep()
+    redis.call('HSET', key, 'day', date, 'tat', c.tat)
+    redis.call('PEXPIREAT', key, math.max(day_end, c.tat) + 3600000)
+  end
+  c.report('r', mine_r)
+  c.report('f', mine_f)
+  c.keep()
+  return c
 end
-if fresh then
-  for name in pairs(fences) do redis.call('HDEL', KEYS[1], name) end
-  fences = {}
-end
--- What the calling replica has of `kind` on its date: its own field is set to the larger.
-local function report(kind, mine)
-  mine = tonumber(mine)
-  if their_date ~= date or mine <= own[kind] then return end
-  redis.call('HSET', KEYS[1], kind .. ':' .. me, mine)
-  all[kind] = all[kind] + mine - own[kind]
-  own[kind] = mine
-end
-report('r', ARGV[4])
-report('f', ARGV[5])
-local function keep()
-  redis.call('HSET', KEYS[1], 'day', date, 'tat', tat)
-  redis.call('PEXPIREAT', KEYS[1], math.max(day_end, tat) + 3600000)
+local function admit_client(c, limit, free_limit, free, interval, tolerance)
+  if limit >= 0 and c.all.r >= limit then return {5, 1} end
+  if free and free_limit >= 0 and c.all.f >= free_limit then return {5, 2} end
+  if interval > 0 then
+    local tat = math.max(c.tat, now)
+    if tat - now > tolerance then return {6, tat - tolerance - now} end
+    c.tat = tat + interval
+    c.keep()
+  end
+  redis.call('HINCRBY', c.key, 'r:' .. c.me, 1)
+  if free then redis.call('HINCRBY', c.key, 'f:' .. c.me, 1) end
+  return nil
 end
 ";
 
-/// Admits one request of a client with a shared limit. ARGV: the prelude's, then its daily
-/// request limit and free-request limit (-1: none), 1 if the request is for free models,
-/// the per-minute limiter's interval and burst tolerance (ms; 0 interval: none), the
-/// admission's number. Returns `{0}` (admitted: one request, and one free request if free,
-/// counted as this replica's), `{1}` (daily request limit reached), `{2}` (daily
-/// free-request limit reached), `{3, wait}` (per-minute limit), `{4}` (fenced).
+/// Admits one request of a client with a shared limit (a paid-model one, or any while the
+/// fleet's picks are not confirmed in Redis). ARGV: the `TIMEZONE` offset (ms), the
+/// replica's name, its date, its own requests and free requests of that date, the daily
+/// request limit and free-request limit (-1: none), 1 if for free models, the per-minute
+/// limiter's interval and burst tolerance (ms; 0 interval: none), the admission's number.
+/// Returns `{0}` (counted as this replica's), `{4}` (fenced) or `admit_client`'s refusal.
 pub static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{DAY_PRELUDE}{CLIENT_PRELUDE}
-local fence = 'x:' .. me .. ':' .. ARGV[11]
-if fences[fence] then
+        "{DAY_PRELUDE}{CLIENT_FUNCTIONS}
+local c = open_client(KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5])
+local fence = 'x:' .. ARGV[2] .. ':' .. ARGV[11]
+if c.fences[fence] then
   redis.call('HDEL', KEYS[1], fence)
   return {{4}}
 end
-local limit, free_limit, free = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
-local interval, tolerance = tonumber(ARGV[9]), tonumber(ARGV[10])
-keep()
-if limit >= 0 and all.r >= limit then return {{1}} end
-if free and free_limit >= 0 and all.f >= free_limit then return {{2}} end
-if interval > 0 then
-  tat = math.max(tat, now)
-  if tat - now > tolerance then return {{3, tat - tolerance - now}} end
-  tat = tat + interval
-  keep()
-end
-redis.call('HINCRBY', KEYS[1], 'r:' .. me, 1)
-if free then redis.call('HINCRBY', KEYS[1], 'f:' .. me, 1) end
-return {{0}}"
+local refused = admit_client(c, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1',
+  tonumber(ARGV[9]), tonumber(ARGV[10]))
+return refused or {{0}}"
     ))
 });
 
@@ -381,18 +401,20 @@ return 1",
     )
 });
 
-/// Merges one replica's counts of a client. ARGV: the prelude's, then its own prompt
-/// tokens, completion tokens and nano-USD of its date, then the admissions it stopped
-/// waiting for, fenced. Returns `{date, own requests, own free requests, the others'
-/// requests, free requests, prompt tokens, completion tokens, nano-USD}`.
+/// Merges one replica's counts of a client. ARGV: offset, replica, date, own requests and
+/// free requests (as for [`ADMIT`]), then its own prompt tokens, completion tokens and
+/// nano-USD of its date, then the admissions it stopped waiting for, fenced. Returns
+/// `{date, own requests, own free requests, the others' requests, free requests, prompt
+/// tokens, completion tokens, nano-USD}`.
 pub static SYNC_CLIENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{DAY_PRELUDE}{CLIENT_PRELUDE}
-report('p', ARGV[6])
-report('q', ARGV[7])
-report('c', ARGV[8])
-for i = 9, #ARGV do redis.call('HSET', KEYS[1], 'x:' .. me .. ':' .. ARGV[i], 1) end
-keep()
+        "{DAY_PRELUDE}{CLIENT_FUNCTIONS}
+local c = open_client(KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5])
+c.report('p', ARGV[6])
+c.report('q', ARGV[7])
+c.report('c', ARGV[8])
+for i = 9, #ARGV do redis.call('HSET', KEYS[1], 'x:' .. ARGV[2] .. ':' .. ARGV[i], 1) end
+local all, own = c.all, c.own
 return {{date, own.r, own.f, all.r - own.r, all.f - own.f, all.p - own.p, all.q - own.q, all.c - own.c}}"
     ))
 });
