@@ -1,9 +1,11 @@
-//! `CONFIG_FILE`: what an environment variable cannot hold, in TOML. Today the
-//! clients (`[[clients]]`: a key per agent with its own limits). Every table and
-//! field is checked by name, so a typo is an error rather than a setting
+//! `CONFIG_FILE`: what an environment variable cannot hold, in TOML: the
+//! clients (`[[clients]]`: a key per agent with its own limits) and the model
+//! aliases (`[aliases]`: one name, several models tried in order). Every table
+//! and field is checked by name, so a typo is an error rather than a setting
 //! silently ignored; every problem is listed with its line, and no key is ever
 //! printed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -15,6 +17,24 @@ pub const DEFAULT_CONFIG_FILE: &str = "openrouter-proxy.toml";
 pub const MAX_CLIENT_NAME: usize = 64;
 /// The fewest bytes a client key may have.
 pub const MIN_CLIENT_KEY: usize = 16;
+/// The most bytes an alias name may have.
+pub const MAX_ALIAS_NAME: usize = 64;
+/// The most candidates an alias may have.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// What `CONFIG_FILE` holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileConfig {
+    pub clients: Vec<ClientSpec>,
+    pub aliases: Vec<AliasSpec>,
+}
+
+/// A model alias: its name, and the models tried in order for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AliasSpec {
+    pub name: String,
+    pub candidates: Vec<String>,
+}
 
 /// One client as configured: who it is, how it authenticates, what it may do.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +68,8 @@ pub struct ClientLimits {
 struct Document {
     #[serde(default)]
     clients: Vec<Spanned<ClientEntry>>,
+    #[serde(default)]
+    aliases: BTreeMap<String, Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -77,27 +99,22 @@ pub fn path_to_read(configured: Option<String>) -> Option<PathBuf> {
     }
 }
 
-/// Reads the clients from `path`; every problem goes to `problems`, each naming the file
-/// and line. `proxy_key` is the operator's key, which no client key may equal.
-pub fn read_clients(path: &Path, proxy_key: &str, problems: &mut Vec<String>) -> Vec<ClientSpec> {
+/// Reads `path`; every problem goes to `problems`, each naming the file and line.
+/// `proxy_key` is the operator's key, which no client key may equal.
+pub fn read(path: &Path, proxy_key: &str, problems: &mut Vec<String>) -> FileConfig {
     let shown = path.display();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) => {
             problems.push(format!("CONFIG_FILE: cannot read {shown}: {err}"));
-            return Vec::new();
+            return FileConfig::default();
         }
     };
-    parse_clients(&text, &shown.to_string(), proxy_key, problems)
+    parse(&text, &shown.to_string(), proxy_key, problems)
 }
 
-/// The clients of the TOML document `text` (named `file` in messages).
-pub fn parse_clients(
-    text: &str,
-    file: &str,
-    proxy_key: &str,
-    problems: &mut Vec<String>,
-) -> Vec<ClientSpec> {
+/// The TOML document `text` (named `file` in messages).
+pub fn parse(text: &str, file: &str, proxy_key: &str, problems: &mut Vec<String>) -> FileConfig {
     let document: Document = match toml::from_str(text) {
         Ok(document) => document,
         Err(err) => {
@@ -106,14 +123,75 @@ pub fn parse_clients(
                 "{file} line {line}: {}",
                 masked_quotes(err.message())
             ));
-            return Vec::new();
+            return FileConfig::default();
         }
     };
+    let aliases = aliases(&document.aliases, text, file, problems);
+    let clients = clients(document.clients, text, file, proxy_key, problems);
+    FileConfig { clients, aliases }
+}
+
+/// The aliases of `[aliases]`, checked: a name of 1 to [`MAX_ALIAS_NAME`] bytes of
+/// `[A-Za-z0-9_.:/-]` that is no alias's candidate, 1 to [`MAX_CANDIDATES`] candidates.
+fn aliases(
+    entries: &BTreeMap<String, Spanned<Vec<String>>>,
+    text: &str,
+    file: &str,
+    problems: &mut Vec<String>,
+) -> Vec<AliasSpec> {
+    let mut aliases = Vec::new();
+    for (name, candidates) in entries {
+        let line = line_of(text, candidates.span().start);
+        let before = problems.len();
+        let mut problem = |what: String| {
+            problems.push(format!("{file} line {line}: alias {name:?}: {what}"));
+        };
+        let valid_name = !name.is_empty()
+            && name.len() <= MAX_ALIAS_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b));
+        if !valid_name {
+            problem(format!(
+                "a name is 1 to {MAX_ALIAS_NAME} bytes of letters, digits, _ . : / -"
+            ));
+        }
+        let list = candidates.get_ref();
+        if list.is_empty() || list.len() > MAX_CANDIDATES {
+            problem(format!("has 1 to {MAX_CANDIDATES} candidates"));
+        }
+        if list
+            .iter()
+            .any(|m| m.is_empty() || m.bytes().any(|b| b.is_ascii_whitespace() || b == b'"'))
+        {
+            problem("a candidate is a model id, without spaces".to_owned());
+        }
+        if entries.values().any(|other| other.get_ref().contains(name)) {
+            problem("is itself a candidate of an alias".to_owned());
+        }
+        if problems.len() == before {
+            aliases.push(AliasSpec {
+                name: name.clone(),
+                candidates: list.clone(),
+            });
+        }
+    }
+    aliases
+}
+
+/// The clients of `[[clients]]`, checked.
+fn clients(
+    entries: Vec<Spanned<ClientEntry>>,
+    text: &str,
+    file: &str,
+    proxy_key: &str,
+    problems: &mut Vec<String>,
+) -> Vec<ClientSpec> {
     let proxy_hash = sha256(proxy_key.as_bytes());
     let mut clients: Vec<ClientSpec> = Vec::new();
     // Every entry read, valid or not, so a second use of a name or key is found either way.
     let mut read: Vec<(String, [u8; 32])> = Vec::new();
-    for entry in document.clients {
+    for entry in entries {
         let line = line_of(text, entry.span().start);
         let at = |what: String| format!("{file} line {line}: client {what}");
         let before = problems.len();
@@ -289,9 +367,61 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> (Vec<ClientSpec>, Vec<String>) {
+        let (file, problems) = parse_file(text);
+        (file.clients, problems)
+    }
+
+    fn parse_file(text: &str) -> (FileConfig, Vec<String>) {
         let mut problems = Vec::new();
-        let clients = parse_clients(text, "f.toml", "operator-key-0123456789", &mut problems);
-        (clients, problems)
+        let file = super::parse(text, "f.toml", "operator-key-0123456789", &mut problems);
+        (file, problems)
+    }
+
+    #[test]
+    fn aliases_are_read_in_order_of_their_candidates() {
+        let (file, problems) = parse_file(
+            r#"
+[aliases]
+fast = ["meta-llama/llama-3.3-70b-instruct:free", "qwen/qwen3-235b-a22b:free", "openrouter/free"]
+coder = ["qwen/qwen3-coder:free"]
+"#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let fast = file.aliases.iter().find(|a| a.name == "fast").unwrap();
+        assert_eq!(fast.candidates[1], "qwen/qwen3-235b-a22b:free");
+        assert_eq!(file.aliases.len(), 2);
+    }
+
+    #[test]
+    fn every_alias_problem_is_listed_with_its_line() {
+        let (file, problems) = parse_file(
+            r#"
+[aliases]
+"a b" = ["x:free"]
+empty = []
+loop = ["fast"]
+fast = ["m:free", "with space"]
+"#,
+        );
+        assert!(
+            file.aliases.iter().all(|a| a.name == "loop"),
+            "{:?}",
+            file.aliases
+        );
+        let all = problems.join("\n");
+        for expected in [
+            "line 3: alias \"a b\": a name is 1 to 64 bytes",
+            "line 4: alias \"empty\": has 1 to 16 candidates",
+            "line 6: alias \"fast\": is itself a candidate of an alias",
+            "line 6: alias \"fast\": a candidate is a model id, without spaces",
+        ] {
+            assert!(all.contains(expected), "{expected} not in:\n{all}");
+        }
+        let (_, problems) = parse_file("[aliases]\nfast = [\"m:free\"]\n[alias]\n");
+        assert!(
+            problems[0].contains("unknown field `alias`"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod read;
 mod redis;
 mod variables;
 
-pub use file::{ClientLimits, ClientSpec};
+pub use file::{AliasSpec, ClientLimits, ClientSpec};
 pub use redis::RedisTarget;
 pub use variables::{Variable, VARIABLES};
 
@@ -93,6 +93,8 @@ pub struct Config {
     pub proxy_api_key: String,
     /// The clients of `CONFIG_FILE`, each with its own key and limits.
     pub clients: Vec<ClientSpec>,
+    /// The model aliases of `CONFIG_FILE`.
+    pub aliases: Vec<AliasSpec>,
     pub keys: Vec<KeySpec>,
     pub timezone_name: String,
     pub timezone: TimeZone,
@@ -166,9 +168,10 @@ impl Config {
             .raw(&["PROXY_API_KEY"])
             .map(|(_, v)| v)
             .unwrap_or_default();
-        let clients = file::path_to_read(r.raw(&["CONFIG_FILE"]).map(|(_, v)| v))
-            .map(|path| file::read_clients(&path, &proxy_api_key, &mut r.problems))
-            .unwrap_or_default();
+        let file::FileConfig { clients, aliases } =
+            file::path_to_read(r.raw(&["CONFIG_FILE"]).map(|(_, v)| v))
+                .map(|path| file::read(&path, &proxy_api_key, &mut r.problems))
+                .unwrap_or_default();
         if proxy_api_key.is_empty() && clients.is_empty() {
             r.problems.push(
                 "PROXY_API_KEY: required but not set (or define clients in CONFIG_FILE)".to_owned(),
@@ -196,6 +199,7 @@ impl Config {
         let config = Config {
             proxy_api_key,
             clients,
+            aliases,
             keys,
             timezone_name,
             timezone,
