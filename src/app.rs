@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::aliases::Aliases;
 use crate::clients::fair::FairQueue;
 use crate::clients::Clients;
 use crate::config::{Config, KeySpec};
@@ -29,6 +30,8 @@ pub struct App {
     /// The clients of `CONFIG_FILE` in force, each with its key, limits and counts; a
     /// reload (SIGHUP) puts new ones in place, keeping counts by name.
     clients: RwLock<Arc<Clients>>,
+    /// The model aliases of `CONFIG_FILE` in force; a reload puts new ones in place.
+    aliases: RwLock<Arc<Aliases>>,
     /// Free-model requests waiting for the pool, served by their clients' fair share.
     pub fair: FairQueue,
     /// The fleet's shared state, with `REDIS_URL`.
@@ -45,6 +48,7 @@ impl App {
         fair.enable(!config.clients.is_empty());
         Arc::new(App {
             clients: RwLock::new(Arc::new(Clients::from_config(&config, None))),
+            aliases: RwLock::new(Arc::new(Aliases::from_config(&config, None))),
             fair,
             shared,
             config,
@@ -79,10 +83,22 @@ impl App {
         )
     }
 
-    /// Puts the clients of `config` in force: those that stay (by name) keep their counts,
-    /// a removed one is refused from the next request (its requests in flight finish), a
-    /// changed limit applies to the next request. Returns how many clients stayed.
-    pub fn reload_clients(&self, config: &Config) -> usize {
+    /// The model aliases in force.
+    #[must_use]
+    pub fn aliases(&self) -> Arc<Aliases> {
+        Arc::clone(
+            &self
+                .aliases
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts the clients and aliases of `config` (its `CONFIG_FILE`) in force: clients that
+    /// stay (by name) keep their counts, a removed one is refused from the next request (its
+    /// requests in flight finish), a changed limit applies to the next request; an alias
+    /// that stays the same keeps its candidates' state. Returns how many clients stayed.
+    pub fn reload_config_file(&self, config: &Config) -> usize {
         let mut clients = self
             .clients
             .write()
@@ -95,6 +111,11 @@ impl App {
             .count();
         self.fair.enable(!fresh.is_empty());
         *clients = Arc::new(fresh);
+        let mut aliases = self
+            .aliases
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *aliases = Arc::new(Aliases::from_config(config, Some(&aliases)));
         stayed
     }
 

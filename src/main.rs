@@ -237,10 +237,11 @@ fn reload_key_list(app: &App) {
         "reloaded the key list: {}, {stayed} kept their counts and blocks",
         plural(pool.keys().len(), "key")
     );
-    let clients_stayed = app.reload_clients(&config);
+    let clients_stayed = app.reload_config_file(&config);
     info!(
-        "reloaded the clients: {}, {clients_stayed} kept their counts",
-        plural(config.clients.len(), "client")
+        "reloaded CONFIG_FILE: {}, {clients_stayed} kept their counts; {} model aliases",
+        plural(config.clients.len(), "client"),
+        config.aliases.len()
     );
     log_keys(&config.keys, &pool);
 }

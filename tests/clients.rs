@@ -521,7 +521,7 @@ async fn sighup_rereads_the_clients_keeping_counts_by_name_and_refusing_a_broken
         let proxy = &proxy;
         async move {
             let done = eventually(Duration::from_secs(5), || {
-                proxy.log_text().matches("reloaded the clients").count() == n
+                proxy.log_text().matches("reloaded CONFIG_FILE").count() == n
             })
             .await;
             assert!(done, "{}", proxy.log_text());

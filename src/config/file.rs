@@ -160,11 +160,12 @@ fn aliases(
         if list.is_empty() || list.len() > MAX_CANDIDATES {
             problem(format!("has 1 to {MAX_CANDIDATES} candidates"));
         }
-        if list
-            .iter()
-            .any(|m| m.is_empty() || m.bytes().any(|b| b.is_ascii_whitespace() || b == b'"'))
-        {
-            problem("a candidate is a model id, without spaces".to_owned());
+        if list.iter().any(|m| {
+            m.is_empty()
+                || m.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b"\"\\".contains(&b))
+        }) {
+            problem("a candidate is a model id, without spaces, quotes or backslashes".to_owned());
         }
         if entries.values().any(|other| other.get_ref().contains(name)) {
             problem("is itself a candidate of an alias".to_owned());
@@ -413,7 +414,7 @@ fast = ["m:free", "with space"]
             "line 3: alias \"a b\": a name is 1 to 64 bytes",
             "line 4: alias \"empty\": has 1 to 16 candidates",
             "line 6: alias \"fast\": is itself a candidate of an alias",
-            "line 6: alias \"fast\": a candidate is a model id, without spaces",
+            "line 6: alias \"fast\": a candidate is a model id, without spaces, quotes or backslashes",
         ] {
             assert!(all.contains(expected), "{expected} not in:\n{all}");
         }

@@ -21,6 +21,7 @@ use crate::error::ProxyError;
 use crate::forward::held::{hold, Held, HoldError, HoldLimits};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
+use crate::forward::route::{self, Route, Tried};
 use crate::forward::upstream::strip_hop_by_hop;
 use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Tally, Unavailable, Via};
 use crate::shared::Confirmed;
@@ -87,10 +88,25 @@ pub struct Journey {
     pub fair_share: (Arc<str>, u32),
     /// How long it waited on purpose, for its client's turn and for keys.
     pub waited: Duration,
+    /// The model alias it names, and where it is in its candidates.
+    pub route: Option<Route>,
+    /// Moves to an alias' next candidate on the first pass: they are not retries.
+    first_pass_moves: u32,
     /// The client whose request its first confirmed pick counts for the fleet (a free
     /// request with `REDIS_URL`, see `clients::admission::Taken::AtPick`); `None` once
     /// counted, or when its admission counted it.
     pub count_client: Option<Arc<Client>>,
+}
+
+/// What a request's record names of its journey.
+#[derive(Clone)]
+pub struct Trail {
+    pub pool: Arc<KeyPool>,
+    /// The key that answered last.
+    pub key: usize,
+    pub attempts: u32,
+    /// For a model alias: the candidate that answered last, and how many were tried.
+    pub tried: Option<Tried>,
 }
 
 /// What confirming a pick came to.
@@ -121,8 +137,18 @@ impl Journey {
             sent_at: None,
             fair_share: (Arc::from("operator"), 1),
             waited: Duration::ZERO,
+            route: None,
+            first_pass_moves: 0,
             count_client: None,
         }
+    }
+
+    /// Sends the request as `route`'s candidates: the body with the current one as its
+    /// model, and its demand (free or not).
+    pub fn follow_route(&mut self, route: Route) {
+        self.outgoing.body = route.body();
+        self.outgoing.demand = route.demand();
+        self.route = Some(route);
     }
 
     /// The shared application state.
@@ -149,12 +175,17 @@ impl Journey {
         Arc::clone(&self.pool)
     }
 
-    /// The key that answered last, its pool, and the attempts made: what the request's
-    /// record names.
+    /// The key that answered last, its pool, the attempts made and the alias' candidate:
+    /// what the request's record names.
     #[must_use]
-    pub fn served(&self) -> Option<(Arc<KeyPool>, usize, u32)> {
+    pub fn served(&self) -> Option<Trail> {
         let key = self.last_key?;
-        Some((self.pool_arc(), key, self.attempts))
+        Some(Trail {
+            pool: self.pool_arc(),
+            key,
+            attempts: self.attempts,
+            tried: self.route.as_ref().map(Route::tried),
+        })
     }
 
     /// Moves the journey onto the pool in force when a reload replaced its own: the keys
@@ -182,11 +213,16 @@ impl Journey {
         });
     }
 
-    /// Counts how the attempt with the last key ended.
+    /// Counts how the attempt with the last key ended (and, for an alias, that its
+    /// candidate answered).
     pub fn record(&mut self, outcome: Outcome) {
         self.follow();
         if let Some(key) = self.last_key {
             self.pool.record(key, outcome);
+        }
+        if let (Outcome::Success, Some(route)) = (outcome, &self.route) {
+            let date = self.pool.calendar().today(now_ms()).date;
+            route.alias.served(route.candidate, date);
         }
     }
 
@@ -521,7 +557,11 @@ impl Journey {
                 self.record(Outcome::Success);
                 Inspected::Done(Settled::Answer(answer))
             }
-            Verdict::Rejected => {
+            // A model that cannot be served is the request's answer, unless an alias has
+            // another candidate to try.
+            Verdict::Rejected | Verdict::NoSuchModel
+                if verdict == Verdict::Rejected || self.route.is_none() =>
+            {
                 self.record(Outcome::Error);
                 self.app.metrics.count_error(verdict.class());
                 Inspected::Done(Settled::Answer(answer))
@@ -536,6 +576,7 @@ impl Journey {
     pub fn plan(&mut self, verdict: Verdict) -> Option<Duration> {
         let now = now_ms();
         let react = reaction(verdict, now);
+        let first_pass_move = self.move_on_if_model_failed(verdict, now);
         self.record(react.outcome);
         if react.outcome == Outcome::RateLimited {
             self.pool.tally(self.last_key, Tally::OpenRouter429, 1, now);
@@ -569,6 +610,11 @@ impl Journey {
             }
         }
         let delay = match react.retry {
+            // An alias' next candidate, on the first pass: at once, and not a retry.
+            _ if first_pass_move => {
+                self.first_pass_moves += 1;
+                Some(Duration::ZERO)
+            }
             Retry::No => None,
             Retry::Now => Some(Duration::ZERO),
             Retry::After(delay) => Some(delay),
@@ -576,13 +622,26 @@ impl Journey {
             Retry::BackoffIfIdempotent => self.outgoing_is_idempotent().then(|| self.backoff()),
             Retry::BackoffUnlessDown => (!self.app.breaker.is_open()).then(|| self.backoff()),
         };
-        let allowed = delay.filter(|delay| {
-            self.attempts <= self.app.config.max_retries && *delay <= self.remaining()
-        });
+        let retries = self.attempts - self.first_pass_moves;
+        let allowed = delay
+            .filter(|delay| retries <= self.app.config.max_retries && *delay <= self.remaining());
         if let Some(key) = self.last_key {
             log_reaction(&self.pool, key, verdict, allowed, self.attempts);
         }
         allowed
+    }
+
+    /// For an alias, moves to the next candidate after a failure of the model's own; true
+    /// when that move is on the first pass (not a retry).
+    fn move_on_if_model_failed(&mut self, verdict: Verdict, now: i64) -> bool {
+        let (Some(route), Some(skip_ms)) = (&mut self.route, route::model_failure(verdict)) else {
+            return false;
+        };
+        let first_pass = !route.first_pass_done();
+        route.move_on(skip_ms, now, self.pool.calendar().today(now).date);
+        self.outgoing.body = route.body();
+        self.outgoing.demand = route.demand();
+        first_pass
     }
 
     /// Whether sending the request twice cannot do anything twice (RFC 9110 safe methods).

@@ -11,4 +11,5 @@ pub mod breaker;
 pub mod held;
 pub mod outcome;
 pub mod reaction;
+pub mod route;
 pub mod upstream;

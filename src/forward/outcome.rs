@@ -15,6 +15,9 @@ pub enum Verdict {
     Success,
     /// The request itself was refused (400, moderation 403, 404, 413, 422, ...): return it unchanged.
     Rejected,
+    /// The model cannot be served (404 `No endpoints found`, 400 `is not a valid model ID`):
+    /// returned unchanged, except to a model alias, which tries its next candidate.
+    NoSuchModel,
     /// The key's account used its free-model quota: exhausted until `reset_ms`, else the next daily reset.
     FreeDaily { reset_ms: Option<i64> },
     /// The key's per-minute free-model limit: blocked until `reset_ms`, else 60 s.
@@ -50,6 +53,7 @@ impl Verdict {
         match self {
             Verdict::Success => "success",
             Verdict::Rejected => "request",
+            Verdict::NoSuchModel => "no-such-model",
             Verdict::FreeDaily { .. } => "free-daily",
             Verdict::FreePerMinute { .. } => "free-per-minute",
             Verdict::Credits { .. } | Verdict::CreditsForRequest => "credits",
@@ -114,6 +118,8 @@ fn classify_status(code: u16, headers: &HeaderMap, error: &Value) -> Verdict {
         },
         401 => Verdict::Unauthorized,
         408 | 500..=599 => Verdict::Server { retry_after },
+        404 if message.contains("No endpoints found") => Verdict::NoSuchModel,
+        400 if message.contains("is not a valid model ID") => Verdict::NoSuchModel,
         _ => Verdict::Rejected,
     }
 }

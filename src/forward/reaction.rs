@@ -72,7 +72,9 @@ impl Reaction {
 pub fn reaction(verdict: Verdict, now_ms: i64) -> Reaction {
     let later = |ms: i64| now_ms.saturating_add(ms);
     match verdict {
-        Verdict::Success | Verdict::Rejected => Reaction::new(Outcome::Error, Retry::No),
+        Verdict::Success | Verdict::Rejected | Verdict::NoSuchModel => {
+            Reaction::new(Outcome::Error, Retry::No)
+        }
         Verdict::FreeDaily { reset_ms } => Reaction {
             exhaust_daily: Some(reset_ms),
             ..Reaction::new(Outcome::RateLimited, Retry::Now)

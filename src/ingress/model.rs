@@ -65,7 +65,8 @@ impl BodyProblem {
 
 /// A free model: any id ending in `:free`, or `openrouter/free` (OpenRouter's router that
 /// picks a free model), which counts against the same free-model limits.
-fn is_free(id: &str) -> bool {
+#[must_use]
+pub fn is_free(id: &str) -> bool {
     id.ends_with(":free") || id == "openrouter/free"
 }
 

@@ -7,16 +7,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, Uri, Version};
 use log::Level;
 
+use crate::aliases::Alias;
 use crate::app::App;
 use crate::clients::admission::{Ticket, Today};
 use crate::clients::Caller;
 use crate::error::ProxyError;
 use crate::forward::attempts::{Journey, Outgoing, Settled};
+use crate::forward::held::Held;
+use crate::forward::route::Route;
 use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstream_uri};
 use crate::ingress::request_body::{read_capped, ReadError};
 use crate::ingress::{model, models_list};
@@ -25,6 +28,9 @@ use crate::keys::Demand;
 use crate::stream::accounted::{Accounted, Ended, Served};
 use crate::stream::body::ProxyBody;
 use crate::stream::relay::SseRelay;
+
+/// The candidate model that answered a request for a model alias.
+const X_PROXY_MODEL: HeaderName = HeaderName::from_static("x-proxy-model");
 
 /// Proxies one request to OpenRouter with the best key and pipes the answer back.
 pub async fn forward(
@@ -37,7 +43,8 @@ pub async fn forward(
     let uri = target(app, &parts)?;
     let body = read_body(app, body).await?;
     let model = model_of(&parts.headers, &body)?;
-    let ticket = admit(app, &caller, &model).await?;
+    let alias = alias_of(app, &model);
+    let ticket = admit(app, &caller, &model, alias.as_deref()).await?;
     sanitize_request_headers(&mut parts.headers);
     if log::log_enabled!(Level::Trace) {
         log::trace!("request body: {}", String::from_utf8_lossy(&body));
@@ -53,12 +60,21 @@ pub async fn forward(
             Demand::Other
         },
     };
+    let route = match (alias, &model.model) {
+        (Some(alias), Some(Cow::Borrowed(name))) => {
+            Some(Route::new(alias, &body, name.as_bytes(), now_ms()))
+        }
+        _ => None,
+    };
     let model = model.model.map(|name| match name {
         // The name as it lies in the request body: a slice of it, not a copy.
         Cow::Borrowed(name) => body.slice_ref(name.as_bytes()),
         Cow::Owned(name) => Bytes::from(name),
     });
     let mut journey = Journey::new(Arc::clone(app), outgoing, started);
+    if let Some(route) = route {
+        journey.follow_route(route);
+    }
     if let Some(ticket) = &ticket {
         journey.fair_share = (Arc::clone(&ticket.counts.name), ticket.weight);
         if let (true, Caller::Client(client)) = (ticket.counted_at_pick(), &caller) {
@@ -69,6 +85,7 @@ pub async fn forward(
         method: journey.outgoing.method.clone(),
         uri: journey.outgoing.uri.clone(),
         model,
+        tried: None,
         status: 0,
         started,
         free: journey.outgoing.demand == Demand::Free,
@@ -91,12 +108,18 @@ pub async fn forward(
         app.metrics.after_upstream.observe(at.elapsed());
     }
     served.refused_by_proxy = matches!(settled, Settled::Failed(ProxyError::NoKey { .. }));
+    // The candidate that answered an alias request (a stream that fails over later, inside
+    // itself, names the first one here; its log line names the last).
+    let proxy_model = journey
+        .route
+        .as_ref()
+        .and_then(|route| HeaderValue::from_str(route.model()).ok());
     served.ended_early = match &settled {
         Settled::Failed(ProxyError::NoFirstToken) => Some(Ended::FirstTokenTimeout),
         Settled::Failed(ProxyError::UpstreamStalled { .. }) => Some(Ended::IdleTimeout),
         _ => None,
     };
-    let response = match settled {
+    let mut response = match settled {
         Settled::Stream(response) => {
             let (mut head, upstream) = response.into_parts();
             // The relay may retry, or end the stream with its own event: the client's body is
@@ -105,25 +128,12 @@ pub async fn forward(
             let relay = ProxyBody::Relay(Box::new(SseRelay::new(upstream, journey)));
             Response::from_parts(head, relay)
         }
-        Settled::Answer(response) => match &caller {
-            // A client with an allowlist sees only the models it may use.
-            Caller::Client(client)
-                if client.spec.models.is_some()
-                    && response.status().is_success()
-                    && models_list::is_models_list(&served.method, served.uri.path()) =>
-            {
-                models_list::filtered(response, client)
-                    .await
-                    .unwrap_or_else(ProxyError::into_response)
-                    .map(ProxyBody::from)
-            }
-            _ => {
-                let idle_after = app.config.stream_idle_timeout;
-                response.map(|held| ProxyBody::answer(held, idle_after))
-            }
-        },
+        Settled::Answer(response) => answer(app, &caller, &served, response).await,
         Settled::Failed(err) => err.into_response().map(ProxyBody::from),
     };
+    if let Some(value) = proxy_model {
+        response.headers_mut().insert(X_PROXY_MODEL, value);
+    }
     served.status = response.status().as_u16();
     // Recorded (log line, usage, request metrics) when the response ends, not now.
     Ok(response
@@ -156,6 +166,7 @@ impl InFlight {
         let (journey, mut served) = (self.journey.take()?, self.served.take()?);
         (served.pool, served.key) = (journey.pool_arc(), journey.last_key);
         served.attempts = journey.attempts;
+        served.tried = journey.route.as_ref().map(Route::tried);
         let turn = served.ticket.as_ref().map_or(Duration::ZERO, |t| t.waited);
         served.waited = journey.waited + turn;
         Some((journey, served))
@@ -177,26 +188,64 @@ impl Drop for InFlight {
     }
 }
 
-/// A client's request admitted within its limits (`None` for the operator's).
+/// An upstream answer as the client gets it: the list of models names the aliases first,
+/// and a client with an allowlist sees only the models it may use; anything else as it is.
+async fn answer(
+    app: &App,
+    caller: &Caller,
+    served: &Served,
+    response: Response<Held>,
+) -> Response<ProxyBody> {
+    let client = match caller {
+        Caller::Client(client) => Some(&**client),
+        Caller::Operator => None,
+    };
+    let aliases = app.aliases();
+    if response.status().is_success()
+        && models_list::is_models_list(&served.method, served.uri.path())
+        && models_list::rewritten(&aliases, client)
+    {
+        return models_list::rewrite(response, &aliases, client)
+            .await
+            .unwrap_or_else(ProxyError::into_response)
+            .map(ProxyBody::from);
+    }
+    let idle_after = app.config.stream_idle_timeout;
+    response.map(|held| ProxyBody::answer(held, idle_after))
+}
+
+/// The model alias the request names, if any (its `model` as the client wrote it: a name
+/// written with JSON escapes is not an alias).
+fn alias_of(app: &App, model: &model::ModelInfo<'_>) -> Option<Arc<Alias>> {
+    let Some(Cow::Borrowed(name)) = &model.model else {
+        return None;
+    };
+    app.aliases().find(name).cloned()
+}
+
+/// A client's request admitted within its limits (`None` for the operator's). An alias is
+/// allowed when its name is, or every one of its candidates; it is free when they all are.
 async fn admit(
     app: &App,
     caller: &Caller,
     model: &model::ModelInfo<'_>,
+    alias: Option<&Alias>,
 ) -> Result<Option<Ticket>, ProxyError> {
     let Caller::Client(client) = caller else {
         return Ok(None);
     };
     let now = now_ms();
     let today = Today::new(app.keys().calendar(), now);
-    let models = model
-        .model
-        .iter()
-        .chain(&model.fallbacks)
-        .map(AsRef::as_ref);
+    let allowed_alias = alias.filter(|alias| {
+        client.allows(&alias.name) || alias.candidates.iter().all(|c| client.allows(&c.model))
+    });
+    let named = model.model.iter().filter(|_| allowed_alias.is_none());
+    let models = named.chain(&model.fallbacks).map(AsRef::as_ref);
+    let free = alias.map_or(model.free, Alias::all_free);
     let ticket = client
         .admit(
             models,
-            model.free,
+            free,
             today,
             app.config.max_wait,
             app.shared.as_ref(),

@@ -3,6 +3,7 @@
 //! Prometheus metrics from atomics, `/health`, `/key_status` and the status
 //! page, and logging setup. It reads state; it never decides anything about a request.
 
+pub mod aliases;
 pub mod clients;
 pub mod log_lines;
 pub mod logging;

@@ -60,6 +60,7 @@ pub fn key_status(app: &App) -> Response<Bytes> {
         "accounts": accounts,
         "history": pool.history.to_json(now),
         "clients": super::clients::all(app),
+        "aliases": super::aliases::all(&app.aliases(), calendar, now),
         "upstream_errors": app.metrics.errors_by_class().iter().map(|(class, n)| ((*class).to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     let mut response = Response::new(Bytes::from(body.to_string()));
@@ -149,8 +150,10 @@ pub fn metrics(app: &App) -> Response<Bytes> {
     let mut text = app
         .metrics
         .render(&keys, app.shared.as_ref().map(|s| (s.in_use(), s.fleet())));
-    let date = keys.calendar().today(now_ms()).date;
+    let now = now_ms();
+    let date = keys.calendar().today(now).date;
     super::clients::write_metrics(&mut text, &app.clients(), date);
+    super::aliases::write_metrics(&mut text, &app.aliases(), date, now);
     let mut response = Response::new(Bytes::from(text));
     response.headers_mut().insert(
         CONTENT_TYPE,

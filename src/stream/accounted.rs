@@ -38,6 +38,7 @@ use super::body::{BodyError, ProxyBody};
 use crate::app::App;
 use crate::clients::admission::Ticket;
 use crate::clients::Counts;
+use crate::forward::route::Tried;
 use crate::keys::{now_ms, KeyPool, Tally, Usage};
 use crate::observe::metrics::ENDINGS;
 
@@ -47,6 +48,8 @@ pub struct Served {
     pub uri: Uri,
     /// The requested model: a slice of the request body, not a copy.
     pub model: Option<Bytes>,
+    /// For a model alias: the candidate that answered last, and how many were tried.
+    pub tried: Option<Tried>,
     pub status: u16,
     pub started: Instant,
     /// A free-model request.
@@ -148,9 +151,10 @@ impl Accounted {
             _ => ended,
         };
         if let ProxyBody::Relay(relay) = &self.inner {
-            if let Some((pool, key, attempts)) = relay.served() {
-                (self.served.pool, self.served.key) = (pool, Some(key));
-                self.served.attempts = attempts;
+            if let Some(trail) = relay.served() {
+                (self.served.pool, self.served.key) = (trail.pool, Some(trail.key));
+                self.served.attempts = trail.attempts;
+                self.served.tried = trail.tried;
             }
         }
         let usage = usage_in(self.tail.bytes()).filter(|usage| {
@@ -217,10 +221,16 @@ impl Accounted {
         let pool = &served.pool;
         let key = served.key.map(|k| &pool.keys()[k]);
         let account = key.map(|k| pool.account_id(k.account()));
-        let model = served
-            .model
-            .as_deref()
-            .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
+        let model = match &served.tried {
+            Some(tried) => std::borrow::Cow::Owned(format!(
+                "{}->{} candidates={}",
+                tried.alias, tried.candidate, tried.tried
+            )),
+            None => served
+                .model
+                .as_deref()
+                .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy),
+        };
         let ms = |at: Instant| at.saturating_duration_since(served.started).as_secs_f64() * 1e3;
         info!(
             "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} waited={:.1}ms ttfb={} total={:.1}ms bytes={}{}",

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::error::{error_body, NO_FIRST_TOKEN};
 use crate::forward::attempts::INSPECT_LIMIT;
-use crate::forward::attempts::{Journey, Settled};
+use crate::forward::attempts::{Journey, Settled, Trail};
 use crate::forward::outcome::{classify, error_object, Verdict};
-use crate::keys::{KeyPool, Outcome};
+use crate::keys::Outcome;
 use crate::stream::accounted::Ended;
 use crate::stream::body::BodyError;
 use crate::stream::idle_watch::IdleWatch;
@@ -63,7 +63,7 @@ pub struct SseRelay {
     /// When the first content event arrived.
     content_at: Option<std::time::Instant>,
     /// The key that served the content and the attempts it took, kept when the journey goes.
-    served: Option<(Arc<KeyPool>, usize, u32)>,
+    served: Option<Trail>,
 }
 
 impl Drop for SseRelay {
@@ -155,7 +155,7 @@ impl SseRelay {
 
     /// The key that served the stream (the last one tried), and the attempts made.
     #[must_use]
-    pub fn served(&self) -> Option<(Arc<KeyPool>, usize, u32)> {
+    pub fn served(&self) -> Option<Trail> {
         match &self.journey {
             Some(journey) => journey.served(),
             None => self.served.clone(),

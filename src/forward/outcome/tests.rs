@@ -152,9 +152,19 @@ fn upstream_failures_are_retried_and_request_errors_are_not() {
             Verdict::Server { retry_after: None }
         );
     }
-    for status in [400, 404, 413, 422] {
+    for status in [400, 413, 422] {
         assert_eq!(verdict(status, &[], NO_ENDPOINTS), Verdict::Rejected);
     }
+    // What the model cannot serve: returned as it is, but an alias tries its next candidate.
+    assert_eq!(verdict(404, &[], NO_ENDPOINTS), Verdict::NoSuchModel);
+    assert_eq!(
+        verdict(
+            400,
+            &[],
+            r#"{"error":{"message":"qwen/nope:free is not a valid model ID","code":400}}"#
+        ),
+        Verdict::NoSuchModel
+    );
 }
 
 #[test]
