@@ -408,3 +408,37 @@ async fn a_reload_puts_new_aliases_in_force() {
     chat_with(&proxy, PROXY_KEY, r#"{"model":"coder","messages":[]}"#).await;
     assert_eq!(models_sent(&upstream), [FOURTH, "coder"]);
 }
+
+#[tokio::test]
+async fn an_error_event_before_any_content_moves_a_stream_to_the_next_candidate() {
+    let script = Script::default();
+    script.lock().unwrap().insert(
+        FIRST,
+        vec![Reply::sse(&[
+            ": OPENROUTER PROCESSING\n\n",
+            "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\"},\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n",
+        ])],
+    );
+    script.lock().unwrap().insert(
+        SECOND,
+        vec![Reply::sse(&[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi from the second\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        ])],
+    );
+    let upstream = upstream_by_model(&script).await;
+    let (proxy, _dir) = proxy_with(&upstream, &aliases_toml(), &[]).await;
+    let began = Instant::now();
+    let answer = chat_with(
+        &proxy,
+        PROXY_KEY,
+        r#"{"model":"fast","messages":[],"stream":true}"#,
+    )
+    .await;
+    let text = answer.text();
+    assert!(text.contains("hi from the second"), "{text}");
+    assert!(!text.contains("Provider returned error"), "{text}");
+    assert_eq!(text.matches("[DONE]").count(), 1, "{text}");
+    assert!(began.elapsed() < Duration::from_secs(3), "no backoff");
+    assert_eq!(models_sent(&upstream), [FIRST, SECOND]);
+}

@@ -507,9 +507,9 @@ burst = 3
 
     #[test]
     fn the_sample_file_is_valid() {
-        let (clients, problems) = parse(include_str!("../../openrouter-proxy.toml.sample"));
+        let (file, problems) = parse_file(include_str!("../../openrouter-proxy.toml.sample"));
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(clients.len(), 2);
+        assert_eq!((file.clients.len(), file.aliases.len()), (2, 2));
     }
 
     #[test]

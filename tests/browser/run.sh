@@ -31,7 +31,7 @@ active=sk-or-v1-active00000000000000000000000000000003
 one_a_day=sk-or-v1-oneday00000000000000000000000000000004
 alice2=sk-or-v1-alice200000000000000000000000000000005
 client_key=browser-client-key-0123456789
-printf '[[clients]]\nname = "planner"\nkey = "%s"\nrequests_per_day = 100\nmodels = ["*:free"]\n' "$client_key" > "$work/clients.toml"
+printf '[[clients]]\nname = "planner"\nkey = "%s"\nrequests_per_day = 100\nmodels = ["*:free"]\n\n[aliases]\nfast = ["qwen/qwen3-coder:free", "openrouter/free"]\n' "$client_key" > "$work/clients.toml"
 env -i PROXY_API_KEY="$proxy_key" CONFIG_FILE="$work/clients.toml" OPENROUTER_KEYS="$blocked:1000,$daily,$active:1000@alice,$one_a_day:1,$alice2@alice" STATE_FILE= KEY_PROBE_INTERVAL=0 SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT=0 \
   "$bin" 2>"$work/proxy.log" &
@@ -89,6 +89,8 @@ check "a row per client" 'data-client="planner"'
 check "a client's use against its limits" 'requests 0 / 100'
 check "a client's refusals by reason" 'refused: model 1'
 check "the last hour split by client" 'data-chart="client planner"'
+check "a row per model alias" 'data-alias="fast"'
+check "an alias' candidates in order" '1. qwen/qwen3-coder:free: 0 served, 0 failed'
 for secret in "$blocked" "$daily" "$active" "$one_a_day" "$alice2" "$proxy_key" "$client_key"; do
   if grep -q -- "$secret" "$work/dom.html"; then echo "FAIL: a full key is in the DOM"; failed=1; else passed=$((passed + 1)); fi
 done
