@@ -135,6 +135,11 @@ fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
         config.upstream.path,
         config.timezone_name
     );
+    if !bound.ip().is_loopback() {
+        warn!(
+            "listening on {bound}: plain HTTP on every network this host is on; put TLS in front (see the README's \"Network exposure and TLS\"), or set UVICORN_HOST=127.0.0.1 when the agents run here"
+        );
+    }
     Some(listener)
 }
 

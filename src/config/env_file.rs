@@ -3,7 +3,9 @@
 //! Parsed by `dotenvy`, which follows the conventions people bring from docker
 //! compose and python-dotenv: `export`, `#` comments, single quotes (literal),
 //! double quotes (escapes, `$VAR` expansion), values over several lines. A
-//! UTF-8 byte-order mark (Windows Notepad) is dropped first. Variables already
+//! UTF-8 byte-order mark (Windows Notepad) is dropped first, and an unquoted value
+//! with spaces in it (`OPENROUTER_KEYS=k1, k2`), which python-dotenv takes as it
+//! is and dotenvy refuses, is read as python-dotenv reads it. Variables already
 //! set in the process environment win over the file, as with dotenv.
 //!
 //! Logging is set up from the merged environment, so what is worth saying
@@ -56,9 +58,10 @@ impl EnvFileReport {
 #[must_use]
 pub fn parse(text: &str) -> (Vec<(String, String)>, EnvFileReport) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let quoted = quote_spaced_values(text);
     let mut vars = Vec::new();
     let mut report = EnvFileReport::default();
-    for item in dotenvy::from_read_iter(text.as_bytes()) {
+    for item in dotenvy::from_read_iter(quoted.as_bytes()) {
         match item {
             Ok(pair) => vars.push(pair),
             Err(dotenvy::Error::LineParse(line, _)) => {
@@ -79,12 +82,62 @@ fn is_known(name: &str) -> bool {
     ALSO_KNOWN.contains(&name) || VARIABLES.iter().any(|v| v.names.contains(&name))
 }
 
-/// The 1-based line where `line` (as dotenvy quotes it back) starts in `text`.
+/// The 1-based line where `line` (as dotenvy quotes it back: the whole line, or the
+/// rest of it from the value that did not parse) starts in `text`.
 fn line_number(text: &str, line: &str) -> usize {
     let first = line.lines().next().unwrap_or("").trim();
     text.lines()
-        .position(|l| !first.is_empty() && l.trim() == first)
+        .position(|l| !first.is_empty() && (l.trim() == first || l.trim_end().ends_with(first)))
         .map_or(0, |index| index + 1)
+}
+
+/// `text` with each unquoted value that holds whitespace put in single quotes (its
+/// inline ` # comment` dropped and its ends trimmed), as python-dotenv reads it; a value
+/// that holds a single quote itself is left for dotenvy to refuse. Lines inside a quoted
+/// value that goes on over several lines are left alone; line numbers do not change.
+fn quote_spaced_values(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut changed = false;
+    let mut open_quote: Option<char> = None;
+    for line in text.split_inclusive('\n') {
+        if let Some(quote) = open_quote {
+            if line.matches(quote).count() % 2 == 1 {
+                open_quote = None;
+            }
+            out.push_str(line);
+            continue;
+        }
+        let body = line.trim_end_matches(['\n', '\r']);
+        let rewritten = body.split_once('=').and_then(|(name, value)| {
+            let bare = name.trim().trim_start_matches("export ").trim();
+            let is_name = !bare.is_empty()
+                && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.trim_start().starts_with('#');
+            let value = value.trim_start();
+            if let Some(quote) = value.chars().next().filter(|c| matches!(c, '"' | '\'')) {
+                if value.matches(quote).count() == 1 {
+                    open_quote = Some(quote);
+                }
+                return None;
+            }
+            let value = value.split(" #").next().unwrap_or("").trim_end();
+            (is_name && value.contains(char::is_whitespace) && !value.contains('\''))
+                .then(|| format!("{name}='{value}'"))
+        });
+        match rewritten {
+            Some(line_quoted) => {
+                changed = true;
+                out.push_str(&line_quoted);
+                out.push_str(&line[body.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// The process environment merged over the `.env` file in `dir`, if there is one,
@@ -137,6 +190,29 @@ mod tests {
         let (vars, report) = parse("\u{feff}PROXY_API_KEY=abc\nOPENROUTER_KEYS=k1\n");
         assert_eq!(vars[0], ("PROXY_API_KEY".into(), "abc".into()));
         assert!(report.unknown_names.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn an_unquoted_value_with_spaces_is_read_as_python_dotenv_reads_it() {
+        let text = "PROXY_API_KEY=abc\nOPENROUTER_KEYS=sk-or-v1-a:50, sk-or-v1-b  # two keys\n\
+                    MULTI=\"first\nA=b c\"\nTIMEZONE=UTC\n";
+        let (vars, report) = parse(text);
+        assert!(report.unparsable_lines.is_empty(), "{report:?}");
+        assert_eq!(
+            vars,
+            vec![
+                ("PROXY_API_KEY".into(), "abc".into()),
+                ("OPENROUTER_KEYS".into(), "sk-or-v1-a:50, sk-or-v1-b".into()),
+                ("MULTI".into(), "first\nA=b c".into()),
+                ("TIMEZONE".into(), "UTC".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_is_reported_on_its_own_line() {
+        let (vars, report) = parse("A_B=1\nPROXY_API_KEY=it's x\nTIMEZONE=UTC\n");
+        assert_eq!(report.unparsable_lines, [2], "{vars:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         names: &["CONFIG_FILE"],
         default: "(openrouter-proxy.toml if present)",
-        help: "TOML file of clients (a key per agent, with its own limits); when set, it must exist and be valid",
+        help: "TOML file of clients (a key per agent, with its own limits) and model aliases; when set, it must exist and be valid",
     },
     Variable {
         names: &["TIMEZONE"],
