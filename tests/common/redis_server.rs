@@ -4,6 +4,7 @@
 //! (set by `.ci/run`) makes that a failure.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +30,12 @@ impl RedisServer {
                 std::env::var_os("REQUIRE_REDIS").is_none(),
                 "REQUIRE_REDIS is set but redis-server is not installed"
             );
-            eprintln!("SKIPPED {test}: redis-server is not installed (apt-get install redis-server); this test did not run");
+            // Written to the process' stderr itself, not through `eprintln!`, which the test
+            // harness captures and shows only for failing tests: a skip must be seen.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server); this test did not run"
+            );
             return None;
         }
         let mut server = RedisServer {
