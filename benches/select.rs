@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use openrouter_proxy::clients::admission::Today;
 use openrouter_proxy::clients::Clients;
 use openrouter_proxy::config::Config;
@@ -127,4 +127,12 @@ fn admission(c: &mut Criterion) {
 }
 
 criterion_group!(benches, select, admission);
-criterion_main!(benches);
+
+/// `cargo bench` measures and reports; the one-iteration smoke run of `cargo test
+/// --all-targets` is quiet unless it fails (a panic's message goes to stderr).
+fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let _quiet = smoke.then(gag::Gag::stdout).and_then(Result::ok);
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -94,6 +94,9 @@ fn main() {
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
+    // The small smoke run of `cargo test --all-targets` is quiet unless it fails (a
+    // failed assertion's message goes to stderr).
+    let _quiet = (!full).then(gag::Gag::stdout).and_then(Result::ok);
     let var = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -129,7 +132,7 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (resident, open) = (rss_mb(pid), open_fds(pid));
-            eprintln!("round {}: proxy RSS {resident:.1} MB, {open} fds", round + 1);
+            println!("round {}: proxy RSS {resident:.1} MB, {open} fds", round + 1);
             rss.push(resident);
             fds.push(open);
         }
