@@ -38,8 +38,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::CheckConfig => check_config(&env, &env_file),
         Command::Unknown(arg) => {
             eprintln!("unknown argument {arg:?}; see --help");
+            ExitCode::from(64)
+        }
+    }
+}
+
+/// `--check-config`: what would run, or every problem (exit 64); binds nothing.
+fn check_config(
+    env: &std::collections::HashMap<String, String>,
+    env_file: &EnvFileReport,
+) -> ExitCode {
+    for (level, message) in env_file.messages() {
+        eprintln!("{level}: {message}");
+    }
+    match Config::from_lookup(|name| env.get(name).cloned()) {
+        Ok(config) => {
+            print!("{}", cli::summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
             ExitCode::from(64)
         }
     }

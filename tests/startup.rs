@@ -206,3 +206,66 @@ fn the_readme_configuration_table_lists_every_variable() {
         );
     }
 }
+
+const KEY_A: &str = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0001";
+const KEY_B: &str = "sk-or-v1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0002";
+
+#[test]
+fn check_config_prints_what_would_run_with_keys_masked_or_every_problem_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("proxy.toml"),
+        "[[clients]]\nname = \"planner\"\nkey = \"pk-planner-0123456789\"\n\n[aliases]\nfast = [\"qwen/qwen3-coder:free\"]\n",
+    )
+    .unwrap();
+    let checked = proxy()
+        .current_dir(dir.path())
+        .arg("--check-config")
+        .env("PROXY_API_KEY", "proxy-key-0123456789")
+        .env("OPENROUTER_KEYS", format!("{KEY_A}:50,{KEY_B}@alice"))
+        .env("CONFIG_FILE", "proxy.toml")
+        .env("STATE_FILE", "state.json")
+        .env("UVICORN_PORT", "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(0), "{out}");
+    for line in [
+        "configuration OK",
+        "daily reset at midnight UTC (2 keys in 2 accounts)",
+        "key #1 sk-or-v1-aa…0001: account #1 sk-or-v1-aa…0001, daily free-model limit 50",
+        "account alice",
+        "clients: planner",
+        "model aliases: fast",
+        "Redis: none",
+    ] {
+        assert!(out.contains(line), "{line} not in:\n{out}");
+    }
+    assert!(out.contains(&format!(
+        "state file: {}",
+        dir.path().join("state.json").display()
+    )));
+    let everything = format!("{out}{}", String::from_utf8_lossy(&checked.stderr));
+    for secret in [
+        KEY_A,
+        KEY_B,
+        "pk-planner-0123456789",
+        "proxy-key-0123456789",
+    ] {
+        assert!(!everything.contains(secret), "{secret} printed");
+    }
+    // Port 1 would need root to bind: it was not tried. Nor is the state file written.
+    assert!(!dir.path().join("state.json").exists());
+
+    let broken = proxy()
+        .arg("--check-config")
+        .env("OPENROUTER_KEYS", format!("{KEY_A}:x"))
+        .env("UVICORN_PORT", "99999")
+        .output()
+        .unwrap();
+    assert_eq!(broken.status.code(), Some(64));
+    let errors = String::from_utf8_lossy(&broken.stderr);
+    assert!(errors.contains("PROXY_API_KEY: required"), "{errors}");
+    assert!(errors.contains("UVICORN_PORT: \"99999\""), "{errors}");
+    assert!(!errors.contains(KEY_A), "{errors}");
+}

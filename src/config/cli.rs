@@ -1,4 +1,5 @@
-//! Command-line arguments: run (default), `--help`, `--version`, `--health-check`.
+//! Command-line arguments: run (default), `--help`, `--version`, `--health-check`,
+//! `--check-config`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,6 +15,7 @@ pub enum Command {
     Help,
     Version,
     HealthCheck,
+    CheckConfig,
     Unknown(String),
 }
 
@@ -25,6 +27,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Command {
         Some("-h" | "--help" | "help") => Command::Help,
         Some("-V" | "--version" | "version") => Command::Version,
         Some("--health-check" | "health") => Command::HealthCheck,
+        Some("--check-config" | "check") => Command::CheckConfig,
         Some(other) => Command::Unknown(other.to_owned()),
     }
 }
@@ -37,6 +40,7 @@ pub fn help() -> String {
          One OpenRouter base URL in front of many OpenRouter keys.\n\n\
          USAGE:\n  openrouter-proxy                 run the proxy\n  \
          openrouter-proxy --health-check  GET http://127.0.0.1:$PORT/health; exit 0 if it answers 200\n  \
+         openrouter-proxy --check-config  read .env, the environment and CONFIG_FILE, print what would run\n                                   (keys masked) or every problem; exit 0 or 64; binds nothing\n  \
          openrouter-proxy --version | --help\n\n\
          ENVIRONMENT (also read from ./.env; the process environment wins):\n{}",
         env!("CARGO_PKG_VERSION"),
@@ -76,4 +80,73 @@ mod tests {
         assert_eq!(cmd(&["health"]), Command::HealthCheck);
         assert_eq!(cmd(&["--bogus"]), Command::Unknown("--bogus".into()));
     }
+}
+
+/// `--check-config`: what would run, as lines for the terminal (keys masked, never in full).
+#[must_use]
+pub fn summary(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let pool = crate::keys::KeyPool::from_config(config);
+    let mut out = String::new();
+    let upstream = &config.upstream;
+    let _ = writeln!(out, "configuration OK");
+    let _ = writeln!(out, "listen on {}", config.listen);
+    let _ = writeln!(
+        out,
+        "forward to {}://{}{}",
+        upstream.scheme, upstream.authority, upstream.path
+    );
+    let _ = writeln!(
+        out,
+        "daily reset at midnight {} ({} keys in {} accounts)",
+        config.timezone_name,
+        pool.keys().len(),
+        pool.live_accounts().len()
+    );
+    for (index, key) in pool.keys().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  key {}: account {}, daily free-model limit {}",
+            key.id,
+            pool.account_id(key.account()),
+            pool.account_of(index).daily_limit()
+        );
+    }
+    let names = |list: Vec<&str>| {
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "clients: {}",
+        names(config.clients.iter().map(|c| c.name.as_str()).collect())
+    );
+    let _ = writeln!(
+        out,
+        "model aliases: {}",
+        names(config.aliases.iter().map(|a| a.name.as_str()).collect())
+    );
+    let _ = writeln!(
+        out,
+        "Redis: {}",
+        config
+            .redis
+            .as_ref()
+            .map_or_else(|| "none (this replica alone)".to_owned(), |r| r.shown())
+    );
+    let _ = writeln!(
+        out,
+        "state file: {}",
+        config.state_file.as_ref().map_or_else(
+            || "none (counts are lost on restart)".to_owned(),
+            |p| std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
+        )
+    );
+    out
 }

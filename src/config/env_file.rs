@@ -34,23 +34,40 @@ pub struct EnvFileReport {
 impl EnvFileReport {
     /// Logs what was found: where the variables came from, and each problem once.
     pub fn log(&self) {
+        for (level, message) in self.messages() {
+            log::log!(level, "{message}");
+        }
+    }
+
+    /// What [`Self::log`] says, line by line with its level.
+    #[must_use]
+    pub fn messages(&self) -> Vec<(log::Level, String)> {
         let Some(path) = &self.path else {
-            log::info!("no .env file in the working directory; using the process environment");
-            return;
+            return vec![(
+                log::Level::Info,
+                "no .env file in the working directory; using the process environment".to_owned(),
+            )];
         };
-        log::info!("read {}", path.display());
+        let mut messages = vec![(log::Level::Info, format!("read {}", path.display()))];
         for line in &self.unparsable_lines {
-            log::warn!(
-                "{} line {line} is not NAME=value and was ignored",
-                path.display()
-            );
+            messages.push((
+                log::Level::Warn,
+                format!(
+                    "{} line {line} is not NAME=value and was ignored",
+                    path.display()
+                ),
+            ));
         }
         for name in &self.unknown_names {
-            log::warn!(
-                "{} sets {name}, which openrouter-proxy does not read (a typo?); see --help",
-                path.display()
-            );
+            messages.push((
+                log::Level::Warn,
+                format!(
+                    "{} sets {name}, which openrouter-proxy does not read (a typo?); see --help",
+                    path.display()
+                ),
+            ));
         }
+        messages
     }
 }
 
