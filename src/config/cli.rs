@@ -135,7 +135,7 @@ pub fn summary(config: &Config) -> String {
         config
             .redis
             .as_ref()
-            .map_or_else(|| "none (this replica alone)".to_owned(), |r| r.shown())
+            .map_or_else(|| "none (this replica alone)".to_owned(), super::RedisTarget::shown)
     );
     let _ = writeln!(
         out,
