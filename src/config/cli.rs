@@ -67,21 +67,6 @@ pub fn health_check(env: &HashMap<String, String>) -> bool {
         && &head[9..12] == b"200"
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_select_the_command() {
-        let cmd = |args: &[&str]| parse(args.iter().map(|s| (*s).to_owned()));
-        assert_eq!(cmd(&[]), Command::Run);
-        assert_eq!(cmd(&["--help"]), Command::Help);
-        assert_eq!(cmd(&["--version"]), Command::Version);
-        assert_eq!(cmd(&["health"]), Command::HealthCheck);
-        assert_eq!(cmd(&["--bogus"]), Command::Unknown("--bogus".into()));
-    }
-}
-
 /// `--check-config`: what would run, as lines for the terminal (keys masked, never in full).
 #[must_use]
 pub fn summary(config: &Config) -> String {
@@ -132,10 +117,10 @@ pub fn summary(config: &Config) -> String {
     let _ = writeln!(
         out,
         "Redis: {}",
-        config
-            .redis
-            .as_ref()
-            .map_or_else(|| "none (this replica alone)".to_owned(), super::RedisTarget::shown)
+        config.redis.as_ref().map_or_else(
+            || "none (this replica alone)".to_owned(),
+            super::RedisTarget::shown
+        )
     );
     let _ = writeln!(
         out,
@@ -149,4 +134,19 @@ pub fn summary(config: &Config) -> String {
         )
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_select_the_command() {
+        let cmd = |args: &[&str]| parse(args.iter().map(|s| (*s).to_owned()));
+        assert_eq!(cmd(&[]), Command::Run);
+        assert_eq!(cmd(&["--help"]), Command::Help);
+        assert_eq!(cmd(&["--version"]), Command::Version);
+        assert_eq!(cmd(&["health"]), Command::HealthCheck);
+        assert_eq!(cmd(&["--bogus"]), Command::Unknown("--bogus".into()));
+    }
 }
