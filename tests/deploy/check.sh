@@ -17,6 +17,7 @@ assert service["environment"]["STATE_FILE"] == "/data/state.json", service
 assert any(v.endswith(":/data") for v in service["volumes"]), service
 assert all(p.startswith("127.0.0.1:") for p in service["ports"]), service
 assert "openrouter-proxy-state" in doc["volumes"], doc
+assert service["healthcheck"]["test"] == ["CMD", "/openrouter-proxy", "--health-check"], service
 print("compose.yaml: ok")
 PY
 python3 - docs/deploy/compose-replicas.yaml <<'PY'
