@@ -3,11 +3,17 @@
 # empty root directory holding nothing but itself (no libc, no CA files, no
 # zoneinfo), serves /health, proxies to a mock upstream on loopback, reports
 # /key_status in TIMEZONE=Europe/Moscow, answers --health-check, and works with
-# the OpenAI Python SDK. Needs root (chroot) and python3 with the openai package.
+# the OpenAI Python SDK (a completion and a stream). Needs root (chroot) and python3
+# with the openai package.
+#
+# A binary for another architecture runs under a static user-mode emulator given as
+# the second argument (qemu-aarch64-static), copied into the root beside it.
 #
 # Usage: bash tests/shipping/run.sh target/x86_64-unknown-linux-musl/release/openrouter-proxy
+#        bash tests/shipping/run.sh target/aarch64-unknown-linux-musl/release/openrouter-proxy "$(command -v qemu-aarch64-static)"
 set -euo pipefail
 bin=$(readlink -f "${1:?path to the static binary}")
+emulator=${2:-}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(mktemp -d)
 pids=()
@@ -23,6 +29,11 @@ if readelf -l "$bin" | grep -q INTERP; then
   echo "FAIL: $bin is dynamically linked"; readelf -l "$bin" | grep -A1 INTERP; exit 1
 fi
 cp "$bin" "$root/openrouter-proxy"
+run=(/openrouter-proxy)
+if [ -n "$emulator" ]; then
+  cp "$(readlink -f "$emulator")" "$root/emulator"
+  run=(/emulator /openrouter-proxy)
+fi
 echo "root directory holds: $(cd "$root" && find . -mindepth 1 | tr '\n' ' ')"
 
 # Both the mock and the proxy bind port 0 and say which port they got: no port is
@@ -34,17 +45,17 @@ proxy_key=scratch-proxy-key-1234
 or_key=sk-or-v1-scratch0000000000000000000000000000ab12
 env -i PROXY_API_KEY="$proxy_key" OPENROUTER_KEYS="$or_key:1000" TIMEZONE=Europe/Moscow SHUTDOWN_GRACE=2 \
   OPENROUTER_BASE_URL="http://127.0.0.1:$mock_port/api/v1" UVICORN_HOST=127.0.0.1 UVICORN_PORT=0 \
-  "$chroot" "$root" /openrouter-proxy 2>"$root.log" &
+  "$chroot" "$root" "${run[@]}" 2>"$root.log" &
 proxy_pid=$!
 pids+=($proxy_pid)
 proxy_port=$(port_from "$root.log" "listening on 127.0.0.1:") || { echo "FAIL: the proxy did not start"; cat "$root.log"; exit 1; }
 
 for _ in $(seq 100); do
-  if env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" /openrouter-proxy --health-check 2>/dev/null; then break; fi
+  if env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" "${run[@]}" --health-check 2>/dev/null; then break; fi
   sleep 0.1
 done
-env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" /openrouter-proxy --health-check || { echo "FAIL: --health-check"; cat "$root.log"; exit 1; }
-echo "--health-check inside the empty root: ok"
+env -i UVICORN_PORT="$proxy_port" "$chroot" "$root" "${run[@]}" --health-check || { echo "FAIL: --health-check"; cat "$root.log"; exit 1; }
+echo "--health-check inside the empty root${emulator:+ (under $(basename "$emulator"))}: ok"
 size=$(stat -c %s "$bin")
 echo "static binary: $size bytes; idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$proxy_pid/status)"
 # The shipped binary stays small enough for a scratch image (Redis client and all).
