@@ -158,7 +158,7 @@ fn bind(config: &Config) -> Option<tokio::net::TcpListener> {
     );
     if !bound.ip().is_loopback() {
         warn!(
-            "listening on {bound}: plain HTTP on every network this host is on; put TLS in front (see the README's \"Network exposure and TLS\"), or set UVICORN_HOST=127.0.0.1 when the agents run here"
+            "listening on {bound}: plain HTTP on every network this host is on; put TLS in front (see docs/operations.md, \"Network exposure and TLS\"), or set UVICORN_HOST=127.0.0.1 when the agents run here"
         );
     }
     Some(listener)

@@ -194,15 +194,29 @@ fn env_sample_lists_every_variable_with_its_default_and_a_comment() {
 }
 
 #[test]
-fn the_readme_configuration_table_lists_every_variable() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn the_configuration_page_lists_every_variable_with_the_default_help_shows() {
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     for var in openrouter_proxy::config::VARIABLES {
-        let row = format!("| `{}`", var.names[0]);
+        let row = page
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}`", var.names[0])))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for {}", var.names[0]));
+        let default = row.split('|').nth(2).unwrap().trim();
+        // `--help`'s default, as code when it is a value, as words when it is not.
+        let expected = if var.default.starts_with('(') {
+            var.default.trim_matches(['(', ')'])
+        } else {
+            var.default
+        };
         assert!(
-            readme.contains(&row),
-            "README has no row for {}",
-            var.names[0]
+            default.contains(expected) || default.replace('`', "").contains(expected),
+            "{}: the page says {default}, --help says {}",
+            var.names[0],
+            var.default
         );
     }
 }
