@@ -447,3 +447,33 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_request_closed(
     assert!(closed);
     drop(client);
 }
+
+#[tokio::test]
+async fn an_unreachable_openrouter_is_logged_as_a_sentence_not_a_debug_dump() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Running::start(
+        &format!("http://{closed}/api/v1"),
+        &dir.path().join("state.json"),
+        &[("MAX_RETRIES", "0")],
+    )
+    .await;
+    let answer = proxy.chat("qwen/qwen3-coder:free").await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.log_text().contains(
+            "could not reach OpenRouter: 127.0.0.1 refused the connection"
+        ))
+        .await,
+        "{}",
+        proxy.log_text()
+    );
+    assert!(
+        !proxy.log_text().contains("ConnectError"),
+        "{}",
+        proxy.log_text()
+    );
+}

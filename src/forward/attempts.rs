@@ -98,6 +98,36 @@ pub struct Journey {
     pub count_client: Option<Arc<Client>>,
 }
 
+/// An upstream client error as a sentence (`DNS lookup of openrouter.ai failed (…)`,
+/// `127.0.0.1 refused the connection`), from the causes it chains, innermost last.
+fn described(err: &(dyn std::error::Error + 'static), host: &str) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let chain = causes.join(": ").to_lowercase();
+    let innermost = causes.last().map_or("", String::as_str);
+    if chain.contains("dns error") {
+        format!("DNS lookup of {host} failed ({innermost})")
+    } else if chain.contains("connection refused") {
+        format!("{host} refused the connection")
+    } else if chain.contains("timed out") || chain.contains("timeout") {
+        format!("connecting to {host} timed out")
+    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
+    {
+        format!("the TLS handshake with {host} failed ({innermost})")
+    } else if chain.contains("connection reset") || chain.contains("broken pipe") {
+        format!("{host} closed the connection ({innermost})")
+    } else {
+        format!("{host}: {}", causes.join(": "))
+    }
+}
+
 /// What a request's record names of its journey.
 #[derive(Clone)]
 pub struct Trail {
@@ -427,11 +457,15 @@ impl Journey {
         let response = result.map_err(|err| {
             // A connect error (refused, DNS, TLS handshake, connect timeout) means the request
             // never left; anything later may have been received and acted on.
+            let host = self.app.config.upstream.authority.host();
             if err.is_connect() {
-                warn!("could not reach OpenRouter: {err:?}");
+                warn!("could not reach OpenRouter: {}", described(&err, host));
                 Sent::Failed(Verdict::Unreached)
             } else {
-                warn!("the connection to OpenRouter failed after the request was sent: {err:?}");
+                warn!(
+                    "the connection to OpenRouter failed after the request was sent: {}",
+                    described(&err, host)
+                );
                 Sent::Failed(Verdict::Broken {
                     nothing_generated: false,
                 })
