@@ -1,6 +1,6 @@
 //! The application state every part of the proxy shares, built once at startup.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::aliases::Aliases;
@@ -36,6 +36,9 @@ pub struct App {
     pub fair: FairQueue,
     /// The fleet's shared state, with `REDIS_URL`.
     pub shared: Option<Arc<Shared>>,
+    /// Whether the state file can be written (false after a failed check or write, until a
+    /// write succeeds): `/health?format=json` says `degraded` while it cannot.
+    pub state_kept: AtomicBool,
 }
 
 impl App {
@@ -58,6 +61,7 @@ impl App {
             breaker: Breaker::default(),
             refusals: RefusalLog::default(),
             upstream,
+            state_kept: AtomicBool::new(true),
         })
     }
 

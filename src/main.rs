@@ -89,6 +89,11 @@ async fn serve(config: Config) -> ExitCode {
     let state_file = app.config.state_file.clone();
     // Read before the port is open: nothing is served from state not yet restored.
     if let Some(path) = &state_file {
+        if let Err(why) = state::check_writable(path) {
+            warn!("{why}");
+            app.state_kept
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let fleet = state::load(path, &app);
         if let Some(shared) = &app.shared {
             let (replica, replicas) = fleet.map(|f| (f.replica, f.replicas)).unzip();

@@ -508,3 +508,32 @@ async fn every_request_line_is_in_the_log_when_the_process_stops_right_after_a_b
         );
     }
 }
+
+#[tokio::test]
+async fn a_state_file_that_cannot_be_written_is_said_before_the_port_opens_and_health_is_degraded()
+{
+    let upstream = Upstream::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("missing").join("state.json");
+    let proxy = Running::start(&upstream.base_url(), &state, &[]).await;
+    let log = proxy.log_text();
+    let said = log
+        .find(&format!(
+            "STATE_FILE {}: cannot write in {}",
+            state.display(),
+            state.parent().unwrap().display()
+        ))
+        .unwrap_or_else(|| panic!("not said:\n{log}"));
+    assert!(said < log.find("listening on").unwrap(), "{log}");
+    let health = send(
+        request("GET", &proxy.url("/health?format=json"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        health.json(),
+        serde_json::json!({"status": "degraded", "upstream": "ok", "state": "not kept"})
+    );
+}

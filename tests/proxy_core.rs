@@ -265,7 +265,7 @@ async fn health_and_cors_preflight_need_no_key_and_forward_nothing() {
     .await;
     assert_eq!(
         json.json(),
-        serde_json::json!({"status": "OK", "upstream": "ok"})
+        serde_json::json!({"status": "OK", "upstream": "ok", "state": "kept"})
     );
     let preflight = hyper::Request::builder()
         .method("OPTIONS")

@@ -7,9 +7,11 @@
 //! background task, never on the request path. A file that cannot be read or
 //! written is a warning, never a reason to stop serving.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +21,6 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::clients::persist::{self, ClientRecord};
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Usage, UsageCounters};
-use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 
 const VERSION: u32 = 2;
 /// Far above what any real key list writes (about 300 bytes a key).
@@ -433,6 +433,37 @@ fn read_document(path: &Path) -> Option<StateDocument> {
     }
 }
 
+/// `path` made absolute (from the working directory), for messages an operator acts on.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Whether the state file can be written where it is configured: a file is created and
+/// removed beside it (the state is written to a temporary file there and renamed over it).
+/// Checked before the port opens, so a state that will not be kept is said at once.
+///
+/// # Errors
+/// Why nothing can be written there, with the absolute path of the directory.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    let path = absolute(path);
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let probe = dir.join(format!(
+        ".openrouter-proxy-write-check-{}",
+        std::process::id()
+    ));
+    match fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(err) => Err(format!(
+            "STATE_FILE {}: cannot write in {} ({err}): counts and blocks will not survive a restart; serving from memory",
+            path.display(),
+            dir.display()
+        )),
+    }
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -530,20 +561,24 @@ impl Persistence {
         let contents = document(&pool, &state, now);
         let result = tokio::task::spawn_blocking(move || write_atomic(&path, &contents)).await;
         match result {
-            Ok(Ok(())) => self.last_written = Some(state),
+            Ok(Ok(())) => {
+                self.last_written = Some(state);
+                self.app.state_kept.store(true, Relaxed);
+            }
             Ok(Err(err)) => self.warn(&err.to_string()),
             Err(err) => self.warn(&err.to_string()),
         }
     }
 
     fn warn(&mut self, err: &str) {
+        self.app.state_kept.store(false, Relaxed);
         if self
             .last_warning
             .is_none_or(|at| at.elapsed() >= WRITE_WARNING_EVERY)
         {
             warn!(
-                "state file {} cannot be written ({err}); serving from memory",
-                self.path.display()
+                "STATE_FILE {} cannot be written ({err}); serving from memory: counts and blocks will not survive a restart",
+                absolute(&self.path).display()
             );
             self.last_warning = Some(Instant::now());
         }

@@ -12,19 +12,29 @@ use bytes::Bytes;
 /// OpenRouter is reachable: `{"status":"OK","upstream":"ok"}`, or `degraded` and
 /// `unreachable` while the circuit breaker is open; with `REDIS_URL` also whether Redis
 /// is in use (`"redis":"ok"`, or `"unreachable"` and `degraded` while the replica decides
-/// alone).
+/// alone); with `STATE_FILE`, whether it can be written (`"state":"kept"`, or
+/// `"not kept"` and `degraded`).
 #[must_use]
 pub fn health(app: &App, query: Option<&str>) -> Response<Bytes> {
     let json = query.is_some_and(|q| q.split('&').any(|pair| pair == "format=json"));
     let (body, content_type) = if json {
         let upstream_ok = !app.breaker.is_open();
         let redis_ok = app.shared.as_ref().map(|shared| shared.in_use());
+        let state_ok = app
+            .config
+            .state_file
+            .as_ref()
+            .map(|_| app.state_kept.load(std::sync::atomic::Ordering::Relaxed));
+        let healthy = upstream_ok && redis_ok != Some(false) && state_ok != Some(false);
         let mut body = json!({
-            "status": if upstream_ok && redis_ok != Some(false) { "OK" } else { "degraded" },
+            "status": if healthy { "OK" } else { "degraded" },
             "upstream": if upstream_ok { "ok" } else { "unreachable" },
         });
         if let Some(ok) = redis_ok {
             body["redis"] = json!(if ok { "ok" } else { "unreachable" });
+        }
+        if let Some(ok) = state_ok {
+            body["state"] = json!(if ok { "kept" } else { "not kept" });
         }
         (Bytes::from(body.to_string()), "application/json")
     } else {
