@@ -94,16 +94,7 @@ fn aliases_toml() -> String {
 }
 
 async fn chat_with(proxy: &Running, key: &str, body: &str) -> Answer {
-    send(
-        hyper::Request::builder()
-            .method("POST")
-            .uri(proxy.url("/api/v1/chat/completions"))
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-            .unwrap(),
-    )
-    .await
+    post_json(&proxy.url("/api/v1/chat/completions"), key, body).await
 }
 
 fn chats(upstream: &Upstream) -> Vec<Seen> {
@@ -118,15 +109,6 @@ fn models_sent(upstream: &Upstream) -> Vec<String> {
     chats(upstream).iter().map(model_of).collect()
 }
 
-fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_first_candidate_is_sent_in_a_body_otherwise_unchanged() {
     let script = Script::default();
@@ -135,7 +117,7 @@ async fn the_first_candidate_is_sent_in_a_body_otherwise_unchanged() {
     let body = r#"{ "messages" : [{"role":"user","content":"say \"fast\""}],"model":"fast",  "temperature":0.25 }"#;
     let answer = chat_with(&proxy, PROXY_KEY, body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(header(&answer, "x-proxy-model"), FIRST);
+    assert_eq!(answer.header("x-proxy-model"), FIRST);
     let sent = &chats(&upstream)[0];
     assert_eq!(
         sent.body,
@@ -176,10 +158,10 @@ async fn a_provider_429_moves_on_at_once_and_the_next_requests_skip_that_candida
         "{:?}",
         began.elapsed()
     );
-    assert_eq!(header(&answer, "x-proxy-model"), SECOND);
+    assert_eq!(answer.header("x-proxy-model"), SECOND);
     // Within the skip (10 s without Retry-After), the next request goes straight to the second.
     let answer = chat_with(&proxy, PROXY_KEY, r#"{"model":"fast","messages":[]}"#).await;
-    assert_eq!(header(&answer, "x-proxy-model"), SECOND);
+    assert_eq!(answer.header("x-proxy-model"), SECOND);
     assert_eq!(models_sent(&upstream), [FIRST, SECOND, SECOND]);
 
     let status = proxy.key_status().await;
@@ -219,7 +201,7 @@ async fn a_500_a_404_no_endpoints_and_an_error_inside_a_200_each_move_on() {
     let answer = chat_with(&proxy, PROXY_KEY, r#"{"model":"fast","messages":[]}"#).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(began.elapsed() < Duration::from_secs(3));
-    assert_eq!(header(&answer, "x-proxy-model"), FOURTH);
+    assert_eq!(answer.header("x-proxy-model"), FOURTH);
     assert_eq!(models_sent(&upstream), [FIRST, SECOND, THIRD, FOURTH]);
     assert!(
         eventually(Duration::from_secs(5), || proxy
@@ -254,7 +236,7 @@ async fn a_daily_quota_429_switches_key_and_keeps_the_candidate() {
     let (proxy, _dir) = proxy_with(&upstream, &aliases_toml(), &[]).await;
     let answer = chat_with(&proxy, PROXY_KEY, r#"{"model":"fast","messages":[]}"#).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(header(&answer, "x-proxy-model"), FIRST);
+    assert_eq!(answer.header("x-proxy-model"), FIRST);
     let sent = chats(&upstream);
     assert_eq!(models_sent(&upstream), [FIRST, FIRST]);
     assert_ne!(sent[0].key(), sent[1].key());
@@ -371,7 +353,7 @@ async fn the_list_of_models_names_the_aliases_first_and_allowlists_can_name_an_a
     assert_eq!(ids(&coder_list), ["coder", "openai/gpt-4o"]);
     let answer = chat_with(&proxy, CODER_KEY, r#"{"model":"coder","messages":[]}"#).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(header(&answer, "x-proxy-model"), "qwen/qwen3-coder:free");
+    assert_eq!(answer.header("x-proxy-model"), "qwen/qwen3-coder:free");
     let refused = chat_with(&proxy, CODER_KEY, r#"{"model":"fast","messages":[]}"#).await;
     assert_eq!(refused.status, 403);
     assert!(
@@ -403,7 +385,7 @@ async fn a_reload_puts_new_aliases_in_force() {
         proxy.log_text()
     );
     let answer = chat_with(&proxy, PROXY_KEY, r#"{"model":"fast","messages":[]}"#).await;
-    assert_eq!(header(&answer, "x-proxy-model"), FOURTH);
+    assert_eq!(answer.header("x-proxy-model"), FOURTH);
     // "coder" is gone: sent as it is, as any model that is no alias.
     chat_with(&proxy, PROXY_KEY, r#"{"model":"coder","messages":[]}"#).await;
     assert_eq!(models_sent(&upstream), [FOURTH, "coder"]);

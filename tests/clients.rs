@@ -34,15 +34,7 @@ async fn with_clients(
 
 async fn chat_as(proxy: &Running, key: &str, model: &str) -> Answer {
     let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
-    send(
-        hyper::Request::builder()
-            .method("POST")
-            .uri(proxy.url("/api/v1/chat/completions"))
-            .header("authorization", format!("Bearer {key}"))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap(),
-    )
-    .await
+    post_json(&proxy.url("/api/v1/chat/completions"), key, &body).await
 }
 
 async fn get_as(proxy: &Running, key: &str, path: &str) -> Answer {
@@ -54,15 +46,6 @@ async fn get_as(proxy: &Running, key: &str, path: &str) -> Answer {
             .unwrap(),
     )
     .await
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -150,10 +133,10 @@ async fn daily_limits_refuse_at_once_in_openrouters_shape_naming_the_client_and_
         free.json()["error"]["message"],
         "client planner reached its daily free-request limit (2)"
     );
-    assert_eq!(header(&free, "x-ratelimit-limit"), "2");
-    assert_eq!(header(&free, "x-ratelimit-remaining"), "0");
-    let reset: i64 = header(&free, "x-ratelimit-reset").parse().unwrap();
-    let retry: u64 = header(&free, "retry-after").parse().unwrap();
+    assert_eq!(free.header("x-ratelimit-limit"), "2");
+    assert_eq!(free.header("x-ratelimit-remaining"), "0");
+    let reset: i64 = free.header("x-ratelimit-reset").parse().unwrap();
+    let retry: u64 = free.header("retry-after").parse().unwrap();
     assert!(reset > 0 && retry > 0 && retry <= 86_400);
     // Paid models count against the request limit only.
     for _ in 0..2 {
@@ -281,7 +264,7 @@ async fn over_max_concurrent_a_request_waits_its_turn_up_to_max_wait_then_gets_a
         "{:?}",
         began.elapsed()
     );
-    assert_eq!(header(&busy, "retry-after"), "1");
+    assert_eq!(busy.header("retry-after"), "1");
     // Once the stream ends, the next one is admitted.
     drop(chunks);
     drop(body);
@@ -692,10 +675,7 @@ async fn the_list_of_models_shows_a_client_only_what_it_may_use() {
         ids(&coder),
         ["qwen/qwen3-coder:free", "anthropic/claude-sonnet-4"]
     );
-    assert_eq!(
-        header(&coder, "content-length"),
-        coder.body.len().to_string()
-    );
+    assert_eq!(coder.header("content-length"), coder.body.len().to_string());
     // Without an allowlist, and for the operator, the list as OpenRouter sent it.
     assert_eq!(
         ids(&get_as(&proxy, PLANNER_KEY, "/api/v1/models").await).len(),

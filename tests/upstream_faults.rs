@@ -248,7 +248,7 @@ async fn an_unreachable_openrouter_costs_no_quota_and_fails_fast_once_it_is_know
     let health = get(&proxy, "/health?format=json").await.json();
     assert_eq!(
         health,
-        serde_json::json!({"status": "degraded", "upstream": "unreachable"})
+        serde_json::json!({"status": "degraded", "upstream": "unreachable", "state": "kept"})
     );
     // Known down: the next request makes its one attempt and is not retried.
     chat(&proxy, "a/b:free").await.assert_error(502);

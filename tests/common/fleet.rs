@@ -144,14 +144,10 @@ pub async fn chat_at(url: String, model: String) -> u16 {
 
 /// A chat for `model` at `url` with bearer `key`.
 pub async fn chat_as(url: String, key: String, model: String) -> Answer {
-    let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
-    send(
-        hyper::Request::builder()
-            .method("POST")
-            .uri(url)
-            .header("authorization", format!("Bearer {key}"))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap(),
+    post_json(
+        &url,
+        &key,
+        &format!(r#"{{"model":"{model}","messages":[]}}"#),
     )
     .await
 }

@@ -384,7 +384,15 @@ impl Answer {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
-    /// Asserts the OpenRouter error shape with this code.
+    /// Header `name`, which must be there, as text.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+    }
+
     /// The `Retry-After` header in seconds.
     pub fn retry_after(&self) -> u64 {
         self.headers["retry-after"]
@@ -394,6 +402,7 @@ impl Answer {
             .unwrap()
     }
 
+    /// Asserts the OpenRouter error shape with this code.
     pub fn assert_error(&self, code: u16) {
         assert_eq!(self.status, code, "{}", self.text());
         assert_error_shape(&self.json(), code);
@@ -423,6 +432,20 @@ pub fn request(method: &str, url: &str) -> hyper::http::request::Builder {
         .method(method)
         .uri(url)
         .header("authorization", format!("Bearer {PROXY_KEY}"))
+}
+
+/// POSTs `body` (JSON) to `url` with bearer `key` and collects the whole answer.
+pub async fn post_json(url: &str, key: &str, body: &str) -> Answer {
+    send(
+        Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap(),
+    )
+    .await
 }
 
 /// Sends a request and collects the whole answer.
