@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::config::{AliasSpec, Config};
-use crate::keys::share::{count_in, packed};
+use crate::keys::share::{bump, count_in};
 use crate::keys::Calendar;
 
 // Relaxed throughout: each word is self-contained, read for display or as a hint.
@@ -129,12 +129,6 @@ impl Alias {
             count_in(c.failed.load(Relaxed), date),
         )
     }
-}
-
-fn bump(word: &AtomicU64, date: u32) {
-    let _ = word.fetch_update(Relaxed, Relaxed, |w| {
-        Some(packed(date, count_in(w, date) + 1))
-    });
 }
 
 /// Every configured alias.

@@ -71,20 +71,16 @@ async fn upstream_by_model(script: &Script) -> Upstream {
     .await
 }
 
-/// A proxy whose `CONFIG_FILE` is `toml`, on `upstream`.
+/// A proxy whose `CONFIG_FILE` is `toml`, on `upstream`, with `RETRY_BACKOFF=30` (a retry
+/// with backoff would take seconds) unless `vars` say otherwise.
 async fn proxy_with(
     upstream: &Upstream,
     toml: &str,
     vars: &[(&str, &str)],
 ) -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("proxy.toml");
-    std::fs::write(&file, toml).unwrap();
-    let file = file.to_str().unwrap().to_owned();
-    let mut all = vec![("CONFIG_FILE", file.as_str()), ("RETRY_BACKOFF", "30")];
+    let mut all = vec![("RETRY_BACKOFF", "30")];
     all.extend_from_slice(vars);
-    let proxy = Running::start(&upstream.base_url(), &dir.path().join("state.json"), &all).await;
-    (proxy, dir)
+    Running::with_config_file(&upstream.base_url(), toml, &all).await
 }
 
 fn aliases_toml() -> String {

@@ -22,14 +22,7 @@ async fn with_clients(
     toml: &str,
     vars: &[(&str, &str)],
 ) -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("clients.toml");
-    std::fs::write(&file, toml).unwrap();
-    let file = file.to_str().unwrap().to_owned();
-    let mut all = vec![("CONFIG_FILE", file.as_str())];
-    all.extend_from_slice(vars);
-    let proxy = Running::start(&upstream.base_url(), &dir.path().join("state.json"), &all).await;
-    (proxy, dir)
+    Running::with_config_file(&upstream.base_url(), toml, vars).await
 }
 
 async fn chat_as(proxy: &Running, key: &str, model: &str) -> Answer {
@@ -455,7 +448,7 @@ async fn a_restart_keeps_each_clients_counts_and_the_state_file_holds_no_client_
         "{state}"
     );
 
-    let file = dir.path().join("clients.toml");
+    let file = dir.path().join("proxy.toml");
     let file = file.to_str().unwrap();
     let restarted = Running::start(
         &upstream.base_url(),

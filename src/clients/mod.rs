@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::config::{ClientSpec, Config};
-use crate::keys::share::{count_in, packed, Share};
+use crate::keys::share::{bump, count_in, Share};
 use crate::keys::{Gcra, History, Tally, Usage, UsageCounters};
 use crate::observe::logging::OncePerSecond;
 use allow::Allowlist;
@@ -264,9 +264,7 @@ impl Client {
 
     /// Counts a refusal of `date`, and logs it (at most a line a second per reason).
     pub fn count_refused(&self, why: Refused, date: u32) {
-        let _ = self.counts.refused[why as usize].fetch_update(Relaxed, Relaxed, |word| {
-            Some(packed(date, count_in(word, date) + 1))
-        });
+        bump(&self.counts.refused[why as usize], date);
         // The chart counts every request, the proxy's own 429s among them.
         let now = crate::keys::now_ms();
         self.counts.history.add(Tally::Requests, 1, now);

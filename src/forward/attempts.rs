@@ -176,9 +176,16 @@ impl Journey {
     /// Sends the request as `route`'s candidates: the body with the current one as its
     /// model, and its demand (free or not).
     pub fn follow_route(&mut self, route: Route) {
-        self.outgoing.body = route.body();
-        self.outgoing.demand = route.demand();
         self.route = Some(route);
+        self.send_current_candidate();
+    }
+
+    /// The body and demand of the route's current candidate.
+    fn send_current_candidate(&mut self) {
+        if let Some(route) = &self.route {
+            self.outgoing.body = route.body();
+            self.outgoing.demand = route.demand();
+        }
     }
 
     /// The shared application state.
@@ -673,8 +680,7 @@ impl Journey {
         };
         let first_pass = !route.first_pass_done();
         route.move_on(skip_ms, now, self.pool.calendar().today(now).date);
-        self.outgoing.body = route.body();
-        self.outgoing.demand = route.demand();
+        self.send_current_candidate();
         first_pass
     }
 

@@ -227,6 +227,13 @@ impl Drop for Unsettled<'_> {
     }
 }
 
+/// Adds one to `date`'s count in `word` (a word of an older date starts again from 0).
+pub(crate) fn bump(word: &AtomicU64, date: u32) {
+    let _ = word.fetch_update(Relaxed, Relaxed, |w| {
+        Some(packed(date, count_in(w, date) + 1))
+    });
+}
+
 /// Raises `date`'s count in `word` to `count`; an older `date` changes nothing.
 fn raise(word: &AtomicU64, date: u32, count: u32) {
     let _ = word.fetch_update(SeqCst, SeqCst, |w| {

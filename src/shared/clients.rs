@@ -81,23 +81,19 @@ impl Shared {
         today: Today,
     ) -> Result<Option<i64>, Admitted> {
         let counts = &client.counts;
-        let limits = &client.spec.limits;
         let hash = self.names.client(client.name());
         let seq = self
             .next_pick
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut waiting = Waiting::new(self, &hash, seq);
-        let (interval, tolerance) = client.limiter_shape_ms().unwrap_or((0, 0));
-        let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let (limits, shape) = limit_args(client);
         let mut invocation = scripts::ADMIT.prepare_invoke();
         invocation
             .key(&hash)
             .arg(self.client_args(counts, today))
-            .arg(limit(limits.requests_per_day))
-            .arg(limit(limits.free_requests_per_day))
+            .arg(limits)
             .arg(u8::from(free))
-            .arg(interval)
-            .arg(tolerance)
+            .arg(shape)
             .arg(seq);
         let invocation = &invocation;
         let call = self.query(|mut connection| async move {
@@ -183,6 +179,20 @@ impl Shared {
             .arg(&fences);
         (hash, fences)
     }
+}
+
+/// What the scripts take of `client`'s limits: its daily request and free-request limits
+/// (-1: none), and its per-minute limiter's interval and burst tolerance in ms (0: none).
+pub(super) fn limit_args(client: &Client) -> ((i64, i64), (i64, i64)) {
+    let limits = &client.spec.limits;
+    let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    (
+        (
+            limit(limits.requests_per_day),
+            limit(limits.free_requests_per_day),
+        ),
+        client.limiter_shape_ms().unwrap_or((0, 0)),
+    )
 }
 
 /// Brings the fleet's counts of `client` back from the merge's `value`:

@@ -262,17 +262,13 @@ impl Shared {
             .arg(others)
             .arg(seq);
         if let Some(client) = client {
-            let limits = &client.spec.limits;
-            let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-            let (interval, tolerance) = client.limiter_shape_ms().unwrap_or((0, 0));
+            let (limits, shape) = clients::limit_args(client);
             invocation
                 .key(self.names.client(client.name()))
                 .arg(client.counts.requests.mine_on(date))
                 .arg(client.counts.free_requests.mine_on(date))
-                .arg(limit(limits.requests_per_day))
-                .arg(limit(limits.free_requests_per_day))
-                .arg(interval)
-                .arg(tolerance);
+                .arg(limits)
+                .arg(shape);
         }
         // A connection Redis dropped (it restarted) is replaced and the script sent again:
         // it cannot have run on a Redis that was not there (a connection cut between a

@@ -37,6 +37,23 @@ impl Running {
         Self::launch(command).await
     }
 
+    /// Like [`Self::start`], with `toml` as its `CONFIG_FILE` (`dir/proxy.toml`, so a test can
+    /// rewrite it for a reload) and its state file beside it in the returned directory.
+    pub async fn with_config_file(
+        upstream: &str,
+        toml: &str,
+        vars: &[(&str, &str)],
+    ) -> (Running, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(&file, toml).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        let mut all = vec![("CONFIG_FILE", file.as_str())];
+        all.extend_from_slice(vars);
+        let proxy = Running::start(upstream, &dir.path().join("state.json"), &all).await;
+        (proxy, dir)
+    }
+
     fn command(upstream: &str, state_file: &Path, vars: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
         command
