@@ -194,29 +194,21 @@ fn env_sample_lists_every_variable_with_its_default_and_a_comment() {
 }
 
 #[test]
-fn the_configuration_page_lists_every_variable_with_the_default_help_shows() {
-    let page = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docs/configuration.md"
-    ))
-    .unwrap();
-    for var in openrouter_proxy::config::VARIABLES {
-        let row = page
-            .lines()
-            .find(|l| l.starts_with(&format!("| `{}`", var.names[0])))
-            .unwrap_or_else(|| panic!("docs/configuration.md has no row for {}", var.names[0]));
-        let default = row.split('|').nth(2).unwrap().trim();
-        // `--help`'s default, as code when it is a value, as words when it is not.
-        let expected = if var.default.starts_with('(') {
-            var.default.trim_matches(['(', ')'])
-        } else {
-            var.default
-        };
+fn the_configuration_page_holds_the_table_help_prints() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let page = std::fs::read_to_string(path).unwrap();
+    let (start, end) = ("<!-- generated from src/config/variables.rs", "<!-- end of the generated table -->");
+    let from = page.find(start).expect("docs/configuration.md has no start marker");
+    let from = from + page[from..].find('\n').unwrap() + 1;
+    let to = page.find(end).expect("docs/configuration.md has no end marker");
+    let table = openrouter_proxy::config::markdown_table();
+    if std::env::var_os("REGENERATE_DOCS").is_some() {
+        std::fs::write(path, format!("{}{table}{}", &page[..from], &page[to..])).unwrap();
+    } else {
         assert!(
-            default.contains(expected) || default.replace('`', "").contains(expected),
-            "{}: the page says {default}, --help says {}",
-            var.names[0],
-            var.default
+            page[from..to] == table,
+            "docs/configuration.md's table is not the one src/config/variables.rs makes; \
+             run `REGENERATE_DOCS=1 cargo test --test startup configuration_page` and commit the page"
         );
     }
 }

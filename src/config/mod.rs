@@ -27,7 +27,7 @@ mod variables;
 
 pub use file::{AliasSpec, ClientLimits, ClientSpec};
 pub use redis::RedisTarget;
-pub use variables::{Variable, VARIABLES};
+pub use variables::{markdown_table, Variable, VARIABLES};
 
 use read::{parse_base_url, parse_host, parse_keys, parse_log_level, Reader};
 
@@ -254,7 +254,7 @@ impl Config {
                 "  {:<34} default {:<30} {}",
                 var.names.join(" | "),
                 var.default,
-                var.help
+                var.help.replace('`', "")
             );
         }
         out
