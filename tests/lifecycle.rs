@@ -408,6 +408,7 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
         )
     };
     assert!(used >= 1 && requests == used + 1, "{before}");
+    let id_before = key_in(&before, KEY_A)["id"].clone();
 
     // B removed, C added, A moved into account "team" with C and re-limited to 5.
     std::fs::write(
@@ -433,6 +434,10 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
         "{after}"
     );
     let a = key_in(&after, KEY_A);
+    assert_eq!(
+        a["id"], id_before,
+        "A moved from first to second and kept its id"
+    );
     assert_eq!(a["account"], "team");
     assert_eq!(a["daily_limit"], 5);
     assert_eq!(a["daily_used"], used, "A's count came along: {after}");

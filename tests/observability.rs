@@ -100,14 +100,12 @@ async fn metrics_count_requests_errors_and_key_state_in_prometheus_format() {
         ),
         0.0
     );
-    let a = [("key", "#1 sk-or-v1-aa…0001")];
+    let (id_a, id_b) = (key_id(KEY_A), key_id(KEY_B));
+    let a = [("key", id_a.as_str())];
     assert_eq!(value(&m, "openrouter_proxy_key_blocked", &a), 1.0);
     assert!(value(&m, "openrouter_proxy_key_blocked_seconds", &a) > 1e9);
     // Quota series are per account (each key here is an account of its own).
-    let (account_a, account_b) = (
-        [("account", "#1 sk-or-v1-aa…0001")],
-        [("account", "#2 sk-or-v1-bb…0002")],
-    );
+    let (account_a, account_b) = ([("account", id_a.as_str())], [("account", id_b.as_str())]);
     assert_eq!(
         value(
             &m,
@@ -315,7 +313,16 @@ async fn short_keys_get_unique_ids_and_metrics_have_no_duplicate_series() {
         .iter()
         .map(|k| k["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["#1 …", "#2 …", "#3 …"]);
+    // Each `#<4 hex digits of its fingerprint> …`: all three mask to `…`, the ids differ.
+    assert!(
+        ids.iter()
+            .all(|id| id.len() == "#3f9a …".len() && id.ends_with(" …")),
+        "{ids:?}"
+    );
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
     let metrics = get(&proxy, "/metrics").await.text();
     let mut series: Vec<&str> = metrics
         .lines()
@@ -376,17 +383,24 @@ async fn each_key_is_announced_at_startup_and_an_odd_one_is_warned_about() {
     .await;
     let log = proxy.log_text();
     assert!(
-        log.contains(
-            "key #1 sk-or-v1-aa…0001: account #1 sk-or-v1-aa…0001, daily free-model limit 10 (configured)"
-        ),
+        log.contains(&format!(
+            "key {a}: account {a}, daily free-model limit 10 (configured)",
+            a = key_id(KEY_A)
+        )),
         "{log}"
     );
     assert!(
-        log.contains("key #2 no…ey: account #2 no…ey, daily free-model limit 50 (default)"),
+        log.contains(&format!(
+            "key {b}: account {b}, daily free-model limit 50 (default)",
+            b = key_id("notanopenrouterkey")
+        )),
         "{log}"
     );
     assert!(
-        log.contains("key #2 no…ey does not start with sk-or-"),
+        log.contains(&format!(
+            "key {} does not start with sk-or-",
+            key_id("notanopenrouterkey")
+        )),
         "{log}"
     );
     assert!(!log.contains("notanopenrouterkey"), "{log}");

@@ -197,10 +197,17 @@ fn env_sample_lists_every_variable_with_its_default_and_a_comment() {
 fn the_configuration_page_holds_the_table_help_prints() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
     let page = std::fs::read_to_string(path).unwrap();
-    let (start, end) = ("<!-- generated from src/config/variables.rs", "<!-- end of the generated table -->");
-    let from = page.find(start).expect("docs/configuration.md has no start marker");
+    let (start, end) = (
+        "<!-- generated from src/config/variables.rs",
+        "<!-- end of the generated table -->",
+    );
+    let from = page
+        .find(start)
+        .expect("docs/configuration.md has no start marker");
     let from = from + page[from..].find('\n').unwrap() + 1;
-    let to = page.find(end).expect("docs/configuration.md has no end marker");
+    let to = page
+        .find(end)
+        .expect("docs/configuration.md has no end marker");
     let table = openrouter_proxy::config::markdown_table();
     if std::env::var_os("REGENERATE_DOCS").is_some() {
         std::fs::write(path, format!("{}{table}{}", &page[..from], &page[to..])).unwrap();
@@ -211,6 +218,13 @@ fn the_configuration_page_holds_the_table_help_prints() {
              run `REGENERATE_DOCS=1 cargo test --test startup configuration_page` and commit the page"
         );
     }
+}
+
+/// `#`, the first 4 hex digits of the key's SHA-256, the masked key: how the proxy names it.
+fn key_id(secret: &str) -> String {
+    let digest = openrouter_proxy::config::file::sha256(secret.as_bytes());
+    let masked = openrouter_proxy::mask::mask(secret);
+    format!("#{:02x}{:02x} {masked}", digest[0], digest[1])
 }
 
 const KEY_A: &str = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0001";
@@ -239,7 +253,10 @@ fn check_config_prints_what_would_run_with_keys_masked_or_every_problem_and_bind
     for line in [
         "configuration OK",
         "daily reset at midnight UTC (2 keys in 2 accounts)",
-        "key #1 sk-or-v1-aa…0001: account #1 sk-or-v1-aa…0001, daily free-model limit 50",
+        &format!(
+            "key {a}: account {a}, daily free-model limit 50",
+            a = key_id(KEY_A)
+        ),
         "account alice",
         "clients: planner",
         "model aliases: fast",

@@ -117,6 +117,12 @@ impl KeyPool {
         let mut accounts: Vec<Account> = Vec::new();
         let mut names: Vec<&str> = Vec::new();
         let mut keys = Vec::with_capacity(config.keys.len());
+        let fingerprints: Vec<String> = config
+            .keys
+            .iter()
+            .map(|k| slot::fingerprint(&k.secret))
+            .collect();
+        let short_ids = slot::short_ids(&fingerprints);
         for (index, spec) in config.keys.iter().enumerate() {
             let account_name = spec.account.as_deref();
             let existing = account_name.and_then(|name| names.iter().position(|n| *n == name));
@@ -138,7 +144,7 @@ impl KeyPool {
                 accounts.len() - 1
             });
             keys.push(
-                KeySlot::new(spec, index + 1, account)
+                KeySlot::new(spec, fingerprints[index].clone(), short_ids[index], account)
                     .expect("keys are validated as header values"),
             );
         }

@@ -67,7 +67,7 @@ pub enum Outcome {
 }
 
 /// The first 16 bytes of the key's SHA-256, in hex.
-fn fingerprint(secret: &str) -> String {
+pub(crate) fn fingerprint(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     digest.as_ref()[..16]
         .iter()
@@ -76,6 +76,35 @@ fn fingerprint(secret: &str) -> String {
             let _ = write!(hex, "{byte:02x}");
             hex
         })
+}
+
+/// Hex digits of the fingerprint a key's id shows at least: 16 bits, unique in a list of
+/// a few keys, and no more of the SHA-256 than a glance needs.
+const SHORT_ID_DIGITS: usize = 4;
+
+/// Each fingerprint's shortest prefix of at least [`SHORT_ID_DIGITS`] that no other one in
+/// the list starts with: a key keeps its id wherever it stands in `OPENROUTER_KEYS` and
+/// whatever keys a reload adds or removes (unless one shares its first digits).
+pub(crate) fn short_ids(fingerprints: &[String]) -> Vec<&str> {
+    fingerprints
+        .iter()
+        .enumerate()
+        .map(|(index, own)| {
+            let shared = fingerprints
+                .iter()
+                .enumerate()
+                .filter(|&(other, _)| other != index)
+                .map(|(_, theirs)| {
+                    own.bytes()
+                        .zip(theirs.bytes())
+                        .take_while(|(a, b)| a == b)
+                        .count()
+                })
+                .max()
+                .unwrap_or(0);
+            &own[..(shared + 1).clamp(SHORT_ID_DIGITS, own.len())]
+        })
+        .collect()
 }
 
 /// One configured OpenRouter key: what belongs to the key alone.
@@ -93,8 +122,9 @@ pub struct KeySlot {
     pub(crate) last_pick: AtomicU64,
     /// What OpenRouter's `/key` last said about this key.
     pub probe: ProbeState,
-    /// `#<position> <masked key>`: the only form of it that is ever shown, unique even for
-    /// short keys that all mask to `…`.
+    /// `#<short fingerprint> <masked key>` (`#3f9a sk-or-v1-ab…7f3c`): the only form of it
+    /// that is ever shown; unique even for short keys that all mask to `…`, and the same
+    /// across restarts and reloads, so metric series do not jump.
     pub id: String,
     /// A SHA-256 prefix of the key: how the state file recognises it without storing it.
     pub fingerprint: String,
@@ -109,15 +139,20 @@ pub struct KeySlot {
 }
 
 impl KeySlot {
-    /// Builds the slot of the `number`th configured key (from 1), in account `account`;
-    /// `None` if the key cannot be an HTTP header value.
+    /// Builds the slot of a key with its fingerprint and short id (see [`short_ids`]), in
+    /// account `account`; `None` if the key cannot be an HTTP header value.
     #[must_use]
-    pub fn new(spec: &KeySpec, number: usize, account: usize) -> Option<Self> {
+    pub fn new(
+        spec: &KeySpec,
+        fingerprint: String,
+        short_id: &str,
+        account: usize,
+    ) -> Option<Self> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", spec.secret)).ok()?;
         authorization.set_sensitive(true);
         Some(KeySlot {
-            id: format!("#{number} {}", mask(&spec.secret)),
-            fingerprint: fingerprint(&spec.secret),
+            id: format!("#{short_id} {}", mask(&spec.secret)),
+            fingerprint,
             authorization,
             probe: ProbeState::default(),
             account: AtomicUsize::new(account),

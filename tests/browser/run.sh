@@ -65,16 +65,18 @@ PY
 url="http://127.0.0.1:$proxy_port/status#key=$proxy_key"
 chrome --dump-dom "$url" > "$work/dom.html"
 passed=0
+# A key's id: `#`, the first 4 hex digits of its SHA-256, the masked key.
+id() { printf '#%s %s' "$(printf %s "$1" | sha256sum | cut -c1-4)" "$2"; }
 check() { if grep -q -- "$2" "$work/dom.html"; then passed=$((passed + 1)); else echo "FAIL: $1"; failed=1; fi; }
 failed=0
-check "the active key row" 'data-key="#3 sk-or-v1-ac…0003"'
-check "the second key of alice" 'data-key="#5 sk-or-v1-al…0005"'
-check "the one-a-day key row" 'data-key="#4 sk-or-v1-on…0004"'
+check "the active key row" "data-key=\"$(id "$active" "sk-or-v1-ac…0003")\""
+check "the second key of alice" "data-key=\"$(id "$alice2" "sk-or-v1-al…0005")\""
+check "the one-a-day key row" "data-key=\"$(id "$one_a_day" "sk-or-v1-on…0004")\""
 check "the countdown of a key at its configured limit" 'resets in [0-9]*h [0-9]*m · daily limit reached\|resets in [0-9]*m [0-9]*s · daily limit reached'
-check "the per-minute-blocked key row" 'data-key="#1 sk-or-v1-pe…0001"'
+check "the per-minute-blocked key row" "data-key=\"$(id "$blocked" "sk-or-v1-pe…0001")\""
 check "keys grouped under their accounts" 'data-account="alice"'
-check "an account of its own is found by its key" 'data-account="#1 sk-or-v1-pe…0001"'
-check "the daily-limited key row" 'data-key="#2 sk-or-v1-pe…0002"'
+check "an account of its own is found by its key" "data-account=\"$(id "$blocked" "sk-or-v1-pe…0001")\""
+check "the daily-limited key row" "data-key=\"$(id "$daily" "sk-or-v1-pe…0002")\""
 check "the blocked key's countdown" 'unblocks in [0-9]*m [0-9]*s · per minute limit'
 check "the daily limit badge" 'badge daily_limit_reached'
 check "the active key's badge" 'badge active\|badge throttled'

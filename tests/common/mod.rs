@@ -266,6 +266,18 @@ pub fn feed_until_closed(chunks: mpsc::Sender<Bytes>) -> tokio::task::JoinHandle
     })
 }
 
+/// The id the proxy shows for `secret`: `#` and the first 4 hex digits of its SHA-256, then
+/// the masked key (the test keys of one list differ in those digits).
+pub fn key_id(secret: &str) -> String {
+    let digest = openrouter_proxy::config::file::sha256(secret.as_bytes());
+    format!(
+        "#{:02x}{:02x} {}",
+        digest[0],
+        digest[1],
+        openrouter_proxy::mask::mask(secret)
+    )
+}
+
 /// The key in a `/key_status` answer whose masked id ends like `secret`.
 pub fn key_in<'s>(status: &'s serde_json::Value, secret: &str) -> &'s serde_json::Value {
     let tail = &secret[secret.len() - 4..];
