@@ -477,3 +477,37 @@ async fn an_unreachable_openrouter_is_logged_as_a_sentence_not_a_debug_dump() {
         proxy.log_text()
     );
 }
+
+#[tokio::test]
+async fn an_openrouter_unreachable_at_startup_is_said_once_before_any_request() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Running::start(
+        &format!("http://{closed}/api/v1"),
+        &dir.path().join("state.json"),
+        &[("KEY_PROBE_INTERVAL", "300")],
+    )
+    .await;
+    let said = "could not reach OpenRouter at startup: 127.0.0.1 refused the connection; \
+                requests will be answered 502 until it can be reached";
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.log_text().contains(said)).await,
+        "{}",
+        proxy.log_text()
+    );
+    // The second key's probe (spaced after the first) does not say it again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log = proxy.log_text();
+    assert_eq!(
+        log.matches("could not reach OpenRouter").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(said) && l.contains("WARN")),
+        "{log}"
+    );
+}

@@ -22,7 +22,7 @@ use crate::forward::held::{hold, Held, HoldError, HoldLimits};
 use crate::forward::outcome::{classify, error_and_user, Verdict};
 use crate::forward::reaction::{reaction, Retry};
 use crate::forward::route::{self, Route, Tried};
-use crate::forward::upstream::strip_hop_by_hop;
+use crate::forward::upstream::{strip_hop_by_hop, unreachable_reason};
 use crate::keys::{now_ms, Demand, KeyPool, Outcome, Pick, Shortage, Tally, Unavailable, Via};
 use crate::shared::Confirmed;
 
@@ -96,36 +96,6 @@ pub struct Journey {
     /// request with `REDIS_URL`, see `clients::admission::Taken::AtPick`); `None` once
     /// counted, or when its admission counted it.
     pub count_client: Option<Arc<Client>>,
-}
-
-/// An upstream client error as a sentence (`DNS lookup of openrouter.ai failed (…)`,
-/// `127.0.0.1 refused the connection`), from the causes it chains, innermost last.
-fn described(err: &(dyn std::error::Error + 'static), host: &str) -> String {
-    let mut causes: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !causes.contains(&text) {
-            causes.push(text);
-        }
-        next = cause.source();
-    }
-    let chain = causes.join(": ").to_lowercase();
-    let innermost = causes.last().map_or("", String::as_str);
-    if chain.contains("dns error") {
-        format!("DNS lookup of {host} failed ({innermost})")
-    } else if chain.contains("connection refused") {
-        format!("{host} refused the connection")
-    } else if chain.contains("timed out") || chain.contains("timeout") {
-        format!("connecting to {host} timed out")
-    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
-    {
-        format!("the TLS handshake with {host} failed ({innermost})")
-    } else if chain.contains("connection reset") || chain.contains("broken pipe") {
-        format!("{host} closed the connection ({innermost})")
-    } else {
-        format!("{host}: {}", causes.join(": "))
-    }
 }
 
 /// What a request's record names of its journey.
@@ -466,12 +436,15 @@ impl Journey {
             // never left; anything later may have been received and acted on.
             let host = self.app.config.upstream.authority.host();
             if err.is_connect() {
-                warn!("could not reach OpenRouter: {}", described(&err, host));
+                warn!(
+                    "could not reach OpenRouter: {}",
+                    unreachable_reason(&err, host)
+                );
                 Sent::Failed(Verdict::Unreached)
             } else {
                 warn!(
                     "the connection to OpenRouter failed after the request was sent: {}",
-                    described(&err, host)
+                    unreachable_reason(&err, host)
                 );
                 Sent::Failed(Verdict::Broken {
                     nothing_generated: false,

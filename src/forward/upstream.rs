@@ -87,6 +87,36 @@ fn client(
         .build(connector)
 }
 
+/// An upstream client error as a sentence (`DNS lookup of openrouter.ai failed (…)`,
+/// `127.0.0.1 refused the connection`), from the causes it chains, innermost last.
+pub fn unreachable_reason(err: &(dyn std::error::Error + 'static), host: &str) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let chain = causes.join(": ").to_lowercase();
+    let innermost = causes.last().map_or("", String::as_str);
+    if chain.contains("dns error") {
+        format!("DNS lookup of {host} failed ({innermost})")
+    } else if chain.contains("connection refused") {
+        format!("{host} refused the connection")
+    } else if chain.contains("timed out") || chain.contains("timeout") {
+        format!("connecting to {host} timed out")
+    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
+    {
+        format!("the TLS handshake with {host} failed ({innermost})")
+    } else if chain.contains("connection reset") || chain.contains("broken pipe") {
+        format!("{host} closed the connection ({innermost})")
+    } else {
+        format!("{host}: {}", causes.join(": "))
+    }
+}
+
 /// The request path without the proxy's own `/api/v1` or `/v1` prefix.
 #[must_use]
 pub fn upstream_path(path: &str) -> &str {

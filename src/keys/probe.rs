@@ -9,9 +9,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::{Request, StatusCode};
+use log::warn;
 use serde::Deserialize;
 
 use crate::app::App;
+use crate::forward::upstream::unreachable_reason;
 use crate::keys::{now_ms, ProbeOutcome, ProbeReport};
 
 /// The most of a `/key` answer that is read.
@@ -68,6 +70,9 @@ pub fn spawn(app: &Arc<App>) {
     }
     let app = Arc::clone(app);
     tokio::spawn(async move {
+        // The first probe is the first word from OpenRouter: if it cannot get through, say
+        // so now rather than at the first request.
+        let mut first = true;
         loop {
             // Each round probes the key list in force when it starts (a reload shows next round).
             let pool = app.keys();
@@ -81,7 +86,13 @@ pub fn spawn(app: &Arc<App>) {
                         continue;
                     }
                 }
-                let outcome = probe(&app, &key.authorization).await;
+                let (outcome, unreached) = probe(&app, &key.authorization).await;
+                if let (true, Some(reason)) = (std::mem::take(&mut first), unreached) {
+                    warn!(
+                        "could not reach OpenRouter at startup: {reason}; requests will be answered \
+                         502 until it can be reached"
+                    );
+                }
                 let now = now_ms();
                 let next_at = now.saturating_add(interval.as_millis() as i64);
                 // Applied to the pool in force now, which a reload may have replaced meanwhile.
@@ -99,10 +110,11 @@ pub fn spawn(app: &Arc<App>) {
     });
 }
 
-/// Asks OpenRouter about the key behind `authorization`.
-async fn probe(app: &App, authorization: &HeaderValue) -> ProbeOutcome {
+/// Asks OpenRouter about the key behind `authorization`; with the outcome, why OpenRouter
+/// could not be reached, when it could not.
+async fn probe(app: &App, authorization: &HeaderValue) -> (ProbeOutcome, Option<String>) {
     let Ok(uri) = app.config.upstream.uri("/key", None) else {
-        return ProbeOutcome::Failed(0);
+        return (ProbeOutcome::Failed(0), None);
     };
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.uri_mut() = uri;
@@ -114,24 +126,38 @@ async fn probe(app: &App, authorization: &HeaderValue) -> ProbeOutcome {
     } else {
         app.config.upstream_timeout
     };
+    let host = app.config.upstream.authority.host();
     let answer = tokio::time::timeout(timeout, async {
-        let response = app.upstream.here().request(request).await.ok()?;
+        let response = app
+            .upstream
+            .here()
+            .request(request)
+            .await
+            .map_err(|err| err.is_connect().then(|| unreachable_reason(&err, host)))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .ok()?
+            .map_err(|_| None)?
             .to_bytes();
-        Some((status, body))
+        Ok((status, body))
     })
     .await;
     match answer {
-        Ok(Some((StatusCode::OK, body))) => {
-            parse(&body).map_or(ProbeOutcome::Failed(0), ProbeOutcome::Report)
-        }
-        Ok(Some((StatusCode::UNAUTHORIZED, _))) => ProbeOutcome::Unauthorized,
-        Ok(Some((status, _))) => ProbeOutcome::Failed(status.as_u16()),
-        Ok(None) | Err(_) => ProbeOutcome::Failed(0),
+        Ok(Ok((StatusCode::OK, body))) => (
+            parse(&body).map_or(ProbeOutcome::Failed(0), ProbeOutcome::Report),
+            None,
+        ),
+        Ok(Ok((StatusCode::UNAUTHORIZED, _))) => (ProbeOutcome::Unauthorized, None),
+        Ok(Ok((status, _))) => (ProbeOutcome::Failed(status.as_u16()), None),
+        Ok(Err(unreached)) => (ProbeOutcome::Failed(0), unreached),
+        Err(_) => (
+            ProbeOutcome::Failed(0),
+            Some(format!(
+                "{host} did not answer within {} s",
+                timeout.as_secs()
+            )),
+        ),
     }
 }
 
