@@ -45,8 +45,11 @@ impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
         let pool = Arc::new(KeyPool::from_config(&config));
-        let upstream = UpstreamClients::new(config.upstream_http2);
-        let shared = config.redis.clone().map(Shared::new);
+        let upstream = UpstreamClients::new(config.upstream_http2, &config.extra_ca);
+        let shared = config
+            .redis
+            .clone()
+            .map(|target| Shared::new(target, &config.extra_ca));
         let fair = FairQueue::default();
         fair.enable(!config.clients.is_empty());
         Arc::new(App {

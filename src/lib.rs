@@ -20,4 +20,5 @@ pub mod observe;
 pub mod server;
 pub mod shared;
 pub mod stream;
+pub mod tls;
 pub mod worker;

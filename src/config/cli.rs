@@ -83,6 +83,14 @@ pub fn summary(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
+        "trusted CAs: the compiled-in roots{}",
+        match config.extra_ca.len() {
+            0 => String::new(),
+            n => format!(" and {n} from EXTRA_CA_FILE"),
+        }
+    );
+    let _ = writeln!(
+        out,
         "daily reset at midnight {} ({} keys in {} accounts)",
         config.timezone_name,
         pool.keys().len(),

@@ -20,6 +20,7 @@ pub const DEFAULT_DAILY_LIMIT: u32 = 50;
 
 pub mod cli;
 pub mod env_file;
+mod extra_ca;
 pub mod file;
 mod read;
 mod redis;
@@ -126,6 +127,8 @@ pub struct Config {
     pub state_flush_interval: Duration,
     /// `None` without `REDIS_URL`: one process, its state file its only memory.
     pub redis: Option<RedisTarget>,
+    /// `EXTRA_CA_FILE`'s certificates, trusted besides the compiled-in roots (usually none).
+    pub extra_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl fmt::Debug for Config {
@@ -236,6 +239,7 @@ impl Config {
             },
             state_flush_interval: r.seconds("STATE_FLUSH_INTERVAL", 1, 3600),
             redis: redis::parse_redis(&mut r),
+            extra_ca: extra_ca::parse_extra_ca(&mut r),
         };
         if r.problems.is_empty() {
             Ok(config)

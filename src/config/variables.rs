@@ -178,6 +178,12 @@ pub const VARIABLES: &[Variable] = &[
         more: "",
     },
     Variable {
+        names: &["EXTRA_CA_FILE"],
+        default: "(none)",
+        help: "PEM file of CA certificates trusted besides the compiled-in roots, for `OPENROUTER_BASE_URL` and `rediss://`",
+        more: "For a TLS-inspecting corporate proxy, a private gateway or a Redis with its own CA (curl's `--cacert`, Node's `NODE_EXTRA_CA_CERTS`). A file that cannot be read, is not PEM, or holds no certificate usable as a root stops startup (exit 64)",
+    },
+    Variable {
         names: &["REDIS_URL"],
         default: "(none: one process)",
         help: "the Redis or Valkey replicas share quota, limiter and blocks through: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS",

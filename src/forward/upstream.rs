@@ -10,6 +10,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 
 use crate::config::UpstreamBase;
 use crate::worker::{self, PerWorker};
@@ -31,10 +32,11 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct UpstreamClients(PerWorker<UpstreamClient>);
 
 impl UpstreamClients {
-    /// Builds them once at startup, sharing one connector (and its TLS configuration).
+    /// Builds them once at startup, sharing one connector (and its TLS configuration,
+    /// which trusts the compiled-in roots and `extra_ca`).
     #[must_use]
-    pub fn new(http2_only: bool) -> UpstreamClients {
-        let connector = connector();
+    pub fn new(http2_only: bool, extra_ca: &[CertificateDer<'static>]) -> UpstreamClients {
+        let connector = connector(extra_ca);
         let workers = worker::count();
         // The idle cap is shared out, so more workers do not keep more idle connections.
         let max_idle = (MAX_IDLE_UPSTREAM_CONNECTIONS / workers).max(1);
@@ -50,21 +52,16 @@ impl UpstreamClients {
     }
 }
 
-/// TLS roots are compiled in (webpki-roots), so it works in an empty container.
-///
-/// # Panics
-/// Never in practice: the ring provider supports the default protocol versions.
-fn connector() -> HttpsConnector<HttpConnector> {
+/// TLS roots are compiled in (webpki-roots), so it works in an empty container; ALPN
+/// offers HTTP/2 and HTTP/1.1.
+fn connector(extra_ca: &[CertificateDer<'static>]) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
     http.set_keepalive(Some(Duration::from_secs(60)));
     HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .expect("the ring provider supports the default TLS versions")
+        .with_tls_config(crate::tls::client_config(extra_ca))
         .https_or_http()
         .enable_http1()
         .enable_http2()

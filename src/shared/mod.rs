@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
 
 use crate::clients::Client;
@@ -93,13 +94,23 @@ pub enum Confirmed {
 }
 
 impl Shared {
-    /// The link to `target`; connects lazily and reconnects by itself.
+    /// The link to `target`; connects lazily and reconnects by itself. A `rediss://` server's
+    /// certificate is checked against the compiled-in roots and `extra_ca`.
     ///
     /// # Panics
     /// If the URL is not one the client accepts, which configuration parsing rules out.
     #[must_use]
-    pub fn new(target: RedisTarget) -> Arc<Shared> {
-        let client = redis::Client::open(target.url.as_str()).expect("REDIS_URL was validated");
+    pub fn new(target: RedisTarget, extra_ca: &[CertificateDer<'static>]) -> Arc<Shared> {
+        let client = if target.url.starts_with("rediss://") && !extra_ca.is_empty() {
+            let roots = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(crate::tls::redis_roots_pem(extra_ca)),
+            };
+            redis::Client::build_with_tls(target.url.as_str(), roots)
+        } else {
+            redis::Client::open(target.url.as_str())
+        }
+        .expect("REDIS_URL and EXTRA_CA_FILE were validated");
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(target.timeout))
             .set_response_timeout(Some(target.timeout))

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod fleet;
 pub mod process;
 pub mod redis_server;
+pub mod tls;
 #[allow(unused_imports)] // only the process-level test files use it
 pub use process::Running;
 
@@ -102,22 +103,46 @@ type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Each connection accepted: the protocol TLS' ALPN chose (`h2`, `http/1.1`), or
+    /// `plain` without TLS; a failed handshake is `handshake failed`.
+    pub connections: Arc<Mutex<Vec<String>>>,
+    /// With TLS: `https` base URLs.
+    tls: bool,
 }
 
 impl Upstream {
     /// Starts a mock that answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Upstream {
+        Upstream::serve(None, handler).await
+    }
+
+    /// Starts a mock that speaks TLS (ALPN `h2`, `http/1.1`) with `acceptor`'s certificate.
+    pub async fn start_tls(
+        acceptor: tokio_rustls::TlsAcceptor,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        Upstream::serve(Some(acceptor), handler).await
+    }
+
+    async fn serve(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         let recorded = Arc::clone(&seen);
+        let accepted = Arc::clone(&connections);
+        let with_tls = tls.is_some();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
+                let (tls, accepted) = (tls.clone(), Arc::clone(&accepted));
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
@@ -145,13 +170,36 @@ impl Upstream {
                             Ok::<_, Infallible>(render(reply).await)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let Some(tls) = tls else {
+                        accepted.lock().unwrap().push("plain".to_owned());
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        return;
+                    };
+                    let Ok(stream) = tls.accept(stream).await else {
+                        accepted.lock().unwrap().push("handshake failed".to_owned());
+                        return;
+                    };
+                    let alpn = stream.get_ref().1.alpn_protocol().unwrap_or(b"none");
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(alpn).into_owned());
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            connections,
+            tls: with_tls,
+        }
     }
 
     /// The first request gets an event stream fed by the returned sender, chunk by
@@ -188,7 +236,8 @@ impl Upstream {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}/api/v1", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/api/v1", self.addr)
     }
 
     pub fn requests(&self) -> Vec<Seen> {

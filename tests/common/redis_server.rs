@@ -14,12 +14,44 @@ pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
     dir: tempfile::TempDir,
+    /// With TLS: the port that speaks it (beside the plain one the test reads through),
+    /// and redis-server's `--tls-*` arguments.
+    pub tls_port: u16,
+    tls_args: Vec<std::ffi::OsString>,
 }
 
 impl RedisServer {
     /// A fresh server (with `requirepass` when `password` is given), or `None` (after saying
     /// why) when `redis-server` is not installed and `REQUIRE_REDIS` is not set.
     pub fn start(test: &str, password: Option<&str>) -> Option<RedisServer> {
+        RedisServer::start_with(test, password, Vec::new())
+    }
+
+    /// A fresh server that also speaks TLS on [`Self::tls_port`], with the certificate and
+    /// key in `cert` and `key` (clients are not asked for certificates).
+    pub fn start_tls(
+        test: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Option<RedisServer> {
+        let args = [
+            ("--tls-cert-file", cert),
+            ("--tls-key-file", key),
+            ("--tls-ca-cert-file", ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.into(), path.as_os_str().to_owned()])
+        .chain(["--tls-auth-clients".into(), "no".into()])
+        .collect();
+        RedisServer::start_with(test, None, args)
+    }
+
+    fn start_with(
+        test: &str,
+        password: Option<&str>,
+        tls_args: Vec<std::ffi::OsString>,
+    ) -> Option<RedisServer> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -43,6 +75,8 @@ impl RedisServer {
             port: 0,
             password: password.map(str::to_owned),
             dir: tempfile::tempdir().unwrap(),
+            tls_port: 0,
+            tls_args,
         };
         server.launch();
         Some(server)
@@ -66,6 +100,15 @@ impl RedisServer {
                 .stderr(Stdio::null());
             if let Some(password) = &self.password {
                 command.args(["--requirepass", password]);
+            }
+            if !self.tls_args.is_empty() {
+                if self.tls_port == 0 {
+                    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    self.tls_port = probe.local_addr().unwrap().port();
+                }
+                command
+                    .args(["--tls-port", &self.tls_port.to_string()])
+                    .args(&self.tls_args);
             }
             let child = command.spawn().unwrap();
             self.child = Some(child);
@@ -110,6 +153,11 @@ impl RedisServer {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
             None => format!("redis://127.0.0.1:{}/0", self.port),
         }
+    }
+
+    /// The `rediss://` URL of the TLS port, by IP (the test certificate names 127.0.0.1).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls_port)
     }
 
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
