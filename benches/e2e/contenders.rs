@@ -51,6 +51,36 @@ impl RssReader {
 }
 
 impl Contender {
+    /// nginx in front of the mock.
+    pub fn nginx(nginx: Nginx) -> Contender {
+        Contender {
+            name: "nginx",
+            target: Target::nginx(nginx.port),
+            pid: nginx.pid(),
+            tree: true,
+            proxy: None,
+            _nginx: Some(nginx),
+        }
+    }
+
+    /// The proxy `binary` in front of `upstream`, with `extra` settings.
+    pub fn proxy(
+        name: &'static str,
+        binary: &str,
+        upstream: &str,
+        extra: &[(&str, &str)],
+    ) -> Contender {
+        let (child, port) = start_proxy(binary, upstream, extra);
+        Contender {
+            name,
+            target: Target::proxy(port),
+            pid: child.id(),
+            tree: false,
+            proxy: Some(child),
+            _nginx: None,
+        }
+    }
+
     /// Resident memory in MB.
     pub fn rss(&self) -> f64 {
         self.rss_reader().read()
@@ -89,15 +119,8 @@ pub fn start(upstream: &str, mock_port: u16, smoke: bool) -> Vec<Contender> {
     let mut all = Vec::new();
     // The smoke run under `cargo test` only checks the bench works: the glibc build alone.
     if !smoke {
-        if let Some(nginx) = nginx::start(mock_port) {
-            all.push(Contender {
-                name: "nginx",
-                target: Target::nginx(nginx.port),
-                pid: nginx.pid(),
-                tree: true,
-                proxy: None,
-                _nginx: Some(nginx),
-            });
+        if let Some(nginx) = nginx::start(mock_port, None) {
+            all.push(Contender::nginx(nginx));
         }
     }
     let builds: Vec<(&'static str, String)> = if let Some(builds) = procs::named_builds() {
@@ -115,17 +138,20 @@ pub fn start(upstream: &str, mock_port: u16, smoke: bool) -> Vec<Contender> {
         builds
     };
     for (name, binary) in builds {
-        let (child, port) = start_proxy(&binary, upstream, &[]);
-        all.push(Contender {
-            name,
-            target: Target::proxy(port),
-            pid: child.id(),
-            tree: false,
-            proxy: Some(child),
-            _nginx: None,
-        });
+        all.push(Contender::proxy(name, &binary, upstream, &[]));
     }
     all
+}
+
+/// The build users run: the musl one when built, else the last of `E2E_PROXY_BIN` or the
+/// glibc one; with its name.
+pub fn shipped() -> (&'static str, String) {
+    let musl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(MUSL_BUILD);
+    if procs::named_builds().is_none() && musl.exists() {
+        ("musl", musl.display().to_string())
+    } else {
+        ("proxy", procs::default_binary())
+    }
 }
 
 /// Pins every thread of `pids` to `cpus` (a `taskset` list such as `0` or `0-1`);

@@ -2,20 +2,26 @@
 //! per-chunk delay, against the mock directly or through the proxy.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 
 use crate::mock::now_nanos;
 
-pub type BenchClient = Client<HttpConnector, Full<Bytes>>;
+pub type BenchClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The benchmark's own CA, once the TLS rows made it: the client trusts it besides the
+/// compiled-in roots, to talk HTTPS to the mock directly (the TLS baseline).
+pub static BENCH_CA: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
 
 /// A free-model request (what most traffic through the proxy is).
 pub const FREE_BODY: &[u8] =
@@ -24,12 +30,20 @@ pub const FREE_BODY: &[u8] =
 pub const PAID_BODY: &[u8] =
     br#"{"model":"bench/model","messages":[{"role":"user","content":"Say hello."}]}"#;
 
+/// HTTP/1.1 (as most agents' HTTP clients speak), plain or over TLS.
 pub fn client() -> BenchClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    http.enforce_http(false);
+    let tls = openrouter_proxy::tls::client_config(BENCH_CA.get().map_or(&[], Vec::as_slice));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(usize::MAX)
-        .build(http)
+        .build(connector)
 }
 
 /// Where requests go: the mock itself, or the proxy in front of it.

@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench e2e` (release proxy binary as its own process;
 //! `E2E_ROUNDS=N` repeats the timed measurements and reports medians, default 3;
-//! `E2E_SHARED=0` skips the second table, the price of sharing state through Redis).
+//! `E2E_TLS=0` skips the second table, HTTPS to the upstream against nginx's; `E2E_SHARED=0`
+//! the third, the price of sharing state through Redis).
 //! Under `cargo test` it runs a seconds-long smoke version of itself.
 
 mod child;
@@ -15,6 +16,7 @@ mod nginx;
 mod procs;
 mod report;
 mod shared;
+mod upstream_tls;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -324,6 +326,10 @@ fn main() {
         .expect("runtime");
     let results = runtime.block_on(measure(&plan));
     report::print(&summary(&plan), &results);
+    if std::env::var("E2E_TLS").map_or(true, |v| v != "0") {
+        let tls = runtime.block_on(upstream_tls::measure(&plan));
+        upstream_tls::print(&tls);
+    }
     if std::env::var("E2E_SHARED").map_or(true, |v| v != "0") {
         let sharing = runtime.block_on(async {
             let (mut mock, mock_port) = spawn_mock();

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,22 +62,55 @@ fn shape(query: Option<&str>) -> Shape {
     shape
 }
 
+/// Connections open now, and the most open at once since the last `GET /stats?reset`:
+/// `GET /stats` answers `<open> <peak>`, so the benchmark sees how many upstream
+/// connections a contender held.
+static OPEN: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
 /// Runs the mock as its own process (so its sockets do not share the
 /// benchmark client's file-descriptor limit): prints `ready <port>`, serves until killed.
+/// With `--mock-tls <cert.pem> <key.pem>` it speaks TLS (ALPN `h2`, `http/1.1`), as
+/// OpenRouter does.
 pub fn run_process() {
+    let args: Vec<String> = std::env::args().collect();
+    let tls = args
+        .iter()
+        .position(|a| a == "--mock-tls")
+        .map(|at| acceptor(&args[at + 1], &args[at + 2]));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let addr = start().await;
+        let addr = start(tls).await;
         println!("ready {}", addr.port());
         std::future::pending::<()>().await;
     });
 }
 
-/// Starts the mock on 127.0.0.1:0 in the current runtime.
-pub async fn start() -> SocketAddr {
+fn acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+/// Starts the mock on 127.0.0.1:0 in the current runtime, over TLS with `tls`.
+pub async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
     let addr = listener.local_addr().expect("mock address");
     tokio::spawn(async move {
@@ -85,8 +119,18 @@ pub async fn start() -> SocketAddr {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let tls = tls.clone();
             tokio::spawn(async move {
+                PEAK.fetch_max(OPEN.fetch_add(1, Relaxed) + 1, Relaxed);
                 let service = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/stats" {
+                        let open = OPEN.load(Relaxed);
+                        if req.uri().query() == Some("reset") {
+                            PEAK.store(open, Relaxed);
+                        }
+                        let stats = format!("{open} {}", PEAK.load(Relaxed));
+                        return Ok(Response::new(Either::Left(Full::new(Bytes::from(stats)))));
+                    }
                     let shape = shape(req.uri().query());
                     let _ = req.into_body().collect().await;
                     if !shape.latency.is_zero() {
@@ -98,9 +142,21 @@ pub async fn start() -> SocketAddr {
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Many thousands of streams may share one HTTP/2 connection from the proxy.
                 builder.http2().max_concurrent_streams(None);
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                }
+                OPEN.fetch_sub(1, Relaxed);
             });
         }
     });

@@ -27,7 +27,9 @@ impl Drop for Nginx {
 }
 
 /// nginx proxying to the mock on `upstream_port`, or `None` (said) when it cannot run.
-pub fn start(upstream_port: u16) -> Option<Nginx> {
+/// With `tls_ca`, the mock speaks TLS: nginx verifies it against that CA and keeps a pool
+/// of HTTP/1.1 TLS connections (`proxy_pass` speaks nothing else upstream).
+pub fn start(upstream_port: u16, tls_ca: Option<&std::path::Path>) -> Option<Nginx> {
     if std::env::var("E2E_NGINX").is_ok_and(|v| v == "0") {
         return None;
     }
@@ -45,6 +47,17 @@ pub fn start(upstream_port: u16) -> Option<Nginx> {
         .ok()?
         .port();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let upstream = match tls_ca {
+        None => "proxy_pass http://mock;".to_owned(),
+        Some(ca) => format!(
+            "proxy_pass https://mock;
+      proxy_ssl_trusted_certificate {};
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on;",
+            ca.display()
+        ),
+    };
     let conf = format!(
         "worker_processes {workers};
 error_log stderr error;
@@ -60,7 +73,7 @@ http {{
     listen 127.0.0.1:{port} reuseport;
     keepalive_requests 1000000;
     location / {{
-      proxy_pass http://mock;
+      {upstream}
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
       proxy_buffering off;
