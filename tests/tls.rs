@@ -37,7 +37,7 @@ async fn tls_upstream(ca: &TestCa) -> (Upstream, Arc<Mutex<Vec<mpsc::Sender<Byte
 }
 
 #[tokio::test]
-async fn json_and_streams_go_over_https_with_http2_one_connection_per_worker() {
+async fn json_and_a_burst_of_streams_go_over_https_with_http2_one_connection_per_worker() {
     let ca = TestCa::new("test CA");
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write(dir.path(), "ca.pem");
@@ -56,26 +56,39 @@ async fn json_and_streams_go_over_https_with_http2_one_connection_per_worker() {
             .contains("trusted CAs: the compiled-in roots and 1 from EXTRA_CA_FILE"),
         "{checked:?}"
     );
+    // With the startup probe of `/key`, as deployed: its answer, over HTTP/2, is how the
+    // proxy learns that the upstream speaks it before the first burst.
     let proxy = Running::start(
         &upstream.base_url(),
         &dir.path().join("state.json"),
-        &[("EXTRA_CA_FILE", ca_file.to_str().unwrap())],
+        &[
+            ("EXTRA_CA_FILE", ca_file.to_str().unwrap()),
+            ("OPENROUTER_KEYS", KEY_A),
+            ("KEY_PROBE_INTERVAL", "300"),
+        ],
     )
     .await;
+    let probed = async {
+        while proxy.key_status().await["keys"][0]["probe"].is_null() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), probed)
+        .await
+        .expect("the startup probe reached the mock");
 
-    let answer = proxy.chat("a/b").await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(
-        answer.text().contains("\"content\":\"hi\""),
-        "{}",
-        answer.text()
-    );
-
-    // Streams open together: each has its response head, none has ended.
+    // A burst of streams on the workers' cold pools, opened all at once as a swarm of
+    // agents would; held open together: each has its response head, none has ended.
     let url = proxy.url("/api/v1/chat/completions");
+    let opening: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { open_stream(&url).await })
+        })
+        .collect();
     let mut bodies = Vec::new();
-    for _ in 0..STREAMS {
-        bodies.push(open_stream(&url).await);
+    for opened in opening {
+        bodies.push(opened.await.unwrap());
     }
     let senders: Vec<_> = feeds.lock().unwrap().drain(..).collect();
     assert_eq!(senders.len(), STREAMS);
@@ -93,14 +106,26 @@ async fn json_and_streams_go_over_https_with_http2_one_connection_per_worker() {
             .to_bytes();
         assert_eq!(text, EVENT.as_bytes());
     }
+    let answer = proxy.chat("a/b").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.text().contains("\"content\":\"hi\""),
+        "{}",
+        answer.text()
+    );
 
     let requests = upstream.requests();
-    assert_eq!(requests.len(), STREAMS + 1);
+    assert_eq!(
+        requests.len(),
+        STREAMS + 2,
+        "the probe, the streams, the JSON"
+    );
     assert!(requests.iter().all(|r| r.version == hyper::Version::HTTP_2));
+    // The probe's connection (made before HTTP/2 was known), then one per worker.
     let connections = upstream.connections.lock().unwrap().clone();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(
-        connections.iter().all(|c| c == "h2") && connections.len() <= workers,
+        connections.iter().all(|c| c == "h2") && connections.len() <= workers + 1,
         "{} requests over {connections:?} with {workers} workers",
         requests.len()
     );

@@ -133,7 +133,7 @@ pub fn start(upstream: &str, mock_port: u16, smoke: bool) -> Vec<Contender> {
                 builds.push(("musl", musl.display().to_string()));
             }
         } else {
-            eprintln!("no musl build at {MUSL_BUILD} (cargo build --release --target x86_64-unknown-linux-musl): no musl column");
+            progress!("no musl build at {MUSL_BUILD} (cargo build --release --target x86_64-unknown-linux-musl): no musl column");
         }
         builds
     };

@@ -8,6 +8,16 @@
 //! the third, the price of sharing state through Redis).
 //! Under `cargo test` it runs a seconds-long smoke version of itself.
 
+/// Progress and notices on stderr, left out of the smoke run so `cargo test` stays quiet
+/// unless something fails (a panic's message still shows).
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        if !$crate::SMOKE.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 mod child;
 mod contenders;
 mod load;
@@ -27,6 +37,9 @@ use load::{percentile, StreamRun, Target};
 use procs::{proxy_env, spawn_mock, spawn_ready};
 use report::{Allocations, Hold, Measured, Results};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+
+/// Set for the seconds-long smoke run under `cargo test`.
+static SMOKE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -320,6 +333,9 @@ fn main() {
         return;
     }
     let plan = plan();
+    SMOKE.store(!plan.full, std::sync::atomic::Ordering::Relaxed);
+    // The smoke run's tables are not shown either (its numbers mean nothing).
+    let _quiet = (!plan.full).then(gag::Gag::stdout).and_then(Result::ok);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -382,7 +398,7 @@ async fn measure(plan: &Plan) -> Results {
     let direct_target = Target::direct(&upstream);
     let mut direct = Vec::new();
     for i in 0..plan.rounds {
-        eprintln!("round {}/{}", i + 1, plan.rounds);
+        progress!("round {}/{}", i + 1, plan.rounds);
         direct.push(round(plan, &direct_target, None, &bystanders).await);
         for (contender, measured) in contenders.iter().zip(&mut measured) {
             measured
@@ -393,7 +409,7 @@ async fn measure(plan: &Plan) -> Results {
     let mut direct_hold = None;
     if plan.hold_streams > 0 {
         let count = plan.hold_streams;
-        eprintln!("holding {count} streams");
+        progress!("holding {count} streams");
         let mut run = load::streams(&direct_target, count, 10, plan.hold_interval_ms, || {}).await;
         direct_hold = Some(stream_delays(&mut run));
         let mut closed = tokio::time::Instant::now();
@@ -413,7 +429,7 @@ async fn measure(plan: &Plan) -> Results {
             });
         }
         // The last contender's streams closed `settle` ago, the others' earlier.
-        eprintln!("waiting {:?} for memory to settle", plan.settle);
+        progress!("waiting {:?} for memory to settle", plan.settle);
         tokio::time::sleep_until(closed + plan.settle).await;
         for (contender, measured) in contenders.iter().zip(&mut measured) {
             if let Some(hold) = &mut measured.hold {
@@ -423,7 +439,7 @@ async fn measure(plan: &Plan) -> Results {
     }
     drop(contenders);
     let allocations = if plan.count_allocations {
-        eprintln!("counting allocations");
+        progress!("counting allocations");
         Some(allocations(&upstream, plan.full).await)
     } else {
         None

@@ -37,7 +37,7 @@ pub fn start(upstream_port: u16, tls_ca: Option<&std::path::Path>) -> Option<Ngi
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
     let Some(binary) = binary else {
-        eprintln!("nginx is not installed (apt-get install nginx): no nginx column");
+        progress!("nginx is not installed (apt-get install nginx): no nginx column");
         return None;
     };
     let dir = tempfile::tempdir().ok()?;
@@ -110,7 +110,7 @@ http {{
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("nginx did not start: no nginx column");
+    progress!("nginx did not start: no nginx column");
     let _ = nginx.child.kill();
     None
 }

@@ -59,7 +59,7 @@ pub async fn measure(
     throughput_for: Duration,
 ) -> Option<Sharing> {
     let Some((_redis, redis_port)) = start_redis() else {
-        eprintln!("sharing: redis-server is not installed; the Redis rows were not measured");
+        progress!("sharing: redis-server is not installed; the Redis rows were not measured");
         return None;
     };
     let url = format!("redis://127.0.0.1:{redis_port}/0");

@@ -137,7 +137,7 @@ pub async fn measure(plan: &Plan) -> TlsResults {
     let mut direct_rounds = Vec::new();
     let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); contenders.len()];
     for i in 0..plan.rounds {
-        eprintln!("TLS round {}/{}", i + 1, plan.rounds);
+        progress!("TLS round {}/{}", i + 1, plan.rounds);
         direct_rounds.push(round(plan, &direct_target, None, &mock).await);
         for (contender, rows) in contenders.iter().zip(&mut rounds) {
             rows.push(round(plan, &contender.target, Some(contender), &mock).await);
@@ -150,7 +150,7 @@ pub async fn measure(plan: &Plan) -> TlsResults {
         .map(|(c, r)| (c.name, median_row(r)))
         .collect();
     if plan.hold_streams > 0 {
-        eprintln!("TLS: holding {} streams", plan.hold_streams);
+        progress!("TLS: holding {} streams", plan.hold_streams);
         direct.hold = hold(plan, &direct_target, None, &mock).await;
         for (contender, (_, row)) in contenders.iter().zip(&mut rows) {
             row.hold = hold(plan, &contender.target, Some(contender), &mock).await;

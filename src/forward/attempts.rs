@@ -424,7 +424,7 @@ impl Journey {
         }
         let sent = Instant::now();
         self.sent_at = Some(sent);
-        let pending = self.app.upstream.here().request(request);
+        let pending = self.app.upstream.request(request);
         let result = match self.header_wait() {
             None => pending.await,
             Some((limit, on_timeout)) => tokio::time::timeout(limit, pending)

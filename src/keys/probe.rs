@@ -130,7 +130,6 @@ async fn probe(app: &App, authorization: &HeaderValue) -> (ProbeOutcome, Option<
     let answer = tokio::time::timeout(timeout, async {
         let response = app
             .upstream
-            .here()
             .request(request)
             .await
             .map_err(|err| err.is_connect().then(|| unreachable_reason(&err, host)))?;
