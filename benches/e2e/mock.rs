@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,12 +61,6 @@ fn shape(query: Option<&str>) -> Shape {
     shape
 }
 
-/// Connections open now, and the most open at once since the last `GET /stats?reset`:
-/// `GET /stats` answers `<open> <peak>`, so the benchmark sees how many upstream
-/// connections a contender held.
-static OPEN: AtomicU64 = AtomicU64::new(0);
-static PEAK: AtomicU64 = AtomicU64::new(0);
-
 /// Runs the mock as its own process (so its sockets do not share the
 /// benchmark client's file-descriptor limit): prints `ready <port>`, serves until killed.
 /// With `--mock-tls <cert.pem> <key.pem>` it speaks TLS (ALPN `h2`, `http/1.1`), as
@@ -121,16 +114,7 @@ pub async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
             let _ = stream.set_nodelay(true);
             let tls = tls.clone();
             tokio::spawn(async move {
-                PEAK.fetch_max(OPEN.fetch_add(1, Relaxed) + 1, Relaxed);
                 let service = service_fn(|req: Request<Incoming>| async move {
-                    if req.uri().path() == "/stats" {
-                        let open = OPEN.load(Relaxed);
-                        if req.uri().query() == Some("reset") {
-                            PEAK.store(open, Relaxed);
-                        }
-                        let stats = format!("{open} {}", PEAK.load(Relaxed));
-                        return Ok(Response::new(Either::Left(Full::new(Bytes::from(stats)))));
-                    }
                     let shape = shape(req.uri().query());
                     let _ = req.into_body().collect().await;
                     if !shape.latency.is_zero() {
@@ -156,7 +140,6 @@ pub async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
                         }
                     }
                 }
-                OPEN.fetch_sub(1, Relaxed);
             });
         }
     });

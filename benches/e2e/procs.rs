@@ -136,3 +136,38 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// Established TCP connections the processes `pids` hold to 127.0.0.1:`port`: their socket
+/// descriptors matched against `/proc/net/tcp`.
+pub fn connections_to(pids: &[u32], port: u16) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // rem_address, st (01: established), inode.
+            fields.len() > 9
+                && fields[2] == remote
+                && fields[3] == "01"
+                && inodes.contains(fields[9])
+        })
+        .count()
+}

@@ -9,12 +9,11 @@
 use std::process::Child;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::contenders::{self, Contender};
 use crate::load::{self, percentile, Target};
-use crate::procs::spawn_ready;
+use crate::procs::{self, spawn_ready};
 use crate::{nginx, us, Plan};
 
 /// What one contender (or the baseline) measured; medians over the rounds.
@@ -26,9 +25,9 @@ struct Row {
     throughput: f64,
     /// CPU µs per request at c=64.
     cpu_per_request: f64,
-    /// A thousand streams: chunk delay p99 (µs), RSS (MB), most upstream connections at once.
+    /// A thousand streams: chunk delay p99 (µs); once all are open, RSS (MB) and upstream connections.
     many: [f64; 3],
-    /// The held streams, once: chunk delay p99 (µs), RSS (MB), most upstream connections at once.
+    /// The held streams, once: the same figures.
     hold: [f64; 3],
 }
 
@@ -42,6 +41,7 @@ pub struct TlsResults {
 
 struct Mock {
     child: Child,
+    port: u16,
     url: String,
 }
 
@@ -49,35 +49,6 @@ impl Drop for Mock {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Mock {
-    /// The most connections open at once since the last call (`reset`), by the mock's count.
-    async fn peak_connections(&self, reset: bool) -> f64 {
-        let client = load::client();
-        let query = if reset { "?reset" } else { "" };
-        let url = format!("{}/stats{query}", self.url.trim_end_matches("/api/v1"));
-        let request = hyper::Request::get(url)
-            .body(Full::new(bytes::Bytes::new()))
-            .expect("request");
-        let Ok(response) = client.request(request).await else {
-            return f64::NAN;
-        };
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes);
-        body.ok()
-            .and_then(|b| {
-                std::str::from_utf8(&b)
-                    .ok()
-                    .and_then(|s| s.split_whitespace().nth(1))
-                    .and_then(|n| n.parse::<f64>().ok())
-            })
-            // Less the connection this very request came on.
-            .map_or(f64::NAN, |peak| peak - 1.0)
     }
 }
 
@@ -115,6 +86,7 @@ pub async fn measure(plan: &Plan) -> TlsResults {
     );
     let mock = Mock {
         child,
+        port,
         url: format!("https://127.0.0.1:{port}/api/v1"),
     };
     let mut contenders = Vec::new();
@@ -174,8 +146,6 @@ async fn round(plan: &Plan, target: &Target, contender: Option<&Contender>, mock
     let throughput = load::throughput(&client, target, "", 64, plan.throughput_for).await;
     let requests = throughput * plan.throughput_for.as_secs_f64();
     let cpu_per_request = (cpu() - before) * 1e6 / requests.max(1.0);
-    // Its idle connections would count as the direct run's upstream connections.
-    drop(client);
     Row {
         latency,
         throughput,
@@ -201,8 +171,8 @@ async fn hold(
     .await
 }
 
-/// `count` streams of 10 or 20 chunks: chunk delay p99, RSS once all are open, and the
-/// most upstream connections open at once.
+/// `count` streams of 10 or 20 chunks: chunk delay p99, and once all are open, RSS and the
+/// connections the contender holds to the mock.
 async fn streams(
     count: usize,
     interval_ms: u64,
@@ -211,15 +181,16 @@ async fn streams(
     mock: &Mock,
 ) -> [f64; 3] {
     let chunks = if interval_ms >= 1000 { 10 } else { 20 };
-    mock.peak_connections(true).await;
-    let mut rss = f64::NAN;
+    let (mut rss, mut connections) = (f64::NAN, f64::NAN);
     let mut run = load::streams(target, count, chunks, interval_ms, || {
-        rss = contender.map_or(f64::NAN, Contender::rss);
+        if let Some(contender) = contender {
+            rss = contender.rss();
+            connections = procs::connections_to(&contender.pids(), mock.port) as f64;
+        }
     })
     .await;
     assert_eq!(run.failed, 0, "TLS streams failed");
     assert_eq!(run.chunks, run.expected, "TLS chunks lost");
-    let connections = mock.peak_connections(false).await;
     [us(percentile(&mut run.delays, 99.0)), rss, connections]
 }
 
@@ -288,7 +259,7 @@ pub fn print(results: &TlsResults) {
         });
         // Direct, each HTTP/1.1 stream is a connection of its own, by construction.
         row(
-            &format!("{count} {label}: upstream connections at most"),
+            &format!("{count} {label}: upstream connections"),
             String::new(),
             &|r| format!("{:.0}", pick(r)[2]),
         );

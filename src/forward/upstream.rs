@@ -38,9 +38,9 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// HTTP/2. The first is used until an answer came over HTTP/2 (OpenRouter's does), the
 /// second from then on: hyper's pool lets only one HTTP/2 connection be made at a time, but
 /// only when it knows beforehand that the connection will be HTTP/2. Through the ALPN
-/// client a burst of requests on a cold pool (at startup, or after 90 s idle) would open
-/// one TLS connection each and keep one: measured, 13 handshakes for 24 streams opened at
-/// once on 2 workers, 514 for the benchmark's bursts of 1,000 (docs/PERFORMANCE.md).
+/// client a burst of requests on a cold pool (at startup, or after 90 s idle) opens one
+/// TLS connection each, then keeps one and closes the rest: 13 handshakes for 24 streams
+/// opened at once on 2 workers in `tests/tls.rs`, against one per worker now.
 pub struct UpstreamClients {
     clients: PerWorker<Pair>,
     /// An answer came over HTTP/2: the HTTP/2-only clients are in use. Set back when one of
