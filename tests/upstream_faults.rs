@@ -448,19 +448,22 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_request_closed(
     drop(client);
 }
 
-#[tokio::test]
-async fn an_unreachable_openrouter_is_logged_as_a_sentence_not_a_debug_dump() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+/// The binary, its OpenRouter a port on 127.0.0.1 where nothing listens; with its state
+/// file's directory.
+async fn running_against_a_closed_port(vars: &[(&str, &str)]) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Running::start(
-        &format!("http://{closed}/api/v1"),
+        &closed_base_url().await,
         &dir.path().join("state.json"),
-        &[("MAX_RETRIES", "0")],
+        vars,
     )
     .await;
+    (proxy, dir)
+}
+
+#[tokio::test]
+async fn an_unreachable_openrouter_is_logged_as_a_sentence_not_a_debug_dump() {
+    let (proxy, _dir) = running_against_a_closed_port(&[("MAX_RETRIES", "0")]).await;
     let answer = proxy.chat("qwen/qwen3-coder:free").await;
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert!(
@@ -480,17 +483,7 @@ async fn an_unreachable_openrouter_is_logged_as_a_sentence_not_a_debug_dump() {
 
 #[tokio::test]
 async fn an_openrouter_unreachable_at_startup_is_said_once_before_any_request() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Running::start(
-        &format!("http://{closed}/api/v1"),
-        &dir.path().join("state.json"),
-        &[("KEY_PROBE_INTERVAL", "300")],
-    )
-    .await;
+    let (proxy, _dir) = running_against_a_closed_port(&[("KEY_PROBE_INTERVAL", "300")]).await;
     let said = "could not reach OpenRouter at startup: 127.0.0.1 refused the connection; \
                 requests will be answered 502 until it can be reached";
     assert!(
