@@ -102,6 +102,15 @@ impl Contender {
         }
     }
 
+    /// Context switches of all its threads so far.
+    pub fn context_switches(&self) -> f64 {
+        if self.tree {
+            nginx::context_switches_tree(self.pid)
+        } else {
+            procs::context_switches(self.pid)
+        }
+    }
+
     /// Its process ids (nginx: master and workers).
     pub fn pids(&self) -> Vec<u32> {
         if self.tree {

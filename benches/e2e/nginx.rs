@@ -125,6 +125,11 @@ pub fn cpu_tree_seconds(pid: u32) -> f64 {
     over_tree(pid, crate::procs::cpu_seconds)
 }
 
+/// Context switches of `pid` and its children (nginx's workers).
+pub fn context_switches_tree(pid: u32) -> f64 {
+    over_tree(pid, crate::procs::context_switches)
+}
+
 /// `figure` of `pid` plus its children's.
 fn over_tree(pid: u32, figure: fn(u32) -> f64) -> f64 {
     tree(pid).into_iter().map(figure).sum()

@@ -171,3 +171,22 @@ pub fn connections_to(pids: &[u32], port: u16) -> usize {
         })
         .count()
 }
+
+/// Context switches (voluntary and not) of every thread of process `pid` so far.
+pub fn context_switches(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter_map(|n| n.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum()
+}

@@ -97,6 +97,8 @@ enum Kind {
     Micros,
     /// The contender's own MB; lower is better.
     Megabytes,
+    /// The contender's own count per request; lower is better.
+    PerRequest,
 }
 
 impl Kind {
@@ -109,6 +111,7 @@ impl Kind {
             Kind::Ratio => format!("{value:.2} ×"),
             Kind::Micros => format!("{value:.1} µs"),
             Kind::Megabytes => format!("{value:.1} MB"),
+            Kind::PerRequest => format!("{value:.2}"),
         }
     }
 
@@ -116,7 +119,7 @@ impl Kind {
         match self {
             Kind::Added => format!("{value:.0} µs"),
             Kind::Ratio => format!("{value:.0} req/s"),
-            Kind::Micros | Kind::Megabytes => String::new(),
+            Kind::Micros | Kind::Megabytes | Kind::PerRequest => String::new(),
         }
     }
 
@@ -194,6 +197,11 @@ fn round_rows(summary: &Summary) -> Vec<(String, Kind, Figure)> {
         ("CPU per request, c=64".into(), Kind::Micros, |x| {
             x.cpu_per_request
         }),
+        (
+            "context switches per request, c=64".into(),
+            Kind::PerRequest,
+            |x| x.switches_per_request,
+        ),
         ("SSE time to first byte p50".into(), Kind::Added, |x| {
             x.ttfb[0]
         }),
@@ -244,7 +252,7 @@ fn per_round(r: &Results, kind: Kind, f: Figure) -> Vec<f64> {
             let figures = m.rounds.iter().zip(&r.direct).map(|(c, d)| match kind {
                 Kind::Added => f(c) - f(d),
                 Kind::Ratio => f(c) / f(d),
-                Kind::Micros | Kind::Megabytes => f(c),
+                Kind::Micros | Kind::Megabytes | Kind::PerRequest => f(c),
             });
             median(figures.collect())
         })
