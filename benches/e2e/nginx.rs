@@ -20,8 +20,24 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers: a SIGKILL would leave them running
+    /// as orphans, holding their connections and memory through the rest of the run.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let workers = tree(self.pid());
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        for _ in 0..500 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for pid in workers {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.wait();
     }
 }
