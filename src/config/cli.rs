@@ -135,10 +135,7 @@ pub fn summary(config: &Config) -> String {
         "state file: {}",
         config.state_file.as_ref().map_or_else(
             || "none (counts are lost on restart)".to_owned(),
-            |p| std::path::absolute(p)
-                .unwrap_or_else(|_| p.clone())
-                .display()
-                .to_string()
+            |p| super::absolute(p).display().to_string()
         )
     );
     out

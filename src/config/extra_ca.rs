@@ -14,8 +14,7 @@ pub(super) fn parse_extra_ca<F: Fn(&str) -> Option<String>>(
     let Some((_, path)) = r.raw(&["EXTRA_CA_FILE"]) else {
         return Vec::new();
     };
-    let shown =
-        std::path::absolute(&path).map_or_else(|_| path.clone(), |p| p.display().to_string());
+    let shown = super::absolute(path.as_ref()).display().to_string();
     let pem = match std::fs::read(&path) {
         Ok(pem) => pem,
         Err(err) => {

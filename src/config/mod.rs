@@ -15,6 +15,12 @@ use jiff::tz::TimeZone;
 
 use crate::mask::mask;
 
+/// `path` made absolute (from the working directory), for messages an operator acts on.
+#[must_use]
+pub fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
 /// The default daily free-model limit of a key given without `:limit` (OpenRouter's 50/day tier).
 pub const DEFAULT_DAILY_LIMIT: u32 = 50;
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::clients::persist::{self, ClientRecord};
+use crate::config::absolute;
 use crate::keys::{now_ms, Block, BlockReason, KeyPool, Usage, UsageCounters};
 
 const VERSION: u32 = 2;
@@ -431,11 +432,6 @@ fn read_document(path: &Path) -> Option<StateDocument> {
             None
         }
     }
-}
-
-/// `path` made absolute (from the working directory), for messages an operator acts on.
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Whether the state file can be written where it is configured: a file is created and
