@@ -343,11 +343,7 @@ async fn the_binary_logs_one_line_per_request_when_it_ends_and_keeps_usage_acros
     .await;
     assert_eq!(answer.status, 200);
     let sent = answer.text().len();
-    let logged = eventually(Duration::from_secs(5), || {
-        proxy.log_text().contains("ended=")
-    })
-    .await;
-    assert!(logged, "{}", proxy.log_text());
+    proxy.wait_for_log("ended=").await;
     let log = proxy.log_text();
     let line = log.lines().find(|l| l.contains("ended=")).unwrap();
     for part in [

@@ -119,14 +119,9 @@ async fn the_first_candidate_is_sent_in_a_body_otherwise_unchanged() {
         sent.body,
         body.replace(r#""model":"fast""#, &format!(r#""model":"{FIRST}""#))
     );
-    assert!(
-        eventually(Duration::from_secs(5), || proxy
-            .log_text()
-            .contains(&format!("model=fast->{FIRST} candidates=1")))
-        .await,
-        "{}",
-        proxy.log_text()
-    );
+    proxy
+        .wait_for_log(&format!("model=fast->{FIRST} candidates=1"))
+        .await;
 
     // A model that is no alias goes byte for byte, with no X-Proxy-Model.
     let plain = format!(r#"{{"model":"{SECOND}",  "messages":[] }}"#);
@@ -199,14 +194,9 @@ async fn a_500_a_404_no_endpoints_and_an_error_inside_a_200_each_move_on() {
     assert!(began.elapsed() < Duration::from_secs(3));
     assert_eq!(answer.header("x-proxy-model"), FOURTH);
     assert_eq!(models_sent(&upstream), [FIRST, SECOND, THIRD, FOURTH]);
-    assert!(
-        eventually(Duration::from_secs(5), || proxy
-            .log_text()
-            .contains(&format!("model=fast->{FOURTH} candidates=4")))
-        .await,
-        "{}",
-        proxy.log_text()
-    );
+    proxy
+        .wait_for_log(&format!("model=fast->{FOURTH} candidates=4"))
+        .await;
     // Without an alias, a 404 "No endpoints found" is the answer, as before.
     script
         .lock()
@@ -372,14 +362,9 @@ async fn a_reload_puts_new_aliases_in_force() {
     )
     .unwrap();
     proxy.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(5), || proxy.log_text().contains(
-            "reloaded CONFIG_FILE: 0 clients, 0 kept their counts; 1 model aliases"
-        ))
-        .await,
-        "{}",
-        proxy.log_text()
-    );
+    proxy
+        .wait_for_log("reloaded CONFIG_FILE: 0 clients, 0 kept their counts; 1 model aliases")
+        .await;
     let answer = chat_with(&proxy, PROXY_KEY, r#"{"model":"fast","messages":[]}"#).await;
     assert_eq!(answer.header("x-proxy-model"), FOURTH);
     // "coder" is gone: sent as it is, as any model that is no alias.

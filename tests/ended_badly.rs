@@ -35,11 +35,7 @@ async fn fed_json() -> (Upstream, mpsc::Sender<Bytes>) {
 
 /// The end-of-request line, once the binary wrote it.
 async fn end_line(proxy: &Running) -> String {
-    let logged = eventually(Duration::from_secs(5), || {
-        proxy.log_text().contains("ended=")
-    })
-    .await;
-    assert!(logged, "{}", proxy.log_text());
+    proxy.wait_for_log("ended=").await;
     let log = proxy.log_text();
     log.lines()
         .find(|l| l.contains("ended="))

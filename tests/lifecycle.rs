@@ -417,11 +417,7 @@ async fn sighup_reloads_the_key_list_keeping_counts_and_streams_of_keys_that_sta
     )
     .unwrap();
     proxy.signal("HUP");
-    let reloaded = eventually(Duration::from_secs(5), || {
-        proxy.log_text().contains("reloaded the key list")
-    })
-    .await;
-    assert!(reloaded, "{}", proxy.log_text());
+    proxy.wait_for_log("reloaded the key list").await;
     let after = proxy.key_status().await;
     let ids: Vec<&str> = after["keys"]
         .as_array()

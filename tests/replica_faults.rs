@@ -188,11 +188,7 @@ async fn a_reload_during_an_outage_keeps_the_share_and_the_count() {
         replica.signal("HUP");
     }
     for replica in &fleet.replicas {
-        let reloaded = eventually(5 * SECOND, || {
-            replica.log_text().contains("reloaded the key list")
-        })
-        .await;
-        assert!(reloaded, "{}", replica.log_text());
+        replica.wait_for_log("reloaded the key list").await;
     }
     each_sends(&fleet, 20).await;
     let sent = chats_seen(&upstream).len();

@@ -1,6 +1,10 @@
 //! The release binary as a process: bad configuration is reported in full, and --help/--version work.
 
+mod common;
+
 use std::process::Command;
+
+use common::{key_id, KEY_A, KEY_B};
 
 fn proxy() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openrouter-proxy"));
@@ -219,16 +223,6 @@ fn the_configuration_page_holds_the_table_help_prints() {
         );
     }
 }
-
-/// `#`, the first 4 hex digits of the key's SHA-256, the masked key: how the proxy names it.
-fn key_id(secret: &str) -> String {
-    let digest = openrouter_proxy::config::file::sha256(secret.as_bytes());
-    let masked = openrouter_proxy::mask::mask(secret);
-    format!("#{:02x}{:02x} {masked}", digest[0], digest[1])
-}
-
-const KEY_A: &str = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0001";
-const KEY_B: &str = "sk-or-v1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0002";
 
 #[test]
 fn check_config_prints_what_would_run_with_keys_masked_or_every_problem_and_binds_nothing() {

@@ -466,14 +466,9 @@ async fn an_unreachable_openrouter_is_logged_as_a_sentence_not_a_debug_dump() {
     let (proxy, _dir) = running_against_a_closed_port(&[("MAX_RETRIES", "0")]).await;
     let answer = proxy.chat("qwen/qwen3-coder:free").await;
     assert_eq!(answer.status, 502, "{}", answer.text());
-    assert!(
-        eventually(Duration::from_secs(5), || proxy.log_text().contains(
-            "could not reach OpenRouter: 127.0.0.1 refused the connection"
-        ))
-        .await,
-        "{}",
-        proxy.log_text()
-    );
+    proxy
+        .wait_for_log("could not reach OpenRouter: 127.0.0.1 refused the connection")
+        .await;
     assert!(
         !proxy.log_text().contains("ConnectError"),
         "{}",
@@ -486,11 +481,7 @@ async fn an_openrouter_unreachable_at_startup_is_said_once_before_any_request() 
     let (proxy, _dir) = running_against_a_closed_port(&[("KEY_PROBE_INTERVAL", "300")]).await;
     let said = "could not reach OpenRouter at startup: 127.0.0.1 refused the connection; \
                 requests will be answered 502 until it can be reached";
-    assert!(
-        eventually(Duration::from_secs(5), || proxy.log_text().contains(said)).await,
-        "{}",
-        proxy.log_text()
-    );
+    proxy.wait_for_log(said).await;
     // The second key's probe (spaced after the first) does not say it again.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let log = proxy.log_text();

@@ -152,6 +152,12 @@ impl Running {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits up to 5 s for the log to hold `text`; fails the test, showing the log, if not.
+    pub async fn wait_for_log(&self, text: &str) {
+        let logged = eventually(Duration::from_secs(5), || self.log_text().contains(text)).await;
+        assert!(logged, "{text:?} was not logged:\n{}", self.log_text());
+    }
 }
 
 impl Drop for Running {
