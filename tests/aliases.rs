@@ -83,6 +83,17 @@ async fn proxy_with(
     Running::with_config_file(&upstream.base_url(), toml, &all).await
 }
 
+/// Scripts the second candidate to answer with a short, clean stream: "hi from the second".
+fn second_streams_hi(script: &Script) {
+    script.lock().unwrap().insert(
+        SECOND,
+        vec![Reply::sse(&[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi from the second\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        ])],
+    );
+}
+
 fn aliases_toml() -> String {
     format!(
         "[aliases]\nfast = [\"{FIRST}\", \"{SECOND}\", \"{THIRD}\", \"{FOURTH}\"]\ncoder = [\"qwen/qwen3-coder:free\"]\n"
@@ -239,13 +250,7 @@ async fn a_stream_of_comments_only_moves_on_inside_one_stream() {
         .lock()
         .unwrap()
         .insert(FIRST, vec![Reply::Stream(stalled)]);
-    script.lock().unwrap().insert(
-        SECOND,
-        vec![Reply::sse(&[
-            "data: {\"choices\":[{\"delta\":{\"content\":\"hi from the second\"}}]}\n\n",
-            "data: [DONE]\n\n",
-        ])],
-    );
+    second_streams_hi(&script);
     let upstream = upstream_by_model(&script).await;
     let (proxy, _dir) =
         proxy_with(&upstream, &aliases_toml(), &[("FIRST_TOKEN_TIMEOUT", "1")]).await;
@@ -382,13 +387,7 @@ async fn an_error_event_before_any_content_moves_a_stream_to_the_next_candidate(
             "data: {\"error\":{\"code\":502,\"message\":\"Provider returned error\"},\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n",
         ])],
     );
-    script.lock().unwrap().insert(
-        SECOND,
-        vec![Reply::sse(&[
-            "data: {\"choices\":[{\"delta\":{\"content\":\"hi from the second\"}}]}\n\n",
-            "data: [DONE]\n\n",
-        ])],
-    );
+    second_streams_hi(&script);
     let upstream = upstream_by_model(&script).await;
     let (proxy, _dir) = proxy_with(&upstream, &aliases_toml(), &[]).await;
     let began = Instant::now();
