@@ -31,6 +31,12 @@ impl Joined {
         self.first.as_ref().map_or(self.copied.len(), Bytes::len)
     }
 
+    /// Whether the bytes are one frame as it came (a slice of hyper's read buffer).
+    #[must_use]
+    pub(crate) fn is_one_frame(&self) -> bool {
+        self.first.is_some()
+    }
+
     #[must_use]
     pub(crate) fn into_bytes(self) -> Bytes {
         self.first.unwrap_or_else(|| self.copied.freeze())

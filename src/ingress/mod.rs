@@ -5,6 +5,7 @@
 //! (free or paid). It owns no upstream I/O: forwarding is `forward`'s.
 
 pub mod auth;
+pub mod detach;
 pub mod model;
 pub mod models_list;
 pub mod proxied;

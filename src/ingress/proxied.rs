@@ -21,7 +21,8 @@ use crate::forward::attempts::{Journey, Outgoing, Settled};
 use crate::forward::held::Held;
 use crate::forward::route::Route;
 use crate::forward::upstream::{has_dot_segment, sanitize_request_headers, upstream_uri};
-use crate::ingress::request_body::{read_capped, ReadError};
+use crate::ingress::detach::detach;
+use crate::ingress::request_body::{read_capped, ReadError, RequestBody};
 use crate::ingress::{model, models_list};
 use crate::keys::now_ms;
 use crate::keys::Demand;
@@ -41,7 +42,7 @@ pub async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let uri = target(app, &parts)?;
-    let body = read_body(app, body).await?;
+    let body = detach(&mut parts.headers, read_body(app, body).await?);
     let model = model_of(&parts.headers, &body)?;
     let alias = alias_of(app, &model);
     let ticket = admit(app, &caller, &model, alias.as_deref()).await?;
@@ -277,7 +278,7 @@ fn target(app: &App, parts: &Parts) -> Result<Uri, ProxyError> {
 }
 
 /// The whole request body, within `MAX_BODY_BYTES` and `REQUEST_BODY_TIMEOUT`.
-async fn read_body(app: &App, body: Incoming) -> Result<Bytes, ProxyError> {
+async fn read_body(app: &App, body: Incoming) -> Result<RequestBody, ProxyError> {
     let config = &app.config;
     read_capped(body, config.max_body_bytes, config.request_body_timeout)
         .await

@@ -8,6 +8,13 @@ use hyper::body::{Body, Incoming};
 
 use crate::forward::held::Joined;
 
+/// A whole request body.
+pub struct RequestBody {
+    pub bytes: Bytes,
+    /// It came in one frame and is kept without a copy: a slice of hyper's read buffer.
+    pub in_read_buffer: bool,
+}
+
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub enum ReadError {
@@ -29,7 +36,7 @@ pub async fn read_capped(
     mut body: Incoming,
     cap: usize,
     pause: Duration,
-) -> Result<Bytes, ReadError> {
+) -> Result<RequestBody, ReadError> {
     if body.size_hint().lower() > cap as u64 {
         return Err(ReadError::TooLarge);
     }
@@ -43,7 +50,10 @@ pub async fn read_capped(
                 .map_err(|_| ReadError::Stalled)?
         };
         let Some(frame) = next else {
-            return Ok(joined.into_bytes());
+            return Ok(RequestBody {
+                in_read_buffer: joined.is_one_frame(),
+                bytes: joined.into_bytes(),
+            });
         };
         let Ok(data) = frame.map_err(|_| ReadError::Broken)?.into_data() else {
             continue;

@@ -22,7 +22,7 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// hyper's default limit on the number of request headers.
 const MAX_HEADERS: usize = 100;
 /// What an HTTP/2 client with prior knowledge sends first.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long, and how much, a refused client's unread bytes are drained so that closing
 /// the socket does not reset the connection before the client has read the refusal.
 const DRAIN_TIME: Duration = Duration::from_secs(1);

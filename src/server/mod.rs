@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use log::{debug, info, warn};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,22 +57,35 @@ impl Drop for ConnectionSlot {
 }
 
 /// The HTTP/1 and HTTP/2 connection settings, built once.
-fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // HEADER_READ_TIMEOUT=0 turns the limit off rather than timing out at once.
-        .header_read_timeout(Some(app.config.header_read_timeout).filter(|t| !t.is_zero()))
-        // Bounds the request head (431 above it); bodies are read in pieces of at most this size.
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Pings find peers that vanished while streams are open.
-        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
-        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
-    builder
+///
+/// Two builders rather than hyper-util's `auto` one: the first head check already knows
+/// which protocol a connection speaks, and `auto` learns it by reading the first 24 bytes
+/// on their own, after which hyper's first read buffer (8 KiB, 24 bytes used) doubles to
+/// 16 KiB for the rest of the connection. Without it, and with what a request keeps moved
+/// out of that buffer ([`crate::ingress::detach`]), a held stream's connection keeps 8 KiB.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(app: &App) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // HEADER_READ_TIMEOUT=0 turns the limit off rather than timing out at once.
+            .header_read_timeout(Some(app.config.header_read_timeout).filter(|t| !t.is_zero()))
+            // Bounds the request head (431 above it); bodies are read in pieces of at most this size.
+            .max_buf_size(MAX_HEAD_BYTES);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            // Pings find peers that vanished while streams are open.
+            .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+        Builders { http1, http2 }
+    }
 }
 
 /// One accepted connection: its first head is checked, then hyper serves it until it
@@ -80,7 +93,7 @@ fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
 async fn connection(
     mut stream: TcpStream,
     app: Arc<App>,
-    builder: auto::Builder<TokioExecutor>,
+    builders: Builders,
     watcher: Watcher,
     mut closing: tokio::sync::watch::Receiver<()>,
 ) {
@@ -101,7 +114,7 @@ async fn connection(
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let http2 = head.starts_with(b"PRI * HTTP/2.0");
+    let http2 = head.starts_with(first_head::HTTP2_PREFACE);
     let idle_limit = app.config.header_read_timeout;
     let write_limit = app.config.stream_idle_timeout;
     let activity = Arc::new(if http2 {
@@ -117,39 +130,39 @@ async fn connection(
             Ok::<_, Infallible>(response.map(|body| counted.track(body)))
         }
     });
-    let io = Replay::new(head, stream, write_limit);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    let served = watcher.watch(connection.into_owned());
+    let io = TokioIo::new(Replay::new(head, stream, write_limit));
     // HTTP/1 has hyper's header timeout between requests and the socket's write timeout;
-    // HTTP/2 needs these.
-    let watchdog = async {
-        if http2 {
-            activity.watch(idle_limit, write_limit).await
-        } else {
-            std::future::pending().await
-        }
-    };
-    tokio::select! {
-        result = served => {
-            if let Err(err) = result {
-                debug!("connection ended with an error: {err}");
+    // HTTP/2 needs the watchdog.
+    let served = if http2 {
+        let served = watcher.watch(builders.http2.serve_connection(io, service));
+        tokio::select! {
+            served = served => served,
+            // Idle: nothing is open on it. Stalled: closing drops its upstream requests.
+            closing = activity.watch(idle_limit, write_limit) => {
+                match closing {
+                    Closing::Idle => debug!("closed an HTTP/2 connection idle for {}s", idle_limit.as_secs()),
+                    Closing::Stalled => info!(
+                        "closed an HTTP/2 connection whose client took nothing for {}s (STREAM_IDLE_TIMEOUT)",
+                        write_limit.as_secs()
+                    ),
+                }
+                Ok(())
             }
         }
-        // Idle: nothing is open on it. Stalled: closing drops its upstream requests.
-        closing = watchdog => match closing {
-            Closing::Idle => debug!("closed an HTTP/2 connection idle for {}s", idle_limit.as_secs()),
-            Closing::Stalled => info!(
-                "closed an HTTP/2 connection whose client took nothing for {}s (STREAM_IDLE_TIMEOUT)",
-                write_limit.as_secs()
-            ),
-        },
+    } else {
+        watcher
+            .watch(builders.http1.serve_connection(io, service))
+            .await
+    };
+    if let Err(err) = served {
+        debug!("connection ended with an error: {err}");
     }
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `SHUTDOWN_GRACE`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let builder = connection_builder(&app);
+    let builders = Builders::new(&app);
     let workers = Workers::start();
     let graceful = GracefulShutdown::new();
     // Connections still sending their first head have no request to finish: dropping this
@@ -189,13 +202,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let (app, builder) = (Arc::clone(&app), builder.clone());
+        let (app, builders) = (Arc::clone(&app), builders.clone());
         let (watcher, closing) = (graceful.watcher(), closing.subscribe());
         workers.spawn(async move {
             let Ok(stream) = TcpStream::from_std(stream) else {
                 return;
             };
-            connection(stream, app, builder, watcher, closing).await;
+            connection(stream, app, builders, watcher, closing).await;
             drop(slot);
         });
     }
