@@ -92,9 +92,13 @@ pub async fn route(
             {
                 (Route::Own, own(clients::key(app, &client)))
             }
+            // Boxed: hyper keeps a slot the size of this handler's future for the connection's
+            // whole life. The forward future (5 KB) lives until the answer's head is ready;
+            // inline, its size would stay reserved while the answer streams and while the
+            // connection idles.
             Ok(caller) => (
                 kind,
-                forward(app, request, caller, arrived)
+                Box::pin(forward(app, request, caller, arrived))
                     .await
                     .unwrap_or_else(|err| own(err.into_response())),
             ),

@@ -134,7 +134,9 @@ async fn connection(
     // HTTP/1 has hyper's header timeout between requests and the socket's write timeout;
     // HTTP/2 needs the watchdog.
     let served = if http2 {
-        let served = watcher.watch(builders.http2.serve_connection(io, service));
+        // Boxed: an HTTP/2 connection's state is twice an HTTP/1 one's, and inline it would
+        // size every connection's task (most are HTTP/1) for the rest of its life.
+        let served = Box::pin(watcher.watch(builders.http2.serve_connection(io, service)));
         tokio::select! {
             served = served => served,
             // Idle: nothing is open on it. Stalled: closing drops its upstream requests.
