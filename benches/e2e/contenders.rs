@@ -102,6 +102,15 @@ impl Contender {
         }
     }
 
+    /// CPU seconds used so far in the kernel (system calls, and the TCP work they do).
+    pub fn kernel_cpu(&self) -> f64 {
+        if self.tree {
+            nginx::kernel_cpu_tree_seconds(self.pid)
+        } else {
+            procs::kernel_cpu_seconds(self.pid)
+        }
+    }
+
     /// Context switches of all its threads so far.
     pub fn context_switches(&self) -> f64 {
         if self.tree {

@@ -127,6 +127,8 @@ pub struct Figures {
     /// CPU µs per request at c=64 (0 ms upstream) and per forwarded chunk (many streams).
     pub cpu_per_request: f64,
     pub cpu_per_chunk: f64,
+    /// The kernel's part of `cpu_per_request`.
+    pub kernel_cpu_per_request: f64,
     /// Context switches per request at c=64 (0 ms upstream): each is a sleep and a wake-up.
     pub switches_per_request: f64,
 }
@@ -182,11 +184,13 @@ async fn round(
         contender.map(Contender::rss_reader),
     ));
     let switches = || contender.map_or(f64::NAN, Contender::context_switches);
-    let (cpu_before, switches_before) = (cpu(), switches());
+    let kernel_cpu = || contender.map_or(0.0, Contender::kernel_cpu);
+    let (cpu_before, kernel_before, switches_before) = (cpu(), kernel_cpu(), switches());
     f.rps0 = load::throughput(&client, target, "", 64, plan.throughput_for).await;
     f.rss_load = peak.await.expect("sampler");
     let requests = f.rps0 * plan.throughput_for.as_secs_f64();
     f.cpu_per_request = (cpu() - cpu_before) * 1e6 / requests.max(1.0);
+    f.kernel_cpu_per_request = (kernel_cpu() - kernel_before) * 1e6 / requests.max(1.0);
     f.switches_per_request = (switches() - switches_before) / requests.max(1.0);
     f.rps20 = load::throughput(&client, target, "latency=20", 64, plan.throughput_for).await;
     f.ttfb = p50_p99(load::ttfb(&client, target, plan.ttfb_n).await);

@@ -141,6 +141,11 @@ pub fn cpu_tree_seconds(pid: u32) -> f64 {
     over_tree(pid, crate::procs::cpu_seconds)
 }
 
+/// Kernel CPU seconds of `pid` and its children.
+pub fn kernel_cpu_tree_seconds(pid: u32) -> f64 {
+    over_tree(pid, crate::procs::kernel_cpu_seconds)
+}
+
 /// Context switches of `pid` and its children (nginx's workers).
 pub fn context_switches_tree(pid: u32) -> f64 {
     over_tree(pid, crate::procs::context_switches)

@@ -122,6 +122,17 @@ pub fn rss_mb(pid: u32) -> f64 {
 
 /// CPU time (user + system) process `pid` has used, in seconds (100 Hz ticks).
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// CPU time process `pid` has used in the kernel, in seconds.
+pub fn kernel_cpu_seconds(pid: u32) -> f64 {
+    cpu_split(pid).1
+}
+
+/// CPU seconds `pid` has used so far (all its threads), in user space and in the kernel.
+fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // utime and stime are the 14th and 15th fields; the command name before them is in
     // parentheses and may hold spaces, so count from the ")".
@@ -134,7 +145,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 /// Established TCP connections the processes `pids` hold to 127.0.0.1:`port`: their socket

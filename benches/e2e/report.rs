@@ -197,6 +197,9 @@ fn round_rows(summary: &Summary) -> Vec<(String, Kind, Figure)> {
         ("CPU per request, c=64".into(), Kind::Micros, |x| {
             x.cpu_per_request
         }),
+        ("of which in the kernel".into(), Kind::Micros, |x| {
+            x.kernel_cpu_per_request
+        }),
         (
             "context switches per request, c=64".into(),
             Kind::PerRequest,
