@@ -41,14 +41,18 @@ pub struct Outgoing {
 
 impl Outgoing {
     fn request(&self, authorization: &HeaderValue) -> Request<Full<Bytes>> {
-        // Cloning `body` is a reference count; the header map clone shares its values' bytes.
+        // Cloning `body` is a reference count, and so is each header value. The map is made
+        // with room for the key and the `content-length` hyper adds: a clone of the client's
+        // map is exactly full, and each of those two inserts made it grow.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 2);
+        for (name, value) in &self.headers {
+            headers.append(name, value.clone());
+        }
+        headers.insert(AUTHORIZATION, authorization.clone());
         let mut request = Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, authorization.clone());
+        *request.headers_mut() = headers;
         request
     }
 }
