@@ -63,7 +63,10 @@ mod tests {
         let mut auth = HeaderValue::from_maybe_shared(buffer.slice(15..26)).unwrap();
         auth.set_sensitive(true);
         headers.insert("authorization", auth);
-        headers.append("x-a", HeaderValue::from_maybe_shared(buffer.slice(33..36)).unwrap());
+        headers.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(buffer.slice(33..36)).unwrap(),
+        );
         headers.append("x-a", HeaderValue::from_static("two"));
         let body = RequestBody {
             bytes: buffer.slice(40..),
