@@ -126,19 +126,25 @@ pub fn peek(body: &[u8]) -> ModelInfo<'_> {
 
 /// The deepest `{`/`[` nesting outside strings, found in one pass without recursion.
 fn nesting_depth(body: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &byte in body {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
+    while let Some(&byte) = body.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            // Strings are most of a large body (the prompt): jump from quote or backslash to
+            // the next with memchr instead of looking at every byte (≈ 1 GB/s byte by byte).
+            b'"' => loop {
+                let Some(found) = body
+                    .get(at..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                else {
+                    return deepest;
+                };
+                let escape = body[at + found] == b'\\';
+                at += found + if escape { 2 } else { 1 };
+                if !escape {
+                    break;
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -205,6 +211,64 @@ mod tests {
                 .unwrap()
                 .free
         );
+    }
+
+    /// The byte-at-a-time scan `nesting_depth` replaced: the reference it must agree with.
+    fn nesting_depth_byte_by_byte(body: &[u8]) -> usize {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+        for &byte in body {
+            if in_string {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only_as_byte_by_byte() {
+        let deep_in_text = format!(r#"{{"s":"{}"}}"#, "[".repeat(1000));
+        assert_eq!(nesting_depth(deep_in_text.as_bytes()), 1);
+        assert_eq!(nesting_depth(br#"{"a":"ends on a backslash\"#), 1);
+        // Random bodies over the bytes that matter: 100,000 of up to 9 bytes, 100,000 longer.
+        let alphabet = b"{[]}\"\\a";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..200_000u64 {
+            let len = if case < 100_000 {
+                (case % 10) as usize
+            } else {
+                (next() % 200) as usize
+            };
+            let body: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            assert_eq!(
+                nesting_depth(&body),
+                nesting_depth_byte_by_byte(&body),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
     }
 
     #[test]
