@@ -63,7 +63,7 @@ impl Drop for ConnectionSlot {
 /// on their own, after which hyper's first read buffer (8 KiB, 24 bytes used) doubles to
 /// 16 KiB for the rest of the connection. Without it, and with what a request keeps moved
 /// out of that buffer ([`crate::ingress::detach`]), a held stream's connection keeps 8 KiB.
-#[derive(Clone)]
+/// Shared by every connection (an `Arc`), not copied into each one's task.
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -93,7 +93,7 @@ impl Builders {
 async fn connection(
     mut stream: TcpStream,
     app: Arc<App>,
-    builders: Builders,
+    builders: Arc<Builders>,
     watcher: Watcher,
     mut closing: tokio::sync::watch::Receiver<()>,
 ) {
@@ -164,7 +164,7 @@ async fn connection(
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `SHUTDOWN_GRACE`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let builders = Builders::new(&app);
+    let builders = Arc::new(Builders::new(&app));
     let workers = Workers::start();
     let graceful = GracefulShutdown::new();
     // Connections still sending their first head have no request to finish: dropping this
@@ -204,7 +204,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let (app, builders) = (Arc::clone(&app), builders.clone());
+        let (app, builders) = (Arc::clone(&app), Arc::clone(&builders));
         let (watcher, closing) = (graceful.watcher(), closing.subscribe());
         workers.spawn(async move {
             let Ok(stream) = TcpStream::from_std(stream) else {
