@@ -8,7 +8,7 @@ use crate::clients::fair::FairQueue;
 use crate::clients::Clients;
 use crate::config::{Config, KeySpec};
 use crate::forward::breaker::Breaker;
-use crate::forward::upstream::UpstreamClients;
+use crate::forward::pool::{UpstreamClients, UPSTREAM_IDLE_TIMEOUT};
 use crate::ingress::auth::RefusalLog;
 use crate::keys::{now_ms, KeyPool};
 use crate::observe::metrics::Metrics;
@@ -45,7 +45,12 @@ impl App {
     #[must_use]
     pub fn new(config: Config) -> Arc<App> {
         let pool = Arc::new(KeyPool::from_config(&config));
-        let upstream = UpstreamClients::new(config.upstream_http2, &config.extra_ca);
+        let upstream = UpstreamClients::new(
+            &config.upstream,
+            config.upstream_http2,
+            &config.extra_ca,
+            UPSTREAM_IDLE_TIMEOUT,
+        );
         let shared = config
             .redis
             .clone()

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::forward::pool::UpstreamBody;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::http::response::Parts;
 use hyper::{Method, Request, Response, Uri};
@@ -42,9 +42,9 @@ pub struct Outgoing {
 impl Outgoing {
     fn request(&self, authorization: &HeaderValue) -> Request<Full<Bytes>> {
         // Cloning `body` is a reference count, and so is each header value. The map is made
-        // with room for the key and the `content-length` hyper adds: a clone of the client's
-        // map is exactly full, and each of those two inserts made it grow.
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 2);
+        // with room for the key, the `content-length` hyper adds and HTTP/1.1's `Host`: a
+        // clone of the client's map is exactly full, and each of those inserts made it grow.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 3);
         for (name, value) in &self.headers {
             headers.append(name, value.clone());
         }
@@ -61,7 +61,7 @@ impl Outgoing {
 pub enum Settled {
     /// A 200 event stream (from the journey's last key): relay it, inspecting events
     /// until the first content.
-    Stream(Response<Incoming>),
+    Stream(Response<UpstreamBody>),
     /// An upstream answer to hand over as it is (a success, a refusal, or the last error once retries ran out).
     Answer(Response<Held>),
     /// The proxy's own error: no key in time, upstream unreachable or silent.
@@ -415,7 +415,7 @@ impl Journey {
     }
 
     /// Sends one attempt with key `key` and waits (bounded by `UPSTREAM_TIMEOUT`, 0 = unbounded) for its headers.
-    async fn send(&mut self, key: usize) -> Result<Response<Incoming>, Sent> {
+    async fn send(&mut self, key: usize) -> Result<Response<UpstreamBody>, Sent> {
         let slot = &self.pool.keys()[key];
         slot.count_sent();
         let request = self.outgoing.request(&slot.authorization);
@@ -477,7 +477,7 @@ impl Journey {
     }
 
     /// Looks at an upstream response (holding back at most [`INSPECT_LIMIT`] of its body) and classifies it.
-    async fn inspect(&mut self, response: Response<Incoming>) -> Inspected {
+    async fn inspect(&mut self, response: Response<UpstreamBody>) -> Inspected {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let status = head.status;
@@ -516,7 +516,7 @@ impl Journey {
 
     /// Holds the start of a JSON or error body (at most [`INSPECT_LIMIT`]) and classifies it,
     /// including an error object inside a 200.
-    async fn inspect_held(&mut self, head: Parts, body: Incoming) -> Inspected {
+    async fn inspect_held(&mut self, head: Parts, body: UpstreamBody) -> Inspected {
         let status = head.status;
         // A success body may take as long as the generation, but its first JSON byte must come
         // within FIRST_TOKEN_TIMEOUT; an error body is bounded by UPSTREAM_TIMEOUT.

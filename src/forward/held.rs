@@ -1,9 +1,9 @@
 //! The bounded hold of an upstream answer's start, so it can be classified
 //! before anything is committed to the client.
 
+use crate::forward::pool::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 /// Frames joined into one `Bytes`: the first is kept as it came, a second one
 /// makes the only copy.
@@ -48,7 +48,7 @@ pub struct Held {
     /// Everything read so far.
     pub bytes: Bytes,
     /// The unread remainder; `None` when `bytes` is the whole body.
-    pub rest: Option<Incoming>,
+    pub rest: Option<UpstreamBody>,
 }
 
 /// Why an answer's start could not be held.
@@ -73,7 +73,11 @@ pub struct HoldLimits {
 /// Reads `body` until it ends or more than `limit` bytes past leading
 /// whitespace (OpenRouter's heartbeats) have arrived, within `limits`. A body
 /// that arrives in one frame is held without a copy.
-pub async fn hold(mut body: Incoming, limit: usize, limits: HoldLimits) -> Result<Held, HoldError> {
+pub async fn hold(
+    mut body: UpstreamBody,
+    limit: usize,
+    limits: HoldLimits,
+) -> Result<Held, HoldError> {
     let mut joined = Joined::default();
     let mut significant = 0usize;
     while significant <= limit {

@@ -1,131 +1,14 @@
-//! Talking to OpenRouter: the pooled HTTPS client, URI mapping, and header hygiene.
+//! Talking to OpenRouter: URI mapping, header hygiene, and why it could not be reached.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::http::uri::Uri;
-use hyper::{Request, Response, Version};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
 
 use crate::config::UpstreamBase;
-use crate::worker::{self, PerWorker};
 
 /// The original proxy's header.
 pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
 /// Anthropic-style clients' header.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Idle keep-alive connections kept per upstream host, over all workers' clients.
-pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
-
-/// A pooled client: HTTP/1.1 or HTTP/2 by ALPN.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// One pair of pooled clients per server worker, plus one for every other thread (probes,
-/// tests): a pooled connection's task runs on the worker that opened it, so a request
-/// only ever uses connections polled on its own thread (see `crate::worker`).
-///
-/// Each pair is a client that lets TLS' ALPN choose the protocol, and one that speaks only
-/// HTTP/2. The first is used until an answer came over HTTP/2 (OpenRouter's does), the
-/// second from then on: hyper's pool lets only one HTTP/2 connection be made at a time, but
-/// only when it knows beforehand that the connection will be HTTP/2. Through the ALPN
-/// client a burst of requests on a cold pool (at startup, or after 90 s idle) opens one
-/// TLS connection each, then keeps one and closes the rest: 13 handshakes for 24 streams
-/// opened at once on 2 workers in `tests/tls.rs`, against one per worker now.
-pub struct UpstreamClients {
-    clients: PerWorker<Pair>,
-    /// An answer came over HTTP/2: the HTTP/2-only clients are in use. Set back when one of
-    /// them fails, so an upstream that stopped offering HTTP/2 is reached again over ALPN.
-    speaks_http2: AtomicBool,
-}
-
-struct Pair {
-    alpn: UpstreamClient,
-    http2: UpstreamClient,
-}
-
-impl UpstreamClients {
-    /// Builds them once at startup, sharing one connector (and its TLS configuration,
-    /// which trusts the compiled-in roots and `extra_ca`). With `http2_only`
-    /// (`UPSTREAM_HTTP2`), both clients of a pair speak only HTTP/2.
-    #[must_use]
-    pub fn new(http2_only: bool, extra_ca: &[CertificateDer<'static>]) -> UpstreamClients {
-        let connector = connector(extra_ca);
-        let workers = worker::count();
-        // The idle cap is shared out, so more workers do not keep more idle connections.
-        let max_idle = (MAX_IDLE_UPSTREAM_CONNECTIONS / workers).max(1);
-        UpstreamClients {
-            clients: PerWorker::new(|| Pair {
-                alpn: client(connector.clone(), http2_only, max_idle),
-                http2: client(connector.clone(), true, max_idle),
-            }),
-            speaks_http2: AtomicBool::new(http2_only),
-        }
-    }
-
-    /// Sends `request` on this thread's pooled connections.
-    pub fn request(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> impl Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>> + '_
-    {
-        let pair = self.clients.here();
-        let http2 = self.speaks_http2.load(Relaxed);
-        let pending = if http2 { &pair.http2 } else { &pair.alpn }.request(request);
-        async move {
-            let result = pending.await;
-            match &result {
-                Ok(response) if !http2 && response.version() == Version::HTTP_2 => {
-                    self.speaks_http2.store(true, Relaxed);
-                }
-                Err(_) if http2 => self.speaks_http2.store(false, Relaxed),
-                _ => {}
-            }
-            result
-        }
-    }
-}
-
-/// TLS roots are compiled in (webpki-roots), so it works in an empty container; ALPN
-/// offers HTTP/2 and HTTP/1.1.
-fn connector(extra_ca: &[CertificateDer<'static>]) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    HttpsConnectorBuilder::new()
-        .with_tls_config(crate::tls::client_config(extra_ca))
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http)
-}
-
-fn client(
-    connector: HttpsConnector<HttpConnector>,
-    http2_only: bool,
-    max_idle: usize,
-) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        // OpenRouter speaks HTTP/2 (one multiplexed connection); for HTTP/1.1 upstreams this
-        // bounds how many connections a burst of streams leaves idle, and the memory they hold.
-        .pool_max_idle_per_host(max_idle)
-        // HTTPS upstreams negotiate HTTP/2 by ALPN anyway; this also makes plain-http
-        // upstreams (local gateways) use HTTP/2 with prior knowledge.
-        .http2_only(http2_only)
-        .build(connector)
-}
 
 /// An upstream client error as a sentence (`DNS lookup of openrouter.ai failed (…)`,
 /// `127.0.0.1 refused the connection`), from the causes it chains, innermost last.

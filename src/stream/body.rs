@@ -5,12 +5,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::accounted::Accounted;
 use super::idle_watch::IdleWatch;
 use super::relay::SseRelay;
 use crate::forward::held::Held;
+use crate::forward::pool::UpstreamBody;
 
 /// Why a response body ended before its end: the client then sees its connection cut (no
 /// status can change once the head is sent), and the record says which.
@@ -44,7 +45,7 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     Upstream {
         held: Option<Bytes>,
-        rest: Incoming,
+        rest: UpstreamBody,
         idle: Option<IdleWatch>,
     },
     Relay(Box<SseRelay>),

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::time::Sleep;
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use hyper::header::HeaderMap;
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ use crate::error::{error_body, NO_FIRST_TOKEN};
 use crate::forward::attempts::INSPECT_LIMIT;
 use crate::forward::attempts::{Journey, Settled, Trail};
 use crate::forward::outcome::{classify, error_object, Verdict};
+use crate::forward::pool::UpstreamBody;
 use crate::keys::Outcome;
 use crate::stream::accounted::Ended;
 use crate::stream::body::BodyError;
@@ -46,7 +47,7 @@ enum Mode {
 /// An SSE response body with pre-content error retries.
 pub struct SseRelay {
     mode: Mode,
-    upstream: Option<Incoming>,
+    upstream: Option<UpstreamBody>,
     /// Pre-content bytes not yet forwarded (at most one partial event plus comments).
     pending: BytesMut,
     /// How much of the partial event in `pending` has been scanned for its end already.
@@ -74,7 +75,7 @@ impl Drop for SseRelay {
 
 impl SseRelay {
     #[must_use]
-    pub fn new(upstream: Incoming, journey: Journey) -> Self {
+    pub fn new(upstream: UpstreamBody, journey: Journey) -> Self {
         let app = Arc::clone(journey.app());
         app.metrics.open_streams.fetch_add(1, Relaxed);
         let idle = IdleWatch::new(app.config.stream_idle_timeout);

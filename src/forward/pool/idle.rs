@@ -1,0 +1,85 @@
+//! A worker's HTTP/1.1 connections waiting for a request: the most recently used is lent
+//! first, the cap bounds how many a burst leaves open, and a sweep closes those idle
+//! longer than the idle timeout.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1;
+use tokio::time::Instant;
+
+use super::lock;
+
+/// One worker's idle HTTP/1.1 connections, oldest first.
+pub(super) struct Idle {
+    waiting: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
+    cap: usize,
+    timeout: Duration,
+    /// A sweep task runs for this list (from its first idle connection until it is empty).
+    swept: bool,
+}
+
+impl Idle {
+    pub(super) fn new(cap: usize, timeout: Duration) -> Arc<Mutex<Idle>> {
+        Arc::new(Mutex::new(Idle {
+            waiting: Vec::new(),
+            cap,
+            timeout,
+            swept: false,
+        }))
+    }
+
+    /// The most recently used connection that can take a request; those the server
+    /// closed while they waited are let go on the way.
+    pub(super) fn take(&mut self) -> Option<http1::SendRequest<Full<Bytes>>> {
+        while let Some((sender, _)) = self.waiting.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+}
+
+/// Puts a connection whose answer has ended back in `idle`, unless it cannot take another
+/// request or the list is full (then dropping it closes it).
+pub(super) fn give_back(idle: &Arc<Mutex<Idle>>, sender: http1::SendRequest<Full<Bytes>>) {
+    if !sender.is_ready() {
+        return;
+    }
+    let mut list = lock(idle);
+    if list.waiting.len() >= list.cap {
+        return;
+    }
+    if !list.swept {
+        // Only on a runtime can anything sweep it (a body dropped at shutdown is not).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        list.swept = true;
+        runtime.spawn(sweep(Arc::clone(idle)));
+    }
+    list.waiting.push((sender, Instant::now()));
+}
+
+/// Closes the connections idle for the timeout, waking when the oldest one's is due;
+/// ends when none is left (the next one given back starts another).
+async fn sweep(idle: Arc<Mutex<Idle>>) {
+    loop {
+        let due = {
+            let mut list = lock(&idle);
+            let timeout = list.timeout;
+            let now = Instant::now();
+            list.waiting
+                .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
+            let Some((_, oldest)) = list.waiting.first() else {
+                list.swept = false;
+                return;
+            };
+            *oldest + timeout
+        };
+        tokio::time::sleep_until(due).await;
+    }
+}

@@ -1,0 +1,360 @@
+//! The upstream connection pool, one per server worker, over hyper's `client::conn`.
+//!
+//! Each worker keeps the HTTP/1.1 connections that wait for a request and at most one
+//! HTTP/2 connection that all its requests share. A connection's task runs on the worker
+//! that opened it and only that worker's requests use it (see `crate::worker`), so the
+//! task that writes an answer to the agent polls the upstream connection on its own
+//! thread, and no lock here is ever contended. TLS and ALPN come from one connector
+//! (compiled-in roots plus `EXTRA_CA_FILE`); a connection speaks what ALPN picked, or
+//! HTTP/2 only with `UPSTREAM_HTTP2`.
+//!
+//! It replaces hyper-util's pooled client, whose shared pool, per-request checkout
+//! futures and idle-return task cost ~2 µs of CPU per request on this path
+//! (docs/PERFORMANCE.md, "Round three").
+
+mod body;
+mod error;
+mod idle;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::{http1, http2};
+use hyper::header::{HeaderValue, HOST};
+use hyper::http::uri::{PathAndQuery, Scheme, Uri};
+use hyper::{Request, Response};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use log::debug;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tower_service::Service;
+
+pub use body::UpstreamBody;
+pub use error::UpstreamError;
+
+use crate::config::UpstreamBase;
+use crate::worker::{self, PerWorker};
+use body::Lease;
+use idle::Idle;
+
+/// Idle keep-alive HTTP/1.1 connections kept, over all workers.
+pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
+
+/// How long an upstream connection may wait for a request before it is closed.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// The connections to OpenRouter, one pool per worker plus one for every other thread
+/// (probes at startup, tests).
+pub struct UpstreamClients {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority`: what the connector dials.
+    origin: Uri,
+    /// The `Host` an HTTP/1.1 request carries (HTTP/2 sends the URI's authority).
+    host: HeaderValue,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// `UPSTREAM_HTTP2`: every connection speaks HTTP/2, whatever ALPN says (prior
+    /// knowledge for plain-http upstreams).
+    http2_only: bool,
+    /// The latest connection opened spoke HTTP/2 (OpenRouter's do): a request looks for
+    /// its worker's shared connection, and waits for the one being opened instead of
+    /// opening its own, so a burst on a cold pool opens one connection per worker.
+    speaks_http2: AtomicBool,
+    workers: PerWorker<WorkerPool>,
+}
+
+/// One worker's connections.
+struct WorkerPool {
+    http1: Arc<Mutex<Idle>>,
+    http2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
+    /// Held while the worker opens its HTTP/2 connection, with the last attempt's failure:
+    /// the requests that waited for that attempt fail with it rather than each trying in
+    /// turn (a connect timeout would otherwise be paid once per waiting request).
+    opening_http2: tokio::sync::Mutex<Option<(Instant, UpstreamError)>>,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// A connection for one request; `reused` when it was open before this request asked,
+/// and so may have been closed by the server meanwhile.
+struct Checkout {
+    sender: Sender,
+    reused: bool,
+}
+
+/// A request that failed: given back when it was never written to the connection.
+struct Failed {
+    unsent: Option<Request<Full<Bytes>>>,
+    error: hyper::Error,
+}
+
+impl UpstreamClients {
+    /// Builds them once at startup for the upstream at `base`, trusting the compiled-in
+    /// roots and `extra_ca`.
+    #[must_use]
+    pub(crate) fn new(
+        base: &UpstreamBase,
+        http2_only: bool,
+        extra_ca: &[CertificateDer<'static>],
+        idle_timeout: Duration,
+    ) -> UpstreamClients {
+        let origin = Uri::builder()
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a validated scheme and authority make a URI");
+        // The idle cap is shared out, so more workers do not keep more idle connections.
+        let cap = (MAX_IDLE_UPSTREAM_CONNECTIONS / worker::count()).max(1);
+        UpstreamClients {
+            connector: connector(extra_ca),
+            host: host_header(base),
+            origin,
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
+            http2_only,
+            speaks_http2: AtomicBool::new(http2_only),
+            workers: PerWorker::new(|| WorkerPool {
+                http1: Idle::new(cap, idle_timeout),
+                http2: Mutex::new(None),
+                opening_http2: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Sends `request` (its URI absolute, on this upstream) on this thread's connections.
+    /// A request that a reused connection never wrote (the server closed it while it was
+    /// idle) is sent again on another.
+    pub async fn request(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        debug_assert_eq!(request.uri().authority(), self.origin.authority());
+        let here = self.workers.here();
+        loop {
+            let checkout = self.checkout(here).await?;
+            let error = match self.send(here, checkout.sender, request).await {
+                Ok(response) => return Ok(response),
+                Err(Failed {
+                    unsent: Some(unsent),
+                    error,
+                }) => {
+                    if checkout.reused {
+                        request = unsent;
+                        continue;
+                    }
+                    UpstreamError::connect(error)
+                }
+                Err(Failed {
+                    unsent: None,
+                    error,
+                }) => UpstreamError::sent(error),
+            };
+            return Err(error);
+        }
+    }
+
+    async fn checkout(&self, here: &WorkerPool) -> Result<Checkout, UpstreamError> {
+        if self.speaks_http2.load(Relaxed) {
+            if let Some(sender) = here.shared_http2() {
+                return Ok(Checkout {
+                    sender: Sender::Http2(sender),
+                    reused: true,
+                });
+            }
+            return self.open_shared_http2(here).await;
+        }
+        if let Some(sender) = lock(&here.http1).take() {
+            return Ok(Checkout {
+                sender: Sender::Http1(sender),
+                reused: true,
+            });
+        }
+        self.open(here).await
+    }
+
+    /// The worker's HTTP/2 connection, opened by this request or by the one it waited for.
+    async fn open_shared_http2(&self, here: &WorkerPool) -> Result<Checkout, UpstreamError> {
+        let asked = Instant::now();
+        let mut opening = here.opening_http2.lock().await;
+        if let Some(sender) = here.shared_http2() {
+            return Ok(Checkout {
+                sender: Sender::Http2(sender),
+                reused: true,
+            });
+        }
+        if let Some((_, error)) = opening.as_ref().filter(|(failed, _)| *failed >= asked) {
+            return Err(error.clone());
+        }
+        let opened = self.open(here).await;
+        *opening = opened
+            .as_ref()
+            .err()
+            .map(|error| (Instant::now(), error.clone()));
+        opened
+    }
+
+    /// Opens a connection: HTTP/2 when ALPN picked it (or `UPSTREAM_HTTP2`), which becomes
+    /// the worker's shared one; HTTP/1.1 otherwise.
+    async fn open(&self, here: &WorkerPool) -> Result<Checkout, UpstreamError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::connect)?;
+        let io: Io = connector
+            .call(self.origin.clone())
+            .await
+            .map_err(UpstreamError::connect)?;
+        let http2 = self.http2_only || io.connected().is_negotiated_h2();
+        self.speaks_http2.store(http2, Relaxed);
+        let sender = if http2 {
+            let (sender, connection) = self
+                .http2
+                .handshake(io)
+                .await
+                .map_err(UpstreamError::connect)?;
+            tokio::spawn(drive(connection));
+            here.share_http2(&sender);
+            Sender::Http2(sender)
+        } else {
+            let (sender, connection) = self
+                .http1
+                .handshake(io)
+                .await
+                .map_err(UpstreamError::connect)?;
+            tokio::spawn(drive(connection));
+            Sender::Http1(sender)
+        };
+        Ok(Checkout {
+            sender,
+            reused: false,
+        })
+    }
+
+    async fn send(
+        &self,
+        here: &WorkerPool,
+        sender: Sender,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        match sender {
+            Sender::Http2(mut sender) => match sender.try_send_request(request).await {
+                Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, None))),
+                Err(mut failed) => {
+                    // Closed or refusing streams: the next request opens a new one.
+                    *lock(&here.http2) = None;
+                    Err(Failed {
+                        unsent: failed.take_message(),
+                        error: failed.into_error(),
+                    })
+                }
+            },
+            Sender::Http1(mut sender) => {
+                let absolute = self.to_origin_form(&mut request);
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let lease = Lease {
+                            sender,
+                            idle: Arc::clone(&here.http1),
+                        };
+                        Ok(response.map(|body| UpstreamBody::new(body, Some(lease))))
+                    }
+                    Err(mut failed) => Err(Failed {
+                        unsent: failed.take_message().map(|mut unsent| {
+                            unsent.headers_mut().remove(HOST);
+                            *unsent.uri_mut() = absolute;
+                            unsent
+                        }),
+                        error: failed.into_error(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// HTTP/1.1 sends the path and query on the request line and the authority as `Host`;
+    /// returns the absolute URI, for a request sent again over HTTP/2.
+    fn to_origin_form(&self, request: &mut Request<Full<Bytes>>) -> Uri {
+        request.headers_mut().insert(HOST, self.host.clone());
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        std::mem::replace(request.uri_mut(), Uri::from(path))
+    }
+}
+
+impl WorkerPool {
+    /// The worker's HTTP/2 connection, unless it has closed.
+    fn shared_http2(&self) -> Option<http2::SendRequest<Full<Bytes>>> {
+        lock(&self.http2)
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+
+    /// Makes `sender` the worker's HTTP/2 connection unless a live one is there already
+    /// (several requests on a cold pool may each have opened one by ALPN).
+    fn share_http2(&self, sender: &http2::SendRequest<Full<Bytes>>) {
+        let mut shared = lock(&self.http2);
+        if shared.as_ref().is_none_or(http2::SendRequest::is_closed) {
+            *shared = Some(sender.clone());
+        }
+    }
+}
+
+/// Runs a connection until it closes; its errors reach the request that was on it.
+async fn drive(connection: impl std::future::Future<Output = hyper::Result<()>>) {
+    if let Err(err) = connection.await {
+        debug!("an upstream connection closed: {err}");
+    }
+}
+
+/// What these locks guard stays consistent across a panic (each change is one
+/// assignment, push, pop or retain), so a poisoned lock is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `host[:port]`, the port only when it is not the scheme's default (never a user name).
+fn host_header(base: &UpstreamBase) -> HeaderValue {
+    let default_port = if base.scheme == Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let authority = &base.authority;
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).expect("a validated authority's host is a valid header value")
+}
+
+/// TLS roots are compiled in (webpki-roots), so it works in an empty container; ALPN
+/// offers HTTP/2 and HTTP/1.1.
+fn connector(extra_ca: &[CertificateDer<'static>]) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config(extra_ca))
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
+}
