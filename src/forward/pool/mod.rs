@@ -15,6 +15,8 @@
 mod body;
 mod error;
 mod idle;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
