@@ -114,8 +114,8 @@ async fn serve(
         connection.as_mut().graceful_shutdown();
         let _ = connection.await;
     } else {
-        let connection = http1::Builder::new().serve_connection(io, service);
-        tokio::pin!(connection);
+        // Boxed, not pinned on the stack, so that dropping it closes the socket there and then.
+        let mut connection = Box::pin(http1::Builder::new().serve_connection(io, service));
         match after {
             AfterAnswer::DropSoon => tokio::select! {
                 _ = connection.as_mut() => {}
