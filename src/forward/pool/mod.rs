@@ -18,8 +18,11 @@ mod idle;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -226,7 +229,7 @@ impl UpstreamClients {
                 .handshake(io)
                 .await
                 .map_err(UpstreamError::connect)?;
-            tokio::spawn(drive(connection));
+            tokio::spawn(Drive(connection));
             here.share_http2(&sender);
             Sender::Http2(sender)
         } else {
@@ -235,7 +238,7 @@ impl UpstreamClients {
                 .handshake(io)
                 .await
                 .map_err(UpstreamError::connect)?;
-            tokio::spawn(drive(connection));
+            tokio::spawn(Drive(connection));
             Sender::Http1(sender)
         };
         Ok(Checkout {
@@ -318,9 +321,20 @@ impl WorkerPool {
 }
 
 /// Runs a connection until it closes; its errors reach the request that was on it.
-async fn drive(connection: impl std::future::Future<Output = hyper::Result<()>>) {
-    if let Err(err) = connection.await {
-        debug!("an upstream connection closed: {err}");
+///
+/// A future of its own: an `async` block awaiting the connection would hold it twice
+/// (as what it captured and as what it awaits), 1.5 KB more per connection.
+struct Drive<C>(C);
+
+impl<C: Future<Output = hyper::Result<()>> + Unpin> Future for Drive<C> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|closed| {
+            if let Err(err) = closed {
+                debug!("an upstream connection closed: {err}");
+            }
+        })
     }
 }
 
