@@ -56,8 +56,7 @@ async fn json_and_a_burst_of_streams_go_over_https_with_http2_one_connection_per
             .contains("trusted CAs: the compiled-in roots and 1 from EXTRA_CA_FILE"),
         "{checked:?}"
     );
-    // With the startup probe of `/key`, as deployed: its answer, over HTTP/2, is how the
-    // proxy learns that the upstream speaks it before the first burst.
+    // With the startup probe of `/key`, as deployed.
     let proxy = Running::start(
         &upstream.base_url(),
         &dir.path().join("state.json"),
@@ -77,8 +76,35 @@ async fn json_and_a_burst_of_streams_go_over_https_with_http2_one_connection_per
         .await
         .expect("the startup probe reached the mock");
 
-    // A burst of streams on the workers' cold pools, opened all at once as a swarm of
-    // agents would; held open together: each has its response head, none has ended.
+    hold_a_burst_of_streams(&proxy, &feeds).await;
+    let answer = proxy.chat("a/b").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.text().contains("\"content\":\"hi\""),
+        "{}",
+        answer.text()
+    );
+
+    let requests = upstream.requests();
+    assert_eq!(
+        requests.len(),
+        STREAMS + 2,
+        "the probe, the streams, the JSON"
+    );
+    assert!(requests.iter().all(|r| r.version == hyper::Version::HTTP_2));
+    // The probe's connection (made on the main thread), then one per worker.
+    let connections = upstream.connections.lock().unwrap().clone();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        connections.iter().all(|c| c == "h2") && connections.len() <= workers + 1,
+        "{} requests over {connections:?} with {workers} workers",
+        requests.len()
+    );
+}
+
+/// A burst of streams on the workers' cold pools, opened all at once as a swarm of agents
+/// would; held open together (each has its response head, none has ended), then fed.
+async fn hold_a_burst_of_streams(proxy: &Running, feeds: &Mutex<Vec<mpsc::Sender<Bytes>>>) {
     let url = proxy.url("/api/v1/chat/completions");
     let opening: Vec<_> = (0..STREAMS)
         .map(|_| {
@@ -106,28 +132,73 @@ async fn json_and_a_burst_of_streams_go_over_https_with_http2_one_connection_per
             .to_bytes();
         assert_eq!(text, EVENT.as_bytes());
     }
-    let answer = proxy.chat("a/b").await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(
-        answer.text().contains("\"content\":\"hi\""),
-        "{}",
-        answer.text()
-    );
+}
 
-    let requests = upstream.requests();
-    assert_eq!(
-        requests.len(),
-        STREAMS + 2,
-        "the probe, the streams, the JSON"
-    );
-    assert!(requests.iter().all(|r| r.version == hyper::Version::HTTP_2));
-    // The probe's connection (made before HTTP/2 was known), then one per worker.
+#[tokio::test]
+async fn without_a_startup_probe_a_burst_still_opens_one_http2_connection_per_worker() {
+    let ca = TestCa::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (upstream, feeds) = tls_upstream(&ca).await;
+    let proxy = Running::start(
+        &upstream.base_url(),
+        &dir.path().join("state.json"),
+        &[
+            ("EXTRA_CA_FILE", ca_file.to_str().unwrap()),
+            ("OPENROUTER_KEYS", KEY_A),
+        ],
+    )
+    .await;
+    hold_a_burst_of_streams(&proxy, &feeds).await;
     let connections = upstream.connections.lock().unwrap().clone();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(
-        connections.iter().all(|c| c == "h2") && connections.len() <= workers + 1,
-        "{} requests over {connections:?} with {workers} workers",
-        requests.len()
+        connections.iter().all(|c| c == "h2") && connections.len() <= workers,
+        "{connections:?} with {workers} workers"
+    );
+}
+
+#[tokio::test]
+async fn an_https_upstream_offering_only_http1_gets_a_connection_per_open_stream_kept_for_later() {
+    let ca = TestCa::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let feeds = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&feeds);
+    let acceptor = ca.server().acceptor_offering(&[b"http/1.1"]);
+    let upstream = Upstream::start_tls(acceptor, move |seen| {
+        if seen.body.windows(13).any(|w| w == b"\"stream\":true") {
+            let (tx, rx) = mpsc::channel(4);
+            kept.lock().unwrap().push(tx);
+            Reply::Stream(rx)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let proxy = Running::start(
+        &upstream.base_url(),
+        &dir.path().join("state.json"),
+        &[
+            ("EXTRA_CA_FILE", ca_file.to_str().unwrap()),
+            ("OPENROUTER_KEYS", KEY_A),
+        ],
+    )
+    .await;
+    hold_a_burst_of_streams(&proxy, &feeds).await;
+    for _ in 0..3 {
+        let answer = proxy.chat("a/b").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.version == hyper::Version::HTTP_11));
+    // One connection per stream held open together, then those kept idle serve the rest.
+    let connections = upstream.connections.lock().unwrap().clone();
+    assert!(
+        connections.iter().all(|c| c == "http/1.1") && connections.len() == STREAMS,
+        "{connections:?}"
     );
 }
 

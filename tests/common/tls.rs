@@ -57,6 +57,11 @@ impl TestCa {
 impl ServerCert {
     /// A TLS acceptor offering HTTP/2 and HTTP/1.1 by ALPN, as OpenRouter's servers do.
     pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor_offering(&[b"h2", b"http/1.1"])
+    }
+
+    /// A TLS acceptor offering `protocols` by ALPN.
+    pub fn acceptor_offering(&self, protocols: &[&[u8]]) -> TlsAcceptor {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -66,7 +71,7 @@ impl ServerCert {
         .with_no_client_auth()
         .with_single_cert(vec![self.certificate.der().clone()], key)
         .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         TlsAcceptor::from(Arc::new(config))
     }
 

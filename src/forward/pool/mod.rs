@@ -71,7 +71,7 @@ pub struct UpstreamClients {
     http2_only: bool,
     /// The latest connection opened spoke HTTP/2 (OpenRouter's do): a request looks for
     /// its worker's shared connection, and waits for the one being opened instead of
-    /// opening its own, so a burst on a cold pool opens one connection per worker.
+    /// opening its own.
     speaks_http2: AtomicBool,
     workers: PerWorker<WorkerPool>,
 }
@@ -129,7 +129,10 @@ impl UpstreamClients {
             http1: http1::Builder::new(),
             http2: http2::Builder::new(TokioExecutor::new()),
             http2_only,
-            speaks_http2: AtomicBool::new(http2_only),
+            // Until a connection says otherwise, an HTTPS upstream is taken to speak HTTP/2
+            // (OpenRouter does): a burst on a cold pool waits for one connection per worker
+            // instead of opening one each by ALPN.
+            speaks_http2: AtomicBool::new(http2_only || base.scheme == Scheme::HTTPS),
             workers: PerWorker::new(|| WorkerPool {
                 http1: Idle::new(cap, idle_timeout),
                 http2: Mutex::new(None),
@@ -178,7 +181,9 @@ impl UpstreamClients {
                     reused: true,
                 });
             }
-            return self.open_shared_http2(here).await;
+            if let Some(opened) = self.open_shared_http2(here).await {
+                return opened;
+            }
         }
         if let Some(sender) = lock(&here.http1).take() {
             return Ok(Checkout {
@@ -189,25 +194,32 @@ impl UpstreamClients {
         self.open(here).await
     }
 
-    /// The worker's HTTP/2 connection, opened by this request or by the one it waited for.
-    async fn open_shared_http2(&self, here: &WorkerPool) -> Result<Checkout, UpstreamError> {
+    /// The worker's HTTP/2 connection, opened by this request or by the one it waited
+    /// for; `None` when the connection that one opened spoke HTTP/1.1 after all.
+    async fn open_shared_http2(
+        &self,
+        here: &WorkerPool,
+    ) -> Option<Result<Checkout, UpstreamError>> {
         let asked = Instant::now();
         let mut opening = here.opening_http2.lock().await;
         if let Some(sender) = here.shared_http2() {
-            return Ok(Checkout {
+            return Some(Ok(Checkout {
                 sender: Sender::Http2(sender),
                 reused: true,
-            });
+            }));
         }
         if let Some((_, error)) = opening.as_ref().filter(|(failed, _)| *failed >= asked) {
-            return Err(error.clone());
+            return Some(Err(error.clone()));
+        }
+        if !self.speaks_http2.load(Relaxed) {
+            return None;
         }
         let opened = self.open(here).await;
         *opening = opened
             .as_ref()
             .err()
             .map(|error| (Instant::now(), error.clone()));
-        opened
+        Some(opened)
     }
 
     /// Opens a connection: HTTP/2 when ALPN picked it (or `UPSTREAM_HTTP2`), which becomes
