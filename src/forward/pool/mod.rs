@@ -2,19 +2,19 @@
 //!
 //! Each worker keeps the HTTP/1.1 connections that wait for a request and at most one
 //! HTTP/2 connection that all its requests share. A connection's task runs on the worker
-//! that opened it and only that worker's requests use it (see `crate::worker`), so the
-//! task that writes an answer to the agent polls the upstream connection on its own
-//! thread, and no lock here is ever contended. TLS and ALPN come from one connector
-//! (compiled-in roots plus `EXTRA_CA_FILE`); a connection speaks what ALPN picked, or
-//! HTTP/2 only with `UPSTREAM_HTTP2`.
+//! that opened it and only that worker's requests use it (see `crate::worker`), so no
+//! lock here is ever contended. TLS and ALPN come from one connector (compiled-in roots
+//! plus `EXTRA_CA_FILE`); a connection speaks what ALPN picked, or HTTP/2 only with
+//! `UPSTREAM_HTTP2`.
 //!
-//! It replaces hyper-util's pooled client, whose shared pool, per-request checkout
-//! futures and idle-return task cost ~2 µs of CPU per request on this path
-//! (docs/PERFORMANCE.md, "Round three").
+//! It replaces hyper-util's pooled client (a shared pool, a checkout future and a boxed
+//! request future per request, an idle-return task per HTTP/1.1 answer): measured in
+//! docs/PERFORMANCE.md, "Round three".
 
 mod body;
 mod error;
 mod idle;
+mod shared_http2;
 #[cfg(test)]
 mod tests;
 
@@ -47,11 +47,12 @@ use crate::config::UpstreamBase;
 use crate::worker::{self, PerWorker};
 use body::Lease;
 use idle::Idle;
+use shared_http2::SharedHttp2;
 
 /// Idle keep-alive HTTP/1.1 connections kept, over all workers.
 pub const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 256;
 
-/// How long an upstream connection may wait for a request before it is closed.
+/// How long an upstream connection may go without a request before it is let go.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -79,11 +80,7 @@ pub struct UpstreamClients {
 /// One worker's connections.
 struct WorkerPool {
     http1: Arc<Mutex<Idle>>,
-    http2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
-    /// Held while the worker opens its HTTP/2 connection, with the last attempt's failure:
-    /// the requests that waited for that attempt fail with it rather than each trying in
-    /// turn (a connect timeout would otherwise be paid once per waiting request).
-    opening_http2: tokio::sync::Mutex<Option<(Instant, UpstreamError)>>,
+    http2: SharedHttp2,
 }
 
 enum Sender {
@@ -135,8 +132,7 @@ impl UpstreamClients {
             speaks_http2: AtomicBool::new(http2_only || base.scheme == Scheme::HTTPS),
             workers: PerWorker::new(|| WorkerPool {
                 http1: Idle::new(cap, idle_timeout),
-                http2: Mutex::new(None),
-                opening_http2: tokio::sync::Mutex::new(None),
+                http2: SharedHttp2::new(idle_timeout),
             }),
         }
     }
@@ -151,7 +147,12 @@ impl UpstreamClients {
         debug_assert_eq!(request.uri().authority(), self.origin.authority());
         let here = self.workers.here();
         loop {
-            let checkout = self.checkout(here).await?;
+            let checkout = match self.lend(here) {
+                Some(checkout) => checkout,
+                // Boxed: opening a connection (TCP, TLS, a handshake) is a large future that
+                // would otherwise size every request's, lent a connection or not.
+                None => Box::pin(self.checkout(here)).await?,
+            };
             let error = match self.send(here, checkout.sender, request).await {
                 Ok(response) => return Ok(response),
                 Err(Failed {
@@ -173,14 +174,23 @@ impl UpstreamClients {
         }
     }
 
+    /// An open connection: the worker's HTTP/2 one, or an idle HTTP/1.1 one.
+    fn lend(&self, here: &WorkerPool) -> Option<Checkout> {
+        let sender = if self.speaks_http2.load(Relaxed) {
+            Sender::Http2(here.http2.lend()?)
+        } else {
+            Sender::Http1(lock(&here.http1).take()?)
+        };
+        Some(Checkout {
+            sender,
+            reused: true,
+        })
+    }
+
+    /// A connection when none was open to lend: the worker's HTTP/2 one once it is open
+    /// (this request opens it, or waits for the one opening it), or a new HTTP/1.1 one.
     async fn checkout(&self, here: &WorkerPool) -> Result<Checkout, UpstreamError> {
         if self.speaks_http2.load(Relaxed) {
-            if let Some(sender) = here.shared_http2() {
-                return Ok(Checkout {
-                    sender: Sender::Http2(sender),
-                    reused: true,
-                });
-            }
             if let Some(opened) = self.open_shared_http2(here).await {
                 return opened;
             }
@@ -201,8 +211,8 @@ impl UpstreamClients {
         here: &WorkerPool,
     ) -> Option<Result<Checkout, UpstreamError>> {
         let asked = Instant::now();
-        let mut opening = here.opening_http2.lock().await;
-        if let Some(sender) = here.shared_http2() {
+        let mut opening = here.http2.opening.lock().await;
+        if let Some(sender) = here.http2.lend() {
             return Some(Ok(Checkout {
                 sender: Sender::Http2(sender),
                 reused: true,
@@ -242,7 +252,7 @@ impl UpstreamClients {
                 .await
                 .map_err(UpstreamError::connect)?;
             tokio::spawn(Drive(connection));
-            here.share_http2(&sender);
+            here.http2.share(&sender);
             Sender::Http2(sender)
         } else {
             let (sender, connection) = self
@@ -270,7 +280,7 @@ impl UpstreamClients {
                 Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, None))),
                 Err(mut failed) => {
                     // Closed or refusing streams: the next request opens a new one.
-                    *lock(&here.http2) = None;
+                    here.http2.forget();
                     Err(Failed {
                         unsent: failed.take_message(),
                         error: failed.into_error(),
@@ -310,25 +320,6 @@ impl UpstreamClients {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         std::mem::replace(request.uri_mut(), Uri::from(path))
-    }
-}
-
-impl WorkerPool {
-    /// The worker's HTTP/2 connection, unless it has closed.
-    fn shared_http2(&self) -> Option<http2::SendRequest<Full<Bytes>>> {
-        lock(&self.http2)
-            .as_ref()
-            .filter(|sender| !sender.is_closed())
-            .cloned()
-    }
-
-    /// Makes `sender` the worker's HTTP/2 connection unless a live one is there already
-    /// (several requests on a cold pool may each have opened one by ALPN).
-    fn share_http2(&self, sender: &http2::SendRequest<Full<Bytes>>) {
-        let mut shared = lock(&self.http2);
-        if shared.as_ref().is_none_or(http2::SendRequest::is_closed) {
-            *shared = Some(sender.clone());
-        }
     }
 }
 

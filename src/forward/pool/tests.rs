@@ -247,6 +247,19 @@ async fn http2_requests_share_one_connection_opened_once() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_without_requests_is_let_go_after_the_idle_timeout() {
+    let upstream = Upstream::start(true, AfterAnswer::KeepOpen).await;
+    let clients = upstream.clients(true, Duration::from_millis(200));
+    ok(&clients, upstream.request("/a")).await;
+    assert!(
+        eventually(|| upstream.closed.load(SeqCst) == 1).await,
+        "the idle connection was closed"
+    );
+    ok(&clients, upstream.request("/b")).await;
+    assert_eq!(upstream.accepted.load(SeqCst), 2);
+}
+
+#[tokio::test]
 async fn after_an_http2_goaway_the_next_request_opens_a_new_connection() {
     let upstream = Upstream::start(true, AfterAnswer::GoAway).await;
     let clients = upstream.clients(true, Duration::from_secs(90));
