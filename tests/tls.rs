@@ -21,9 +21,18 @@ const EVENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
 /// A TLS mock: JSON for a plain request; for `"stream":true`, an event stream fed through
 /// a sender kept in the returned list, so the streams stay open together.
 async fn tls_upstream(ca: &TestCa) -> (Upstream, Arc<Mutex<Vec<mpsc::Sender<Bytes>>>>) {
+    tls_upstream_offering(ca, &[b"h2", b"http/1.1"]).await
+}
+
+/// [`tls_upstream`] offering `protocols` by ALPN.
+async fn tls_upstream_offering(
+    ca: &TestCa,
+    protocols: &[&[u8]],
+) -> (Upstream, Arc<Mutex<Vec<mpsc::Sender<Bytes>>>>) {
     let feeds = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&feeds);
-    let upstream = Upstream::start_tls(ca.server().acceptor(), move |seen| {
+    let acceptor = ca.server().acceptor_offering(protocols);
+    let upstream = Upstream::start_tls(acceptor, move |seen| {
         if seen.body.windows(13).any(|w| w == b"\"stream\":true") {
             let (tx, rx) = mpsc::channel(4);
             kept.lock().unwrap().push(tx);
@@ -134,12 +143,11 @@ async fn hold_a_burst_of_streams(proxy: &Running, feeds: &Mutex<Vec<mpsc::Sender
     }
 }
 
-#[tokio::test]
-async fn without_a_startup_probe_a_burst_still_opens_one_http2_connection_per_worker() {
-    let ca = TestCa::new("test CA");
+/// The proxy in front of `upstream` with one key and no startup probe, trusting `ca`
+/// through `EXTRA_CA_FILE` (kept in the returned directory).
+async fn proxy_trusting(ca: &TestCa, upstream: &Upstream) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write(dir.path(), "ca.pem");
-    let (upstream, feeds) = tls_upstream(&ca).await;
     let proxy = Running::start(
         &upstream.base_url(),
         &dir.path().join("state.json"),
@@ -149,6 +157,14 @@ async fn without_a_startup_probe_a_burst_still_opens_one_http2_connection_per_wo
         ],
     )
     .await;
+    (proxy, dir)
+}
+
+#[tokio::test]
+async fn without_a_startup_probe_a_burst_still_opens_one_http2_connection_per_worker() {
+    let ca = TestCa::new("test CA");
+    let (upstream, feeds) = tls_upstream(&ca).await;
+    let (proxy, _dir) = proxy_trusting(&ca, &upstream).await;
     hold_a_burst_of_streams(&proxy, &feeds).await;
     let connections = upstream.connections.lock().unwrap().clone();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -161,30 +177,8 @@ async fn without_a_startup_probe_a_burst_still_opens_one_http2_connection_per_wo
 #[tokio::test]
 async fn an_https_upstream_offering_only_http1_gets_a_connection_per_open_stream_kept_for_later() {
     let ca = TestCa::new("test CA");
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write(dir.path(), "ca.pem");
-    let feeds = Arc::new(Mutex::new(Vec::new()));
-    let kept = Arc::clone(&feeds);
-    let acceptor = ca.server().acceptor_offering(&[b"http/1.1"]);
-    let upstream = Upstream::start_tls(acceptor, move |seen| {
-        if seen.body.windows(13).any(|w| w == b"\"stream\":true") {
-            let (tx, rx) = mpsc::channel(4);
-            kept.lock().unwrap().push(tx);
-            Reply::Stream(rx)
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
-    let proxy = Running::start(
-        &upstream.base_url(),
-        &dir.path().join("state.json"),
-        &[
-            ("EXTRA_CA_FILE", ca_file.to_str().unwrap()),
-            ("OPENROUTER_KEYS", KEY_A),
-        ],
-    )
-    .await;
+    let (upstream, feeds) = tls_upstream_offering(&ca, &[b"http/1.1"]).await;
+    let (proxy, _dir) = proxy_trusting(&ca, &upstream).await;
     hold_a_burst_of_streams(&proxy, &feeds).await;
     for _ in 0..3 {
         let answer = proxy.chat("a/b").await;

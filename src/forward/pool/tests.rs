@@ -145,6 +145,18 @@ async fn ok(clients: &UpstreamClients, request: Request<Full<Bytes>>) {
     assert_eq!(body, "ok");
 }
 
+/// One request answered; the upstream sees its connection close; the next request is
+/// answered on a new one.
+async fn answered_closed_and_reopened(upstream: &Upstream, clients: &UpstreamClients) {
+    ok(clients, upstream.request("/a")).await;
+    assert!(
+        eventually(|| upstream.closed.load(SeqCst) == 1).await,
+        "the connection was closed"
+    );
+    ok(clients, upstream.request("/b")).await;
+    assert_eq!(upstream.accepted.load(SeqCst), 2);
+}
+
 async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     for _ in 0..500 {
         if condition() {
@@ -186,23 +198,14 @@ async fn an_http1_answer_dropped_before_its_end_does_not_lend_its_connection_aga
 async fn idle_http1_connections_are_closed_after_the_idle_timeout() {
     let upstream = Upstream::start(false, AfterAnswer::KeepOpen).await;
     let clients = upstream.clients(false, Duration::from_millis(200));
-    ok(&clients, upstream.request("/a")).await;
-    assert!(
-        eventually(|| upstream.closed.load(SeqCst) == 1).await,
-        "the idle connection was closed"
-    );
-    ok(&clients, upstream.request("/b")).await;
-    assert_eq!(upstream.accepted.load(SeqCst), 2);
+    answered_closed_and_reopened(&upstream, &clients).await;
 }
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
     let upstream = Upstream::start(false, AfterAnswer::DropSoon).await;
     let clients = upstream.clients(false, Duration::from_secs(90));
-    ok(&clients, upstream.request("/a")).await;
-    assert!(eventually(|| upstream.closed.load(SeqCst) == 1).await);
-    ok(&clients, upstream.request("/b")).await;
-    assert_eq!(upstream.accepted.load(SeqCst), 2);
+    answered_closed_and_reopened(&upstream, &clients).await;
 }
 
 #[tokio::test]
@@ -250,23 +253,14 @@ async fn http2_requests_share_one_connection_opened_once() {
 async fn an_http2_connection_without_requests_is_let_go_after_the_idle_timeout() {
     let upstream = Upstream::start(true, AfterAnswer::KeepOpen).await;
     let clients = upstream.clients(true, Duration::from_millis(200));
-    ok(&clients, upstream.request("/a")).await;
-    assert!(
-        eventually(|| upstream.closed.load(SeqCst) == 1).await,
-        "the idle connection was closed"
-    );
-    ok(&clients, upstream.request("/b")).await;
-    assert_eq!(upstream.accepted.load(SeqCst), 2);
+    answered_closed_and_reopened(&upstream, &clients).await;
 }
 
 #[tokio::test]
 async fn after_an_http2_goaway_the_next_request_opens_a_new_connection() {
     let upstream = Upstream::start(true, AfterAnswer::GoAway).await;
     let clients = upstream.clients(true, Duration::from_secs(90));
-    ok(&clients, upstream.request("/a")).await;
-    assert!(eventually(|| upstream.closed.load(SeqCst) == 1).await);
-    ok(&clients, upstream.request("/b")).await;
-    assert_eq!(upstream.accepted.load(SeqCst), 2);
+    answered_closed_and_reopened(&upstream, &clients).await;
 }
 
 #[tokio::test]
