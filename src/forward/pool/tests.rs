@@ -297,3 +297,23 @@ async fn requests_waiting_for_an_http2_connection_that_cannot_open_fail_as_unrea
         );
     }
 }
+
+#[test]
+fn the_host_header_names_the_port_only_when_it_is_not_the_scheme_default() {
+    let host = |scheme: Scheme, authority: &str| {
+        let base = UpstreamBase {
+            scheme,
+            authority: Authority::try_from(authority).unwrap(),
+            path: String::new(),
+        };
+        super::host_header(&base).to_str().unwrap().to_owned()
+    };
+    assert_eq!(host(Scheme::HTTPS, "openrouter.ai"), "openrouter.ai");
+    assert_eq!(host(Scheme::HTTPS, "openrouter.ai:443"), "openrouter.ai");
+    assert_eq!(host(Scheme::HTTP, "gateway:80"), "gateway");
+    assert_eq!(host(Scheme::HTTPS, "gateway:8443"), "gateway:8443");
+    assert_eq!(
+        host(Scheme::HTTP, "user:secret@gateway:8080"),
+        "gateway:8080"
+    );
+}
