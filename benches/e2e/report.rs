@@ -166,6 +166,9 @@ impl Comparison {
             let (ours, theirs) = (values[shipped], values[nginx]);
             cells.push(if ours.is_nan() || theirs.is_nan() {
                 String::new()
+            } else if kind.cell(ours) == kind.cell(theirs) {
+                // Equal as printed: a difference below the table's precision is no verdict.
+                "level".to_owned()
             } else if kind.at_least_as_good(ours, theirs) {
                 "ahead".to_owned()
             } else {
