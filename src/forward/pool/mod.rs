@@ -195,11 +195,9 @@ impl UpstreamClients {
                 return opened;
             }
         }
-        if let Some(sender) = lock(&here.http1).take() {
-            return Ok(Checkout {
-                sender: Sender::Http1(sender),
-                reused: true,
-            });
+        // The connection waited for spoke HTTP/1.1, or one was given back meanwhile.
+        if let Some(checkout) = self.lend(here) {
+            return Ok(checkout);
         }
         self.open(here).await
     }
