@@ -18,7 +18,7 @@ use crate::forward::pool::UpstreamBody;
 #[derive(Debug)]
 pub enum BodyError {
     /// OpenRouter's answer broke off.
-    Upstream(hyper::Error),
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
     /// OpenRouter sent nothing of the answer for `STREAM_IDLE_TIMEOUT` (seconds).
     Stalled(u64),
 }

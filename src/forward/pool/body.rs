@@ -1,77 +1,63 @@
-//! An upstream answer's body, which gives its HTTP/1.1 connection back to the worker's
-//! idle list once the answer has been read to its end.
+//! An upstream answer's body: read from the worker's shared HTTP/2 connection through
+//! hyper, or from an HTTP/1.1 connection of its own (which it gives back to the idle list
+//! once the answer has been read to its end).
 
+use std::error::Error;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
 
-use super::idle::{self, Idle};
+use super::http1;
 
 /// The body of an answer from OpenRouter.
-///
-/// An HTTP/1.1 connection carries one answer at a time, so it goes back to its worker's
-/// idle list when the body has ended: when its end is read, or when it is dropped already
-/// complete (hyper's server stops polling a body once it says it has ended). A body
-/// dropped before its end takes its connection with it: hyper closes a connection whose
-/// answer nobody reads. An HTTP/2 answer has no lease: its connection is shared.
-pub struct UpstreamBody {
-    body: Incoming,
-    lease: Option<Lease>,
-}
+pub struct UpstreamBody(Kind);
 
-/// An HTTP/1.1 connection lent to one answer.
-pub(super) struct Lease {
-    pub(super) sender: http1::SendRequest<Full<Bytes>>,
-    pub(super) idle: Arc<Mutex<Idle>>,
+enum Kind {
+    Http2(Incoming),
+    Http1(http1::Reader),
 }
 
 impl UpstreamBody {
-    pub(super) fn new(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
-        UpstreamBody { body, lease }
+    pub(super) fn http2(body: Incoming) -> UpstreamBody {
+        UpstreamBody(Kind::Http2(body))
     }
 
-    fn give_back(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            idle::give_back(&lease.idle, lease.sender);
-        }
+    pub(super) fn http1(reader: http1::Reader) -> UpstreamBody {
+        UpstreamBody(Kind::Http1(reader))
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.0 {
+            Kind::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(Into::into))),
+            Kind::Http1(reader) => reader.poll_frame(cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Kind::Http2(body) => body.is_end_stream(),
+            Kind::Http1(reader) => reader.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.body.is_end_stream() {
-            self.give_back();
+        match &self.0 {
+            Kind::Http2(body) => body.size_hint(),
+            Kind::Http1(reader) => reader
+                .exact_len()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

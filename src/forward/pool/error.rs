@@ -27,10 +27,10 @@ impl UpstreamError {
     }
 
     /// The connection failed after the request was written, or while its answer came.
-    pub(super) fn sent(cause: hyper::Error) -> UpstreamError {
+    pub(super) fn sent(cause: Box<dyn Error + Send + Sync>) -> UpstreamError {
         UpstreamError {
             connect: false,
-            cause: Arc::new(cause),
+            cause: Arc::from(cause),
         }
     }
 

@@ -1,20 +1,18 @@
 //! A worker's HTTP/1.1 connections waiting for a request: the most recently used is lent
 //! first, the cap bounds how many a burst leaves open, and a sweep closes those idle
-//! longer than the idle timeout.
+//! longer than the idle timeout or closed by the server.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http1;
 use tokio::time::Instant;
 
+use super::http1::Connection;
 use super::lock;
 
 /// One worker's idle HTTP/1.1 connections, oldest first.
 pub(super) struct Idle {
-    waiting: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
+    waiting: Vec<(Connection, Instant)>,
     cap: usize,
     timeout: Duration,
     /// A sweep task runs for this list (from its first idle connection until it is empty).
@@ -31,24 +29,21 @@ impl Idle {
         }))
     }
 
-    /// The most recently used connection that can take a request; those the server
-    /// closed while they waited are let go on the way.
-    pub(super) fn take(&mut self) -> Option<http1::SendRequest<Full<Bytes>>> {
-        while let Some((sender, _)) = self.waiting.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+    /// The most recently used connection still open; those the server closed while they
+    /// waited are let go on the way.
+    pub(super) fn take(&mut self) -> Option<Connection> {
+        while let Some((mut connection, _)) = self.waiting.pop() {
+            if connection.is_open() {
+                return Some(connection);
             }
         }
         None
     }
 }
 
-/// Puts a connection whose answer has ended back in `idle`, unless it cannot take another
-/// request or the list is full (then dropping it closes it).
-pub(super) fn give_back(idle: &Arc<Mutex<Idle>>, sender: http1::SendRequest<Full<Bytes>>) {
-    if !sender.is_ready() {
-        return;
-    }
+/// Puts a connection whose answer has ended back in `idle`, unless the list is full
+/// (then dropping it closes it).
+pub(super) fn give_back(idle: &Arc<Mutex<Idle>>, connection: Connection) {
     let mut list = lock(idle);
     if list.waiting.len() >= list.cap {
         return;
@@ -61,11 +56,12 @@ pub(super) fn give_back(idle: &Arc<Mutex<Idle>>, sender: http1::SendRequest<Full
         list.swept = true;
         runtime.spawn(sweep(Arc::clone(idle)));
     }
-    list.waiting.push((sender, Instant::now()));
+    list.waiting.push((connection, Instant::now()));
 }
 
 /// Closes the connections idle for the timeout, waking when the oldest one's is due;
-/// ends when none is left (the next one given back starts another).
+/// ends when none is left (the next one given back starts another). Connections the
+/// server closed meanwhile go on the way.
 async fn sweep(idle: Arc<Mutex<Idle>>) {
     loop {
         let due = {
@@ -73,7 +69,7 @@ async fn sweep(idle: Arc<Mutex<Idle>>) {
             let timeout = list.timeout;
             let now = Instant::now();
             list.waiting
-                .retain(|(sender, since)| !sender.is_closed() && now - *since < timeout);
+                .retain_mut(|(connection, since)| now - *since < timeout && connection.is_open());
             let Some((_, oldest)) = list.waiting.first() else {
                 list.swept = false;
                 return;

@@ -1,11 +1,11 @@
-//! The upstream connection pool, one per server worker, over hyper's `client::conn`.
+//! The upstream connection pool, one per server worker: the proxy's own HTTP/1.1 client
+//! (`http1`) and hyper's HTTP/2 `client::conn`.
 //!
 //! Each worker keeps the HTTP/1.1 connections that wait for a request and at most one
-//! HTTP/2 connection that all its requests share. A connection's task runs on the worker
-//! that opened it and only that worker's requests use it (see `crate::worker`), so no
-//! lock here is ever contended. TLS and ALPN come from one connector (compiled-in roots
-//! plus `EXTRA_CA_FILE`); a connection speaks what ALPN picked, or HTTP/2 only with
-//! `UPSTREAM_HTTP2`.
+//! HTTP/2 connection that all its requests share. Only the worker that opened a
+//! connection uses it (see `crate::worker`), so no lock here is ever contended. TLS and
+//! ALPN come from one connector (compiled-in roots plus `EXTRA_CA_FILE`); a connection
+//! speaks what ALPN picked, or HTTP/2 only with `UPSTREAM_HTTP2`.
 //!
 //! It replaces hyper-util's pooled client (a shared pool, a checkout future and a boxed
 //! request future per request, an idle-return task per HTTP/1.1 answer): measured in
@@ -13,6 +13,7 @@
 
 mod body;
 mod error;
+mod http1;
 mod idle;
 mod shared_http2;
 #[cfg(test)]
@@ -22,17 +23,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
-use hyper::header::{HeaderValue, HOST};
-use hyper::http::uri::{PathAndQuery, Scheme, Uri};
+use hyper::body::Body as _;
+use hyper::client::conn::http2;
+use hyper::header::HeaderValue;
+use hyper::http::uri::{Scheme, Uri};
 use hyper::{Request, Response};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioIo;
 use log::debug;
 use rustls::pki_types::CertificateDer;
@@ -45,7 +47,7 @@ pub use error::UpstreamError;
 
 use crate::config::UpstreamBase;
 use crate::worker::{self, PerWorker};
-use body::Lease;
+use http1::Connection;
 use idle::Idle;
 use shared_http2::SharedHttp2;
 
@@ -65,7 +67,6 @@ pub struct UpstreamClients {
     origin: Uri,
     /// The `Host` an HTTP/1.1 request carries (HTTP/2 sends the URI's authority).
     host: HeaderValue,
-    http1: http1::Builder,
     http2: http2::Builder<SpawnBoxed>,
     /// `UPSTREAM_HTTP2`: every connection speaks HTTP/2, whatever ALPN says (prior
     /// knowledge for plain-http upstreams).
@@ -84,7 +85,7 @@ struct WorkerPool {
 }
 
 enum Sender {
-    Http1(http1::SendRequest<Full<Bytes>>),
+    Http1(Connection),
     Http2(http2::SendRequest<Full<Bytes>>),
 }
 
@@ -98,7 +99,7 @@ struct Checkout {
 /// A request that failed: given back when it was never written to the connection.
 struct Failed {
     unsent: Option<Request<Full<Bytes>>>,
-    error: hyper::Error,
+    error: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl UpstreamClients {
@@ -123,7 +124,6 @@ impl UpstreamClients {
             connector: connector(extra_ca),
             host: host_header(base),
             origin,
-            http1: http1::Builder::new(),
             http2: http2::Builder::new(SpawnBoxed),
             http2_only,
             // Until a connection says otherwise, an HTTPS upstream is taken to speak HTTP/2
@@ -253,13 +253,7 @@ impl UpstreamClients {
             here.http2.share(&sender);
             Sender::Http2(sender)
         } else {
-            let (sender, connection) = self
-                .http1
-                .handshake(io)
-                .await
-                .map_err(UpstreamError::connect)?;
-            tokio::spawn(Drive(connection));
-            Sender::Http1(sender)
+            Sender::Http1(Connection::new(io))
         };
         Ok(Checkout {
             sender,
@@ -271,11 +265,11 @@ impl UpstreamClients {
         &self,
         here: &WorkerPool,
         sender: Sender,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, Failed> {
         match sender {
             Sender::Http2(mut sender) => match sender.try_send_request(request).await {
-                Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, None))),
+                Ok(response) => Ok(response.map(UpstreamBody::http2)),
                 Err(mut failed) => {
                     let unsent = failed.take_message();
                     // Gone, or refusing new streams: the next request opens another. A
@@ -285,43 +279,36 @@ impl UpstreamClients {
                     }
                     Err(Failed {
                         unsent,
-                        error: failed.into_error(),
+                        error: failed.into_error().into(),
                     })
                 }
             },
-            Sender::Http1(mut sender) => {
-                let absolute = self.to_origin_form(&mut request);
-                match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        let lease = Lease {
-                            sender,
-                            idle: Arc::clone(&here.http1),
-                        };
-                        Ok(response.map(|body| UpstreamBody::new(body, Some(lease))))
-                    }
-                    Err(mut failed) => Err(Failed {
-                        unsent: failed.take_message().map(|mut unsent| {
-                            unsent.headers_mut().remove(HOST);
-                            *unsent.uri_mut() = absolute;
-                            unsent
-                        }),
-                        error: failed.into_error(),
+            Sender::Http1(connection) => {
+                let (parts, mut body) = request.into_parts();
+                let bytes = whole(&mut body);
+                match connection
+                    .send(&parts, &self.host, &bytes, &here.http1)
+                    .await
+                {
+                    Ok(response) => Ok(response.map(UpstreamBody::http1)),
+                    Err(failed) => Err(Failed {
+                        unsent: failed
+                            .unsent
+                            .then(|| Request::from_parts(parts, Full::new(bytes))),
+                        error: failed.error,
                     }),
                 }
             }
         }
     }
+}
 
-    /// HTTP/1.1 sends the path and query on the request line and the authority as `Host`;
-    /// returns the absolute URI, for a request sent again over HTTP/2.
-    fn to_origin_form(&self, request: &mut Request<Full<Bytes>>) -> Uri {
-        request.headers_mut().insert(HOST, self.host.clone());
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        std::mem::replace(request.uri_mut(), Uri::from(path))
+/// A request body's bytes: a `Full` body is ready at its first poll.
+fn whole(body: &mut Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
 }
 
