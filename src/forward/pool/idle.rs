@@ -10,6 +10,13 @@ use tokio::time::Instant;
 use super::http1::Connection;
 use super::lock;
 
+/// How long a connection waits before lending it asks the socket whether the server
+/// closed it. Servers close idle connections after seconds (uvicorn and Node 5 s, nginx
+/// 75 s); one that closes sooner says so in its answer (`Connection: close`). Asking
+/// every time would cost a system call per request (measured: 3 `recvfrom` a request
+/// instead of 2, 2 µs more CPU in the kernel at c=64).
+const ASK_THE_SOCKET_AFTER: Duration = Duration::from_secs(1);
+
 /// One worker's idle HTTP/1.1 connections, oldest first.
 pub(super) struct Idle {
     waiting: Vec<(Connection, Instant)>,
@@ -32,8 +39,8 @@ impl Idle {
     /// The most recently used connection still open; those the server closed while they
     /// waited are let go on the way.
     pub(super) fn take(&mut self) -> Option<Connection> {
-        while let Some((mut connection, _)) = self.waiting.pop() {
-            if connection.is_open() {
+        while let Some((mut connection, since)) = self.waiting.pop() {
+            if connection.is_open(since.elapsed() >= ASK_THE_SOCKET_AFTER) {
                 return Some(connection);
             }
         }
@@ -68,8 +75,9 @@ async fn sweep(idle: Arc<Mutex<Idle>>) {
             let mut list = lock(&idle);
             let timeout = list.timeout;
             let now = Instant::now();
-            list.waiting
-                .retain_mut(|(connection, since)| now - *since < timeout && connection.is_open());
+            list.waiting.retain_mut(|(connection, since)| {
+                now - *since < timeout && connection.is_open(true)
+            });
             let Some((_, oldest)) = list.waiting.first() else {
                 list.swept = false;
                 return;

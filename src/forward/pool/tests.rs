@@ -27,8 +27,8 @@ enum AfterAnswer {
     KeepOpen,
     /// Closes it 50 ms later, as a server's idle timeout does (HTTP/1.1).
     DropSoon,
-    /// Closes it when the first is notified, then notifies the second (HTTP/1.1).
-    DropWhenTold(Arc<Notify>, Arc<Notify>),
+    /// Closes it when told (HTTP/1.1).
+    DropWhenTold(Arc<Notify>),
     /// Sends GOAWAY and closes it once its streams are done (HTTP/2).
     GoAway,
 }
@@ -124,13 +124,11 @@ async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 } => {}
             },
-            AfterAnswer::DropWhenTold(told, dropped) => {
+            AfterAnswer::DropWhenTold(told) => {
                 tokio::select! {
                     _ = connection.as_mut() => {}
                     () = told.notified() => {}
                 }
-                drop(connection);
-                dropped.notify_one();
             }
             AfterAnswer::KeepOpen | AfterAnswer::GoAway => {
                 let _ = connection.await;
@@ -209,16 +207,29 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
 }
 
 #[tokio::test]
-async fn a_request_sent_as_the_upstream_closes_its_idle_connection_is_sent_again_on_a_new_one() {
-    let (told, dropped) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let after = AfterAnswer::DropWhenTold(Arc::clone(&told), Arc::clone(&dropped));
-    let upstream = Upstream::start(false, after).await;
+async fn a_connection_the_upstream_closed_before_the_reactor_saw_it_is_not_lent() {
+    let told = Arc::new(Notify::new());
+    let after = AfterAnswer::DropWhenTold(Arc::clone(&told));
+    // On a thread of its own, so that it closes the connection while this one is blocked.
+    let (sender, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            sender.send(Upstream::start(false, after).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let upstream = started.recv().unwrap();
     let clients = upstream.clients(false, Duration::from_secs(90));
     ok(&clients, upstream.request("/a")).await;
     told.notify_one();
-    dropped.notified().await;
-    // Sent before this thread's runtime has polled the closed connection: the pool still
-    // lends it, and the request comes back unsent when the connection reads its end.
+    // Blocked, as a busy worker is between two looks for events: this thread's runtime
+    // does not learn that the upstream closed the connection; only the socket itself
+    // knows, and the pool asks it before lending a connection idle that long.
+    std::thread::sleep(Duration::from_millis(1100));
     ok(&clients, upstream.request("/b")).await;
     assert_eq!(upstream.accepted.load(SeqCst), 2);
     let paths: Vec<_> = upstream

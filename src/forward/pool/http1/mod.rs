@@ -64,10 +64,11 @@ impl Connection {
     }
 
     /// True unless the server closed the connection while it waited, or sent something
-    /// nobody asked for. Asks the socket itself: tokio learns of a close only when its
-    /// reactor next runs, and a request lent the connection before then would be written
-    /// to a closed connection.
-    pub(super) fn is_open(&mut self) -> bool {
+    /// nobody asked for. tokio learns of a close only when its reactor next runs (on a
+    /// busy worker, every few dozen tasks); `ask_socket` also asks the socket itself, a
+    /// system call, for a connection idle long enough that a server's idle timeout may
+    /// have closed it just now.
+    pub(super) fn is_open(&mut self, ask_socket: bool) -> bool {
         let mut scratch = [MaybeUninit::<u8>::uninit(); 64];
         let mut buffer = ReadBuf::uninit(&mut scratch);
         let mut cx = Context::from_waker(Waker::noop());
@@ -76,6 +77,9 @@ impl Connection {
             .is_ready()
         {
             return false;
+        }
+        if !ask_socket {
+            return true;
         }
         let (tcp, tls) = match &*self.io {
             MaybeHttpsStream::Http(tcp) => (tcp.inner(), false),
