@@ -17,7 +17,7 @@ pub(super) enum Framing {
 }
 
 /// Where a chunked body's decoder is.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Chunked {
     /// In a chunk's size (hex digits seen so far).
     Size {
@@ -74,8 +74,8 @@ impl Framing {
         }
     }
 
-    /// Appends this answer's body bytes in `input` to `data` (reserving no more than they
-    /// need); returns how many of `input`'s bytes belong to the answer (any after them
+    /// Appends this answer's body bytes in `input` to `data`, reserving exactly what they
+    /// need; returns how many of `input`'s bytes belong to the answer (any after them
     /// came unasked).
     pub(super) fn decode(
         &mut self,
@@ -100,7 +100,12 @@ impl Framing {
             }
             Framing::Done => Ok(0),
             Framing::Chunked(state) => {
-                let used = decode_chunked(state, input, data)?;
+                // The data's length first (the state is a few words), so that the bytes
+                // are copied into one allocation of exactly their size.
+                let mut length = 0;
+                decode_chunked(&mut state.clone(), input, |run| length += run.len())?;
+                data.reserve_exact(length);
+                let used = decode_chunked(state, input, |run| data.extend_from_slice(run))?;
                 if *state == Chunked::Ended {
                     *self = Framing::Done;
                 }
@@ -116,19 +121,19 @@ impl Chunked {
     }
 }
 
+/// Walks `input` from `state`, handing each run of chunk data to `data`; returns how many
+/// bytes belong to the body.
 fn decode_chunked(
     state: &mut Chunked,
     input: &[u8],
-    data: &mut Vec<u8>,
+    mut data: impl FnMut(&[u8]),
 ) -> Result<usize, FramingError> {
     let mut read = 0;
     while read < input.len() && *state != Chunked::Ended {
         if let Chunked::Data(left) = state {
             let run =
                 usize::try_from(*left).map_or(input.len() - read, |l| l.min(input.len() - read));
-            // Room for the rest of this read at the first run: one allocation a read.
-            data.reserve_exact(input.len() - read);
-            data.extend_from_slice(&input[read..read + run]);
+            data(&input[read..read + run]);
             read += run;
             *left -= run as u64;
             if *left == 0 {
@@ -231,6 +236,15 @@ mod tests {
                 "the bytes after the body are not taken (step {step})"
             );
         }
+    }
+
+    #[test]
+    fn a_read_of_several_chunks_is_copied_into_one_allocation_of_their_size() {
+        let mut framing = Framing::Chunked(Chunked::start());
+        let mut data = Vec::new();
+        let wire = b"5\r\nhello\r\n3\r\nabc\r\n2";
+        assert_eq!(framing.decode(wire, &mut data), Ok(wire.len()));
+        assert_eq!((data.as_slice(), data.capacity()), (&b"helloabc"[..], 8));
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Connection {
                 let pending = match head.framing.decode(rest, &mut data) {
                     Ok(used) => {
                         head.keep_alive &= used == rest.len();
-                        (!data.is_empty()).then(|| Ok(Bytes::from(data.into_boxed_slice())))
+                        (!data.is_empty()).then(|| Ok(Bytes::from(data)))
                     }
                     Err(error) => Some(Err(error)),
                 };
@@ -267,8 +267,8 @@ impl Reader {
                 Err(error) => return failed(self, error.into()),
             }
             if !data.is_empty() {
-                // Exactly sized (a chunked read's framing bytes shrink it in place).
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data.into_boxed_slice())))));
+                // Exactly sized, so `Bytes` takes the allocation as it is.
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
             }
         }
     }
