@@ -232,3 +232,29 @@ async fn a_head_that_is_not_http_or_never_comes_fails_the_request_as_sent() {
         assert!(cause.starts_with(reason), "{cause}");
     }
 }
+
+#[tokio::test]
+async fn bodies_larger_than_the_sockets_buffers_go_out_and_come_back_whole() {
+    let big_answer: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n{}",
+            "a".repeat(300_000)
+        )
+        .into_boxed_str(),
+    );
+    let upstream = Scripted::start(&[(big_answer, false), (LENGTH, false)], 1 << 20).await;
+    let clients = upstream.clients();
+    let body = "b".repeat(4 << 20);
+    let request = Request::post(upstream.base.uri("/chat", None).unwrap())
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let (status, answered) = answer(&clients, request).await;
+    assert_eq!((status, answered.map(|a| a.len())), (200, Ok(300_000)));
+    assert_eq!(
+        answer(&clients, upstream.request("{}")).await,
+        (201, Ok("ok".into()))
+    );
+    assert_eq!(upstream.connections(), 1);
+    let received = upstream.connections.lock().unwrap()[0].clone();
+    assert!(received.contains(&format!("content-length: {}\r\n\r\n{body}POST", 4 << 20)));
+}
