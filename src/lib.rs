@@ -13,6 +13,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod http1_rules;
 pub mod ingress;
 pub mod keys;
 pub mod mask;

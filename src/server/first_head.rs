@@ -16,11 +16,9 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Duration, Instant};
 
 use crate::error::error_body;
+pub use crate::http1_rules::MAX_HEAD_BYTES;
+use crate::http1_rules::{last_coding_is_chunked, parse_content_length, MAX_HEADERS};
 
-/// The largest request head (request line and headers) a client may send.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// hyper's default limit on the number of request headers.
-const MAX_HEADERS: usize = 100;
 /// What an HTTP/2 client with prior knowledge sends first.
 pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long, and how much, a refused client's unread bytes are drained so that closing
@@ -167,7 +165,7 @@ fn framing(request: &httparse::Request<'_, '_>) -> Verdict {
             bad("Transfer-Encoding must end with chunked")
         }
         (Some(_), None) => {
-            let mut lengths = named("content-length").map(parse_length);
+            let mut lengths = named("content-length").map(parse_content_length);
             let first = lengths.next().flatten();
             if first.is_none() || lengths.any(|length| length != first) {
                 bad("invalid or conflicting Content-Length")
@@ -177,28 +175,6 @@ fn framing(request: &httparse::Request<'_, '_>) -> Verdict {
         }
         _ => Verdict::Pass,
     }
-}
-
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value)
-        .ok()?
-        .parse::<u64>()
-        .ok()
-        .filter(|&n| n <= u64::MAX - 2)
-}
-
-/// As hyper reads `Transfer-Encoding`: only a visible-ASCII value can say chunked.
-fn last_coding_is_chunked(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-        && value
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Writes the refusal, then closes after draining what the client still sends.

@@ -11,9 +11,7 @@ use hyper::http::response;
 use hyper::{Method, Response, StatusCode, Version};
 
 use super::framing::{Chunked, Framing};
-
-/// hyper's limit too: an answer with more header fields is refused.
-const MAX_HEADERS: usize = 100;
+use crate::http1_rules::{last_coding_is_chunked, parse_content_length, MAX_HEADERS};
 
 /// `METHOD path HTTP/1.1`, `Host`, the request's fields and its `Content-Length`.
 pub(super) fn encode_request(
@@ -131,33 +129,26 @@ fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Done);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .last()
-            .unwrap_or("");
-        return Ok(if last.trim().eq_ignore_ascii_case("chunked") {
+    // As in hyper: the last Transfer-Encoding line decides, by its last coding.
+    if let Some(coding) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        return Ok(if last_coding_is_chunked(coding.as_bytes()) {
             Framing::Chunked(Chunked::start())
         } else {
             Framing::UntilClose
         });
     }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let mut lengths = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .map(|value| parse_content_length(value.as_bytes()));
     let Some(first) = lengths.next() else {
         return Ok(Framing::UntilClose);
     };
-    if lengths.any(|other| other != first) {
+    let length =
+        first.ok_or_else(|| HeadError("a content-length that is not a number".to_owned()))?;
+    if lengths.any(|other| other != Some(length)) {
         return Err(HeadError("different content-length values".to_owned()));
     }
-    let length = first
-        .to_str()
-        .ok()
-        .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| HeadError("a content-length that is not a number".to_owned()))?;
     Ok(if length == 0 {
         Framing::Done
     } else {

@@ -32,14 +32,11 @@ use socket2::SockRef;
 
 use super::idle::{self, Idle};
 use super::Io;
+use crate::http1_rules::MAX_HEAD_BYTES;
 use framing::Framing;
 
 /// One read's buffer, on the stack of the task that reads.
 const READ_SIZE: usize = 16 * 1024;
-
-/// An answer's head may not be longer (hyper's default limit is about 400 KiB; OpenRouter's
-/// heads are under 2 KiB).
-const MAX_HEAD: usize = 64 * 1024;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -197,9 +194,9 @@ impl Connection {
                 return Poll::Ready(Ok((head, pending)));
             }
             let rest = input[start..].to_vec();
-            if rest.len() > MAX_HEAD {
+            if rest.len() > MAX_HEAD_BYTES {
                 return Poll::Ready(Err(format!(
-                    "an answer's head longer than {MAX_HEAD} bytes"
+                    "an answer's head longer than {MAX_HEAD_BYTES} bytes"
                 )
                 .into()));
             }
