@@ -11,14 +11,14 @@ use super::accounted::Accounted;
 use super::idle_watch::IdleWatch;
 use super::relay::SseRelay;
 use crate::forward::held::Held;
-use crate::forward::pool::UpstreamBody;
+use crate::forward::pool::{BoxError, UpstreamBody};
 
 /// Why a response body ended before its end: the client then sees its connection cut (no
 /// status can change once the head is sent), and the record says which.
 #[derive(Debug)]
 pub enum BodyError {
     /// OpenRouter's answer broke off.
-    Upstream(Box<dyn std::error::Error + Send + Sync>),
+    Upstream(BoxError),
     /// OpenRouter sent nothing of the answer for `STREAM_IDLE_TIMEOUT` (seconds).
     Stalled(u64),
 }

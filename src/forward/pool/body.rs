@@ -2,14 +2,13 @@
 //! hyper, or from an HTTP/1.1 connection of its own (which it gives back to the idle list
 //! once the answer has been read to its end).
 
-use std::error::Error;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::http1;
+use super::{http1, BoxError};
 
 /// The body of an answer from OpenRouter.
 pub struct UpstreamBody(Kind);
@@ -31,7 +30,7 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = Box<dyn Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

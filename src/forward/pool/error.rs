@@ -6,6 +6,9 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
+/// Any error that can cross threads: an upstream connection's causes and body errors.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
 /// An upstream request's failure, with the causes it chains for
 /// [`unreachable_reason`](crate::forward::upstream::unreachable_reason).
 ///
@@ -19,7 +22,7 @@ pub struct UpstreamError {
 
 impl UpstreamError {
     /// The request never left: no answer can have been generated.
-    pub(super) fn connect(cause: impl Into<Box<dyn Error + Send + Sync>>) -> UpstreamError {
+    pub(super) fn connect(cause: impl Into<BoxError>) -> UpstreamError {
         UpstreamError {
             connect: true,
             cause: Arc::from(cause.into()),
@@ -27,7 +30,7 @@ impl UpstreamError {
     }
 
     /// The connection failed after the request was written, or while its answer came.
-    pub(super) fn sent(cause: Box<dyn Error + Send + Sync>) -> UpstreamError {
+    pub(super) fn sent(cause: BoxError) -> UpstreamError {
         UpstreamError {
             connect: false,
             cause: Arc::from(cause),

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 pub use body::UpstreamBody;
-pub use error::UpstreamError;
+pub use error::{BoxError, UpstreamError};
 
 use crate::config::UpstreamBase;
 use crate::worker::{self, PerWorker};
@@ -99,7 +99,7 @@ struct Checkout {
 /// A request that failed: given back when it was never written to the connection.
 struct Failed {
     unsent: Option<Request<Full<Bytes>>>,
-    error: Box<dyn std::error::Error + Send + Sync>,
+    error: BoxError,
 }
 
 impl UpstreamClients {

@@ -14,7 +14,6 @@ mod head;
 #[cfg(test)]
 mod tests;
 
-use std::error::Error;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -31,14 +30,12 @@ use hyper_rustls::MaybeHttpsStream;
 use socket2::SockRef;
 
 use super::idle::{self, Idle};
-use super::Io;
+use super::{BoxError, Io};
 use crate::http1_rules::MAX_HEAD_BYTES;
 use framing::Framing;
 
 /// One read's buffer, on the stack of the task that reads.
 const READ_SIZE: usize = 16 * 1024;
-
-type BoxError = Box<dyn Error + Send + Sync>;
 
 /// What came of the body bytes read with an answer's head.
 type Pending = Result<Bytes, framing::FramingError>;
