@@ -93,15 +93,9 @@ pub fn classify_event(event: &[u8]) -> Event {
     };
     match payload {
         None if !other_fields => Event::Comment,
-        Some(p) if contains(p, b"\"error\"") => {
-            error_object(p).map_or(Event::Content, Event::Error)
-        }
-        _ => Event::Content,
+        Some(p) => error_object(p).map_or(Event::Content, Event::Error),
+        None => Event::Content,
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
