@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -68,7 +68,7 @@ pub struct Served {
     pub ticket: Option<Ticket>,
     /// How long it waited on purpose before its response head: for its client's turn and
     /// for keys.
-    pub waited: std::time::Duration,
+    pub waited: Duration,
 }
 
 /// How many bytes of a response's end are kept to find its `usage` object in: OpenRouter
@@ -209,13 +209,7 @@ impl Accounted {
     }
 
     /// The one INFO line per request: no body, no full key.
-    fn log(
-        &self,
-        ended: Ended,
-        usage: Option<Usage>,
-        total: std::time::Duration,
-        client: Option<&Counts>,
-    ) {
+    fn log(&self, ended: Ended, usage: Option<Usage>, total: Duration, client: Option<&Counts>) {
         let served = &self.served;
         let client = client.map_or("operator", |c| &*c.name);
         let pool = &served.pool;
@@ -231,9 +225,9 @@ impl Accounted {
                 .as_deref()
                 .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy),
         };
-        let ms = |at: Instant| at.saturating_duration_since(served.started).as_secs_f64() * 1e3;
+        let since_start = |at: Instant| at.saturating_duration_since(served.started);
         info!(
-            "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} waited={:.1}ms ttfb={} total={:.1}ms bytes={}{}",
+            "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} waited={} ttfb={} total={} bytes={}{}",
             served.method,
             served.uri.path(),
             client,
@@ -242,22 +236,26 @@ impl Accounted {
             served.attempts,
             served.status,
             ended.as_str(),
-            served.waited.as_secs_f64() * 1e3,
-            Millis(self.first_byte.map(ms)),
-            total.as_secs_f64() * 1e3,
+            Millis(Some(served.waited)),
+            Millis(self.first_byte.map(since_start)),
+            Millis(Some(total)),
             self.bytes,
             Spent(usage),
         );
     }
 }
 
-/// A time in the log line: `12.3ms`, or `-` when there is none.
-struct Millis(Option<f64>);
+/// A time in the log line: `12.3ms`, or `-` when there is none. Integer arithmetic: three
+/// floats formatted with `{:.1}` cost a tenth of a request's user-space instructions.
+struct Millis(Option<Duration>);
 
 impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(ms) => write!(f, "{ms:.1}ms"),
+            Some(time) => {
+                let tenths = (time.as_micros() + 50) / 100;
+                write!(f, "{}.{}ms", tenths / 10, tenths % 10)
+            }
             None => f.write_str("-"),
         }
     }
@@ -271,11 +269,14 @@ impl std::fmt::Display for Spent {
         let Some(u) = self.0 else {
             return Ok(());
         };
-        let cost = u.cost_nano as f64 / 1e9;
+        let micro_usd = u.cost_nano.saturating_add(500) / 1000;
         write!(
             f,
-            " tokens={}/{} cost={cost:.6}",
-            u.prompt_tokens, u.completion_tokens
+            " tokens={}/{} cost={}.{:06}",
+            u.prompt_tokens,
+            u.completion_tokens,
+            micro_usd / 1_000_000,
+            micro_usd % 1_000_000
         )
     }
 }
@@ -358,5 +359,29 @@ mod tests {
         assert_eq!(usage_in(json).map(|u| u.prompt_tokens), Some(7));
         assert_eq!(usage_in(b"{\"usage\":{\"prompt_tok"), None);
         assert_eq!(usage_in(b"no usage here"), None);
+    }
+
+    #[test]
+    fn times_and_costs_in_the_log_line_round_to_their_last_digit() {
+        let ms = |micros| Millis(Some(Duration::from_micros(micros))).to_string();
+        assert_eq!(ms(0), "0.0ms");
+        assert_eq!(ms(49), "0.0ms");
+        assert_eq!(ms(50), "0.1ms");
+        assert_eq!(ms(12_345), "12.3ms");
+        assert_eq!(ms(99_960), "100.0ms");
+        assert_eq!(Millis(None).to_string(), "-");
+        let cost = |cost_nano| {
+            let usage = Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                cost_nano,
+            };
+            Spent(Some(usage)).to_string()
+        };
+        assert_eq!(cost(0), " tokens=3/4 cost=0.000000");
+        assert_eq!(cost(1_500_000), " tokens=3/4 cost=0.001500");
+        assert_eq!(cost(499), " tokens=3/4 cost=0.000000");
+        assert_eq!(cost(2_999_999_500), " tokens=3/4 cost=3.000000");
+        assert_eq!(Spent(None).to_string(), "");
     }
 }
