@@ -127,7 +127,7 @@ pub fn upstream_uri(
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones that must not cross a proxy.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -150,20 +150,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    // One pass over the (few) headers present instead of hashing every hop-by-hop name;
-    // most requests carry none of them.
-    let present = headers.keys().filter(|name| is_hop_by_hop(name)).count();
+    remove_where(headers, is_hop_by_hop);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
+/// Removes every header `doomed` names, in one pass over the (few) headers present instead
+/// of a hashed `remove` per name: twelve of those were 2,000 of a request's 59,000
+/// user-space instructions (callgrind), and most names are absent.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let present = headers.keys().filter(|name| doomed(name)).count();
     for _ in 0..present {
-        let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() else {
+        let Some(name) = headers.keys().find(|name| doomed(name)).cloned() else {
             break;
         };
         headers.remove(name);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE
-}
+/// Client headers OpenRouter does not get: `Host` (the client sets upstream's), stale
+/// framing, a client's `Expect: 100-continue` (the body is already read, so it was answered
+/// here), the proxy's credentials, and the agents' network details (forwarding headers)
+/// and browser cookies, which are theirs, not OpenRouter's business.
+static NOT_FORWARDED: [HeaderName; 12] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+    header::AUTHORIZATION,
+    APIKEY,
+    X_API_KEY,
+    header::COOKIE,
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+];
 
 /// Prepares client headers for upstream: no hop-by-hop, no `Host` (the client
 /// sets upstream's), no proxy credentials, no stale framing, and an uncompressed answer.
@@ -176,25 +200,7 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap) {
         header::ACCEPT_ENCODING,
         header::HeaderValue::from_static("identity"),
     );
-    // The body is already read, so a client's `Expect: 100-continue` was answered here.
-    // The agents' network details (forwarding headers) and browser cookies are theirs, not
-    // OpenRouter's business: they are not passed on.
-    for name in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-        header::AUTHORIZATION,
-        APIKEY,
-        X_API_KEY,
-        header::COOKIE,
-        header::FORWARDED,
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderName::from_static("x-forwarded-host"),
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderName::from_static("x-real-ip"),
-    ] {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| NOT_FORWARDED.contains(name));
 }
 
 #[cfg(test)]
