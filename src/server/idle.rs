@@ -44,39 +44,31 @@ pub enum Closing {
     Stalled,
 }
 
-/// The open exchanges of one connection, and when the count last changed.
+/// The open exchanges of one HTTP/2 connection, and when the count last changed.
+/// (HTTP/1 connections have hyper's header timeout and the socket's write timeout, and
+/// keep no count: that was two clock reads and a body wrapper per request for nothing.)
 #[derive(Default)]
 pub struct Activity {
     open: AtomicUsize,
     changed_ms: AtomicI64,
-    /// HTTP/2 only: the wait marks of its responses. A lock per connection, taken once per
-    /// exchange and by the watcher's rounds, so never contended on the request path.
-    responses: Option<Mutex<Vec<Weak<Waiting>>>>,
+    /// The wait marks of its responses. A lock per connection, taken once per exchange and
+    /// by the watcher's rounds, so never contended on the request path.
+    responses: Mutex<Vec<Weak<Waiting>>>,
 }
 
 impl Activity {
-    /// An HTTP/2 connection's activity: its responses are also watched for stalls.
-    #[must_use]
-    pub fn http2() -> Self {
-        Activity {
-            responses: Some(Mutex::default()),
-            ..Activity::default()
-        }
-    }
-
     /// Counts an exchange as open until the returned body (wrapping `body`) is dropped.
     pub fn track(self: &Arc<Self>, body: ProxyBody) -> Tracked {
         self.open.fetch_add(1, Relaxed);
         self.changed_ms.store(now_ms(), Relaxed);
-        let waiting = self.responses.as_ref().map(|responses| {
-            let mark = Arc::new(Waiting::new(POLLED));
-            let mut responses = responses
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            responses.retain(|w| w.strong_count() > 0);
-            responses.push(Arc::downgrade(&mark));
-            mark
-        });
+        let waiting = Arc::new(Waiting::new(POLLED));
+        let mut responses = self
+            .responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        responses.retain(|w| w.strong_count() > 0);
+        responses.push(Arc::downgrade(&waiting));
+        drop(responses);
         Tracked {
             body,
             activity: Arc::clone(self),
@@ -116,10 +108,8 @@ impl Activity {
 
     /// How long the longest-waiting response has waited for hyper, stamping fresh waits.
     fn oldest_wait_ms(&self, now: i64) -> i64 {
-        let Some(responses) = &self.responses else {
-            return 0;
-        };
-        let responses = responses
+        let responses = self
+            .responses
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut oldest = 0;
@@ -143,7 +133,7 @@ impl Activity {
 pub struct Tracked {
     body: ProxyBody,
     activity: Arc<Activity>,
-    waiting: Option<Arc<Waiting>>,
+    waiting: Arc<Waiting>,
 }
 
 impl Drop for Tracked {
@@ -163,10 +153,9 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(waiting) = &this.waiting {
-            let handed = matches!(polled, Poll::Ready(Some(Ok(_))));
-            waiting.store(if handed { HANDED } else { POLLED }, Relaxed);
-        }
+        let handed = matches!(polled, Poll::Ready(Some(Ok(_))));
+        this.waiting
+            .store(if handed { HANDED } else { POLLED }, Relaxed);
         polled
     }
 

@@ -4,12 +4,15 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{service_fn, Service};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use log::{debug, info, warn};
@@ -20,6 +23,7 @@ use crate::ingress::router;
 use crate::keys::now_ms;
 use crate::observe::logging::OncePerSecond;
 use crate::observe::metrics::Route;
+use crate::stream::body::ProxyBody;
 
 pub mod first_head;
 mod idle;
@@ -113,27 +117,17 @@ async fn connection(
     // Only for the log line about a refused proxy key; unknown is rare (the peer already left).
     let peer = stream
         .peer_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let http2 = head.starts_with(first_head::HTTP2_PREFACE);
     let idle_limit = app.config.header_read_timeout;
     let write_limit = app.config.stream_idle_timeout;
-    let activity = Arc::new(if http2 {
-        Activity::http2()
-    } else {
-        Activity::default()
-    });
-    let counted = Arc::clone(&activity);
-    let service = service_fn(move |request| {
-        let (app, counted) = (Arc::clone(&app), Arc::clone(&counted));
-        async move {
-            let response = router::route(&app, request, peer).await;
-            Ok::<_, Infallible>(response.map(|body| counted.track(body)))
-        }
-    });
     let io = TokioIo::new(Replay::new(head, stream, write_limit));
     // HTTP/1 has hyper's header timeout between requests and the socket's write timeout;
-    // HTTP/2 needs the watchdog.
+    // HTTP/2 needs the watchdog, which counts its open exchanges.
     let served = if http2 {
+        let activity = Arc::new(Activity::default());
+        let counted = Arc::clone(&activity);
+        let service = routed(app, peer, move |body| counted.track(body));
         // Boxed: an HTTP/2 connection's state is twice an HTTP/1 one's, and inline it would
         // size every connection's task (most are HTTP/1) for the rest of its life.
         let served = Box::pin(watcher.watch(builders.http2.serve_connection(io, service)));
@@ -152,6 +146,7 @@ async fn connection(
             }
         }
     } else {
+        let service = routed(app, peer, std::convert::identity);
         watcher
             .watch(builders.http1.serve_connection(io, service))
             .await
@@ -159,6 +154,27 @@ async fn connection(
     if let Err(err) = served {
         debug!("connection ended with an error: {err}");
     }
+}
+
+/// The service answering a connection's requests from `peer` with [`router::route`], each
+/// answer's body passed through `wrap`.
+fn routed<B: hyper::body::Body>(
+    app: Arc<App>,
+    peer: SocketAddr,
+    wrap: impl Fn(ProxyBody) -> B + Clone + Send + 'static,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone {
+    service_fn(move |request| {
+        let (app, wrap) = (Arc::clone(&app), wrap.clone());
+        async move {
+            let response = router::route(&app, request, peer).await;
+            Ok::<_, Infallible>(response.map(wrap))
+        }
+    })
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
