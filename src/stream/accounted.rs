@@ -105,7 +105,7 @@ impl Tail {
 
 /// The `usage` object nearest the end of `tail`, if one is there whole.
 fn usage_in(tail: &[u8]) -> Option<Usage> {
-    let at = tail.windows(7).rposition(|w| w == b"\"usage\"")?;
+    let at = memchr::memmem::rfind(tail, b"\"usage\"")?;
     let rest = &tail[at + 7..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     Usage::read(rest.get(colon..)?.strip_prefix(b":")?)
