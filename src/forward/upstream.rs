@@ -140,8 +140,13 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-        let listed: Vec<_> = entry.remove_entry_mult().1.collect();
+    // Looked for among the few names present first: a lookup by name hashes it.
+    if headers.keys().any(|name| name == header::CONNECTION) {
+        let listed: Vec<_> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
         for value in &listed {
             for name in value.to_str().unwrap_or("").split(',') {
                 if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
