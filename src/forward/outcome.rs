@@ -3,9 +3,11 @@
 //!
 //! No I/O here; unit-tested on the real bodies in `shared/OPENROUTER.md`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use hyper::header::{HeaderMap, RETRY_AFTER};
+use memchr::memmem;
 use serde_json::Value;
 
 /// What an upstream answer means, and so what the proxy does next.
@@ -185,6 +187,11 @@ pub fn error_object(body: &[u8]) -> Option<Value> {
     error_and_user(body).0
 }
 
+/// The bytes every error object's key is, searched for in every answer and streamed event;
+/// the searcher is built once (building it per call cost as much as searching an answer).
+static ERROR_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+
 /// The `error` object of a JSON body and the top-level `user_id` OpenRouter adds to error
 /// answers (which names the account behind the key), read in one pass.
 ///
@@ -200,7 +207,7 @@ pub fn error_and_user(body: &[u8]) -> (Option<Value>, Option<String>) {
         error: Option<Value>,
         user_id: Option<String>,
     }
-    if memchr::memmem::find(body, b"\"error\"").is_none() {
+    if ERROR_KEY.find(body).is_none() {
         return (None, None);
     }
     match serde_json::from_slice::<Envelope>(body) {
