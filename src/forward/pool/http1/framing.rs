@@ -141,11 +141,46 @@ fn decode_chunked(
             }
             continue;
         }
+        if let Some((next, used)) = whole_line(state, &input[read..]) {
+            *state = next;
+            read += used;
+            continue;
+        }
         let byte = input[read];
         read += 1;
         *state = next_state(state, byte)?;
     }
     Ok(read)
+}
+
+/// The usual framing, a whole size line without extension (`1a\r\n`) or the CRLF after a
+/// chunk's data, stepped over at once: byte by byte, twice (the length first, then the
+/// copy), it was a seventh of the user-space instructions a forwarded SSE chunk costs
+/// (callgrind). Anything else (a line cut by a read, an extension, an error) is left to
+/// [`next_state`].
+fn whole_line(state: &Chunked, input: &[u8]) -> Option<(Chunked, usize)> {
+    match state {
+        Chunked::DataCr => input.starts_with(b"\r\n").then_some((Chunked::start(), 2)),
+        Chunked::Size { digits: 0, .. } => {
+            let digits = input
+                .iter()
+                .take(16)
+                .take_while(|b| b.is_ascii_hexdigit())
+                .count();
+            if digits == 0 || input.get(digits..digits + 2) != Some(b"\r\n") {
+                return None;
+            }
+            let size = input[..digits].iter().fold(0u64, |size, &digit| {
+                size << 4 | u64::from((digit as char).to_digit(16).unwrap_or(0))
+            });
+            match size {
+                0 => Some((Chunked::LineStart, digits + 2)),
+                u64::MAX => None,
+                size => Some((Chunked::Data(size), digits + 2)),
+            }
+        }
+        _ => None,
+    }
 }
 
 /// One framing byte (anything but chunk data) read in `state`.
@@ -223,12 +258,12 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_the_same_whatever_pieces_they_arrive_in() {
-        let wire = b"5\r\nhello\r\n7;name=\"v\"\r\n, world\r\n1A \r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let wire = b"5\r\nhello\r\n7;name=\"v\"\r\n, world\r\n1A \r\nabcdefghijklmnopqrstuvwxyz\r\na\r\n0123456789\r\nB\r\nABCDEFGHIJK\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
         for step in 1..=wire.len() {
             let (body, unused) =
                 decode_in_steps(Framing::Chunked(Chunked::start()), wire, step).unwrap();
             assert_eq!(
-                body, b"hello, worldabcdefghijklmnopqrstuvwxyz",
+                body, b"hello, worldabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJK",
                 "step {step}"
             );
             assert_eq!(
