@@ -10,7 +10,7 @@
 #
 # Needs valgrind, python3 and curl. The proxy runs at its default log level (one INFO
 # line per request, as shipped). Requests: 2,000 JSON completions over 4 keep-alive
-# connections after 300 to warm up; chunks: 40 streams of 50 chunks minus 40 of none.
+# connections after 300 to warm up; chunks: 40 streams of 200 chunks minus 40 of none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in valgrind callgrind_control python3 curl; do
@@ -56,7 +56,7 @@ sys.exit(f"unexpected answers: {failed[:1]}" if failed else 0)
 PY
 }
 
-printf '%-40s %14s %12s\n' binary "per request" "per chunk"
+printf '%-60s %12s %10s\n' binary "per request" "per chunk"
 port=18790
 for binary in "${binaries[@]}"; do
     port=$((port + 1))
@@ -78,9 +78,9 @@ for binary in "${binaries[@]}"; do
     }
     counted 2000 json
     counted 40 0
-    counted 40 50
+    counted 40 200
     kill "$proxy"
     wait "$proxy" 2> /dev/null || true
     total() { awk '/^totals:/ {print $2}' "$out.$1"; }
-    printf '%-40s %14d %12d\n' "$(basename "$binary")" $(($(total 1) / 2000)) $((($(total 3) - $(total 2)) / 2000))
+    printf '%-60s %12d %10d\n' "$binary" $(($(total 1) / 2000)) $((($(total 3) - $(total 2)) / 8000))
 done
