@@ -215,113 +215,113 @@ impl Accounted {
         let pool = &served.pool;
         let key = served.key.map(|k| &pool.keys()[k]);
         let account = key.map(|k| pool.account_id(k.account()));
-        let model = match &served.tried {
-            Some(tried) => std::borrow::Cow::Owned(format!(
-                "{}->{} candidates={}",
-                tried.alias, tried.candidate, tried.tried
-            )),
-            None => served
-                .model
-                .as_deref()
-                .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy),
-        };
         let since_start = |at: Instant| at.saturating_duration_since(served.started);
-        info!(
-            "{} {} client={} model={model} key={} account={} attempts={} status={} ended={} waited={} ttfb={} total={} bytes={}{}",
-            served.method,
-            served.uri.path(),
-            client,
-            key.map_or("-", |k| k.id.as_str()),
-            account.as_deref().unwrap_or("-"),
-            served.attempts,
-            served.status,
-            ended.as_str(),
-            Millis(Some(served.waited)),
-            Millis(self.first_byte.map(since_start)),
-            Millis(Some(total)),
-            self.bytes,
-            Spent(usage),
-        );
+        let mut line = Line(String::with_capacity(256));
+        line.push(served.method.as_str());
+        line.push(" ");
+        line.push(served.uri.path());
+        line.field("client", client);
+        line.field("model", "");
+        match &served.tried {
+            Some(tried) => {
+                line.push(&tried.alias);
+                line.push("->");
+                line.push(&tried.candidate);
+                line.number("candidates", u64::from(tried.tried));
+            }
+            None => line.push(
+                &served
+                    .model
+                    .as_deref()
+                    .map_or("-".into(), String::from_utf8_lossy),
+            ),
+        }
+        line.field("key", key.map_or("-", |k| k.id.as_str()));
+        line.field("account", account.as_deref().unwrap_or("-"));
+        line.number("attempts", u64::from(served.attempts));
+        line.number("status", u64::from(served.status));
+        line.field("ended", ended.as_str());
+        line.millis("waited", Some(served.waited));
+        line.millis("ttfb", self.first_byte.map(since_start));
+        line.millis("total", Some(total));
+        line.number("bytes", self.bytes);
+        if let Some(usage) = usage {
+            line.usage(usage);
+        }
+        info!("{}", line.0);
     }
 }
 
-/// A time in the log line: `12.3ms`, or `-` when there is none.
-struct Millis(Option<Duration>);
+/// The request's line, its pieces appended to one buffer. As one `info!` format string its
+/// 26 literal pieces and 13 values each went through the formatter's dynamic calls, and
+/// its numbers through `{:.1}`: half the line's cost (callgrind).
+struct Line(String);
 
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(time) = self.0 else {
-            return f.write_str("-");
-        };
-        let tenths = u64::try_from(time.as_micros().saturating_add(50) / 100).unwrap_or(u64::MAX);
-        Fixed::new(tenths, 1).fmt(f)?;
-        f.write_str("ms")
+impl Line {
+    fn push(&mut self, text: &str) {
+        self.0.push_str(text);
     }
-}
 
-/// Tokens and cost in the log line, when the answer carried them.
-struct Spent(Option<Usage>);
-
-impl std::fmt::Display for Spent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(u) = self.0 else {
-            return Ok(());
-        };
-        let micro_usd = u.cost_nano.saturating_add(500) / 1000;
-        write!(
-            f,
-            " tokens={}/{} cost={}",
-            u.prompt_tokens,
-            u.completion_tokens,
-            Fixed::new(micro_usd, 6)
-        )
+    /// ` name=value`.
+    fn field(&mut self, name: &str, value: &str) {
+        self.0.push(' ');
+        self.0.push_str(name);
+        self.0.push('=');
+        self.0.push_str(value);
     }
-}
 
-/// `value / 10^places` with exactly `places` decimals (`12.3`, `0.001500`), written as one
-/// piece. The request line has four such numbers: as `{:.N}` of an f64, or as `write!` of
-/// their integer parts, they were a fifth of the line's cost (callgrind).
-struct Fixed {
-    value: u64,
-    places: u8,
-}
+    fn number(&mut self, name: &str, value: u64) {
+        self.field(name, "");
+        self.decimal(value, 0);
+    }
 
-impl Fixed {
-    /// At most [`Fixed::MAX_PLACES`] decimals.
-    const MAX_PLACES: u8 = 9;
-
-    fn new(value: u64, places: u8) -> Self {
-        Fixed {
-            value,
-            places: places.min(Self::MAX_PLACES),
+    /// ` name=12.3ms`, or ` name=-` when there is no time.
+    fn millis(&mut self, name: &str, time: Option<Duration>) {
+        self.field(name, "");
+        match time {
+            Some(time) => {
+                let tenths = u64::try_from(time.as_micros().saturating_add(50) / 100);
+                self.decimal(tenths.unwrap_or(u64::MAX), 1);
+                self.0.push_str("ms");
+            }
+            None => self.0.push('-'),
         }
     }
-}
 
-impl std::fmt::Display for Fixed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// ` tokens=12/34 cost=0.001500` (dollars, rounded to the micro-dollar).
+    fn usage(&mut self, usage: Usage) {
+        self.number("tokens", usage.prompt_tokens);
+        self.0.push('/');
+        self.decimal(usage.completion_tokens, 0);
+        self.field("cost", "");
+        self.decimal(usage.cost_nano.saturating_add(500) / 1000, 6);
+    }
+
+    /// `value / 10^places` with exactly `places` (at most 9) decimals: `12.3`, `0.001500`.
+    fn decimal(&mut self, value: u64, places: u8) {
         // 20 digits of a u64, a point, and the zeros before a value smaller than one.
-        let mut text = [0u8; 20 + 1 + Fixed::MAX_PLACES as usize];
-        let (mut at, mut rest) = (text.len(), self.value);
-        let mut push = |digit: u8| {
+        let mut text = [0u8; 30];
+        let (mut at, mut rest) = (text.len(), value);
+        let mut put = |digit: u8| {
             at -= 1;
             text[at] = digit;
         };
-        for _ in 0..self.places {
-            push(b'0' + (rest % 10) as u8);
+        for _ in 0..places.min(9) {
+            put(b'0' + (rest % 10) as u8);
             rest /= 10;
         }
-        if self.places > 0 {
-            push(b'.');
+        if places > 0 {
+            put(b'.');
         }
         loop {
-            push(b'0' + (rest % 10) as u8);
+            put(b'0' + (rest % 10) as u8);
             rest /= 10;
             if rest == 0 {
                 break;
             }
         }
-        f.write_str(std::str::from_utf8(&text[at..]).unwrap_or("?"))
+        self.0
+            .push_str(std::str::from_utf8(&text[at..]).unwrap_or("?"));
     }
 }
 
@@ -407,28 +407,35 @@ mod tests {
 
     #[test]
     fn times_and_costs_in_the_log_line_round_to_their_last_digit() {
-        let ms = |micros| Millis(Some(Duration::from_micros(micros))).to_string();
-        assert_eq!(ms(0), "0.0ms");
-        assert_eq!(ms(49), "0.0ms");
-        assert_eq!(ms(50), "0.1ms");
-        assert_eq!(ms(12_345), "12.3ms");
-        assert_eq!(ms(99_960), "100.0ms");
-        assert_eq!(Millis(None).to_string(), "-");
+        let written = |write: &dyn Fn(&mut Line)| {
+            let mut line = Line(String::new());
+            write(&mut line);
+            line.0
+        };
+        let ms = |micros| written(&|l| l.millis("t", Some(Duration::from_micros(micros))));
+        assert_eq!(ms(0), " t=0.0ms");
+        assert_eq!(ms(49), " t=0.0ms");
+        assert_eq!(ms(50), " t=0.1ms");
+        assert_eq!(ms(12_345), " t=12.3ms");
+        assert_eq!(ms(99_960), " t=100.0ms");
+        assert_eq!(written(&|l| l.millis("t", None)), " t=-");
         let cost = |cost_nano| {
             let usage = Usage {
                 prompt_tokens: 3,
                 completion_tokens: 4,
                 cost_nano,
             };
-            Spent(Some(usage)).to_string()
+            written(&|l| l.usage(usage))
         };
         assert_eq!(cost(0), " tokens=3/4 cost=0.000000");
         assert_eq!(cost(1_500_000), " tokens=3/4 cost=0.001500");
         assert_eq!(cost(499), " tokens=3/4 cost=0.000000");
         assert_eq!(cost(2_999_999_500), " tokens=3/4 cost=3.000000");
-        assert_eq!(Spent(None).to_string(), "");
-        assert_eq!(Fixed::new(u64::MAX, 1).to_string(), "1844674407370955161.5");
-        assert_eq!(Fixed::new(7, 0).to_string(), "7");
-        assert_eq!(Fixed::new(7, 9).to_string(), "0.000000007");
+        let decimal = |value, places| written(&|l| l.decimal(value, places));
+        assert_eq!(decimal(u64::MAX, 1), "1844674407370955161.5");
+        assert_eq!(decimal(u64::MAX, 0), "18446744073709551615");
+        assert_eq!(decimal(7, 0), "7");
+        assert_eq!(decimal(7, 9), "0.000000007");
+        assert_eq!(decimal(7, 12), "0.000000007", "at most nine places");
     }
 }
