@@ -170,9 +170,9 @@ fn whole_line(state: &Chunked, input: &[u8]) -> Option<(Chunked, usize)> {
             if digits == 0 || input.get(digits..digits + 2) != Some(b"\r\n") {
                 return None;
             }
-            let size = input[..digits].iter().fold(0u64, |size, &digit| {
-                size << 4 | u64::from((digit as char).to_digit(16).unwrap_or(0))
-            });
+            let size = input[..digits]
+                .iter()
+                .fold(0u64, |size, &digit| size << 4 | hex_value(digit));
             match size {
                 0 => Some((Chunked::LineStart, digits + 2)),
                 u64::MAX => None,
@@ -183,6 +183,11 @@ fn whole_line(state: &Chunked, input: &[u8]) -> Option<(Chunked, usize)> {
     }
 }
 
+/// The value of a hex digit (the caller has checked that it is one).
+fn hex_value(digit: u8) -> u64 {
+    u64::from((digit as char).to_digit(16).unwrap_or(0))
+}
+
 /// One framing byte (anything but chunk data) read in `state`.
 fn next_state(state: &Chunked, byte: u8) -> Result<Chunked, FramingError> {
     Ok(match (state, byte) {
@@ -190,9 +195,8 @@ fn next_state(state: &Chunked, byte: u8) -> Result<Chunked, FramingError> {
             if digits == 16 {
                 return Err(FramingError("a chunk size too large"));
             }
-            let digit = u64::from((byte as char).to_digit(16).unwrap_or(0));
             Chunked::Size {
-                size: size << 4 | digit,
+                size: size << 4 | hex_value(byte),
                 digits: digits + 1,
             }
         }
