@@ -221,7 +221,7 @@ impl Accounted {
         line.push(" ");
         line.push(served.uri.path());
         line.field("client", client);
-        line.field("model", "");
+        line.name("model");
         match &served.tried {
             Some(tried) => {
                 line.push(&tried.alias);
@@ -262,22 +262,27 @@ impl Line {
         self.0.push_str(text);
     }
 
-    /// ` name=value`.
-    fn field(&mut self, name: &str, value: &str) {
+    /// ` name=`, for the value to follow.
+    fn name(&mut self, name: &str) {
         self.0.push(' ');
         self.0.push_str(name);
         self.0.push('=');
+    }
+
+    /// ` name=value`.
+    fn field(&mut self, name: &str, value: &str) {
+        self.name(name);
         self.0.push_str(value);
     }
 
     fn number(&mut self, name: &str, value: u64) {
-        self.field(name, "");
+        self.name(name);
         self.decimal(value, 0);
     }
 
     /// ` name=12.3ms`, or ` name=-` when there is no time.
     fn millis(&mut self, name: &str, time: Option<Duration>) {
-        self.field(name, "");
+        self.name(name);
         match time {
             Some(time) => {
                 let tenths = u64::try_from(time.as_micros().saturating_add(50) / 100);
@@ -293,7 +298,7 @@ impl Line {
         self.number("tokens", usage.prompt_tokens);
         self.0.push('/');
         self.decimal(usage.completion_tokens, 0);
-        self.field("cost", "");
+        self.name("cost");
         self.decimal(usage.cost_nano.saturating_add(500) / 1000, 6);
     }
 
